@@ -1,0 +1,41 @@
+# make demo — set up and run the pipeline end to end (as far as it exists).
+# make test — set up and run the tests.
+# Both create .venv and install everything on first use (CPU build of torch unless TORCH_SPEC says otherwise).
+
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU wheel of torch; a GPU user sets e.g. TORCH_SPEC="torch==2.13.0" PIP_TORCH_ARGS="--index-url <CUDA index>".
+TORCH_SPEC ?= torch==2.13.0
+PIP_TORCH_ARGS ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-neurofm
+SHARED_DATA ?= ../shared/data
+DEMO_OUT ?= runs/demo
+PYTEST_ARGS ?= -n 2
+
+export OMP_NUM_THREADS ?= 1
+export MPLBACKEND ?= Agg
+
+.PHONY: install demo test test-slow clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(PIP_TORCH_ARGS) "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[torch,test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	@test -d "$(SHARED_DATA)" || { echo "make demo: $(SHARED_DATA) not found. Until the built-in simulator lands, the demo reads the real recordings in ../shared/data (set SHARED_DATA=...)."; exit 1; }
+	$(BIN)/neurofm shards build --config configs/shared_data.yaml root=$(SHARED_DATA) --out $(DEMO_OUT)/shards --quiet
+	$(BIN)/neurofm shards verify $(DEMO_OUT)/shards
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

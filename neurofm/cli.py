@@ -1,0 +1,104 @@
+"""The ``neurofm`` command. It only parses arguments and calls each stage's public entry point."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from neurofm.errors import NeuroFMError
+
+OVERRIDES_HELP = (
+    "dotted.key=value overrides applied after the config file, e.g. eeg.h_freq=40 "
+    "samples_per_shard=128 inputs.0.missing_positions=drop (values are YAML)"
+)
+
+
+def _shards_build(args: argparse.Namespace) -> int:
+    from neurofm.config import load_config
+    from neurofm.data_shards import build_shards, summarize
+    from neurofm.data_shards.config import ShardsConfig
+    from neurofm.data_shards.verify import format_summary
+
+    overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
+    config = load_config(ShardsConfig, args.config, overrides)
+    build_shards(config, overwrite=args.overwrite, progress=not args.quiet)
+    print(format_summary(summarize(config.out)))
+    return 0
+
+
+def _shards_inspect(args: argparse.Namespace) -> int:
+    from neurofm.data_shards import summarize
+    from neurofm.data_shards.verify import format_summary
+
+    summary = summarize(args.shards)
+    print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
+    return 0
+
+
+def _shards_verify(args: argparse.Namespace) -> int:
+    from neurofm.data_shards import verify_shards
+
+    problems = verify_shards(args.shards)
+    for p in problems:
+        where = p["shard"] or "manifest"
+        print(f"BAD {where}{' sample ' + p['sample'] if p['sample'] else ''}: {p['problem']}")
+    print(f"{args.shards}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neurofm",
+        description="NeuroFM: recordings → shards → tokenizer → pretraining → finetuning and probing.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages (MNE included)")
+    stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    shards = stages.add_parser("shards", help="turn recordings into webdataset signal shards", description=(
+        "Read EEG/MEG/iEEG/fMRI recordings (EDF, BDF, FIF, EEGLAB, BrainVision, CTF, KIT, Persyst, "
+        "NIfTI, BIDS folders), preprocess them with MNE, cut windows and write webdataset shards with "
+        "a manifest.json."))
+    commands = shards.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    build = commands.add_parser("build", help="build shards from the inputs of a config", description=(
+        "Build signal shards. Resumes an interrupted build with the same settings; each shard "
+        "appears under its final name only when complete. Prints the inspect summary at the end."))
+    build.add_argument("--config", required=True, help="YAML file of ShardsConfig (see configs/shared_data.yaml)")
+    build.add_argument("--out", help="output folder (overrides the config's 'out')")
+    build.add_argument("--overwrite", action="store_true", help="delete shards built with other settings in --out")
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    build.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    build.set_defaults(func=_shards_build)
+
+    inspect = commands.add_parser("inspect", help="summarise a shard folder", description=(
+        "Print modalities, recordings, windows, hours, channel counts, bad channels and sensors "
+        "without positions from a shard folder's manifest.json."))
+    inspect.add_argument("shards", help="folder holding manifest.json and shard-*.tar")
+    inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+    inspect.set_defaults(func=_shards_inspect)
+
+    verify = commands.add_parser("verify", help="re-check every shard and sample", description=(
+        "Re-check every shard's byte size and sha256 against manifest.json, decode every sample and "
+        "check its shapes, values and sensor positions. Names each bad shard and sample; exits 1 if any."))
+    verify.add_argument("shards", help="folder holding manifest.json and shard-*.tar")
+    verify.set_defaults(func=_shards_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import mne
+
+    mne.set_log_level("INFO" if args.verbose else "ERROR")
+    try:
+        return args.func(args)
+    except NeuroFMError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

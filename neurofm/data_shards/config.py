@@ -1,0 +1,194 @@
+"""Config of ``neurofm shards build``: which recordings, how to preprocess them, how to shard them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+MODALITIES = ("eeg", "meg", "ieeg", "fmri")
+Modality = Literal["eeg", "meg", "ieeg", "fmri"]
+
+
+@dataclass(kw_only=True)
+class ElectrophysiologyPreprocess:
+    """MNE preprocessing and windowing of one electrophysiology modality.
+
+    Parameters
+    ----------
+    sfreq : float
+        Rate every recording is resampled to, in Hz.
+    l_freq, h_freq : float | None
+        Band-pass edges in Hz (``None`` disables that edge). ``h_freq`` must lie below the
+        recording's Nyquist frequency, otherwise the build stops with an error.
+    notch : bool
+        Notch the line frequency and its harmonics below ``h_freq``.
+    line_freq : float
+        Line frequency in Hz when the file does not state it.
+    window_seconds : float
+        Window length in seconds.
+    overlap : float
+        Fraction of a window shared with the next one, in [0, 1).
+    """
+
+    sfreq: float = 256.0
+    l_freq: float | None = 0.5
+    h_freq: float | None = 45.0
+    notch: bool = True
+    line_freq: float = 50.0
+    window_seconds: float = 2.0
+    overlap: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.sfreq <= 0:
+            raise ValueError(f"sfreq must be positive; got {self.sfreq}.")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1); got {self.overlap}.")
+        if self.window_seconds <= 0:
+            raise ValueError(f"window_seconds must be positive; got {self.window_seconds}.")
+        if self.h_freq is not None and self.h_freq >= self.sfreq / 2:
+            raise ValueError(
+                f"h_freq ({self.h_freq} Hz) must be below half of sfreq ({self.sfreq} Hz); "
+                "raise sfreq or lower h_freq."
+            )
+        if self.l_freq is not None and self.h_freq is not None and self.l_freq >= self.h_freq:
+            raise ValueError(f"l_freq ({self.l_freq}) must be below h_freq ({self.h_freq}).")
+
+
+@dataclass(kw_only=True)
+class FmriPreprocess:
+    """fMRI volumes → parcel time series.
+
+    Parameters
+    ----------
+    tr_seconds : float
+        Repetition time every run is resampled to, in seconds.
+    n_parcels : int
+        Parcels of the built-in data-driven (Ward) parcellation when no atlas is given; capped at a
+        tenth of the voxels in the brain mask.
+    detrend : bool
+        Remove a linear trend per parcel before z-scoring.
+    window_seconds, overlap : float
+        Windowing as for electrophysiology.
+    """
+
+    tr_seconds: float = 2.0
+    n_parcels: int = 64
+    detrend: bool = True
+    window_seconds: float = 16.0
+    overlap: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.tr_seconds <= 0:
+            raise ValueError(f"tr_seconds must be positive; got {self.tr_seconds}.")
+        if self.n_parcels < 2:
+            raise ValueError(f"n_parcels must be at least 2; got {self.n_parcels}.")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1); got {self.overlap}.")
+
+
+@dataclass(kw_only=True)
+class BadChannelDetection:
+    """Flat / noisy channel detection on the filtered signal (per sensor kind).
+
+    A channel is flat when its standard deviation is below ``flat_ratio`` times the median of its
+    kind, noisy when the robust z-score of its log standard deviation exceeds ``noisy_z``.
+    """
+
+    flat_ratio: float = 0.01
+    noisy_z: float = 6.0
+
+
+@dataclass(kw_only=True)
+class InputSpec:
+    """One recording, folder, glob or BIDS root, and how to read it.
+
+    Parameters
+    ----------
+    path : str
+        A file, a folder (searched recursively), a glob, or a BIDS root (it has
+        ``dataset_description.json``). Relative paths are relative to ``ShardsConfig.root``.
+    modality : str | None
+        ``eeg``, ``meg``, ``ieeg`` or ``fmri``; inferred from the file when ``None``.
+    montage : str | None
+        An MNE built-in montage for EEG channels without positions in the file (``colin27_1005``,
+        MNE's 10-05 template, by default).
+    rename_channels : dict
+        Old name → new name, applied first (e.g. to give numbered channels their 10-20 labels).
+    electrodes : str | None
+        A BIDS ``*_electrodes.tsv`` (name, x, y, z); found automatically beside ``*_ieeg.*`` files.
+    positions : str | None
+        An explicit positions table (TSV/CSV with name, x, y, z; metres, or millimetres when values
+        exceed 1).
+    channel_types : dict
+        Glob pattern on channel names → type (``seeg``, ``ecog``, ``eeg``, ``ecg``, ``eog``,
+        ``misc`` …); first match wins. Needed for sEEG/ECoG in EDF files, which have no such types.
+    missing_positions : 'raise' | 'drop'
+        What to do with a brain channel that has no position: stop with an error (default) or drop
+        it and record it in the manifest.
+    atlas : str | None
+        fMRI: a NIfTI label image on the same grid as the run.
+    tr_seconds : float | None
+        ROI-table CSVs: the repetition time of the rows, in seconds.
+    preprocess : dict
+        Overrides of this modality's preprocessing for these files only (e.g. ``{h_freq: 20}``).
+    dataset : str | None
+        Name recorded in every sample's ``meta.json`` (default: the parent folder's name).
+    """
+
+    path: str
+    modality: Modality | None = None
+    montage: str | None = None
+    electrodes: str | None = None
+    positions: str | None = None
+    rename_channels: dict[str, str] = field(default_factory=dict)
+    channel_types: dict[str, str] = field(default_factory=dict)
+    missing_positions: Literal["raise", "drop"] = "raise"
+    atlas: str | None = None
+    tr_seconds: float | None = None
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    dataset: str | None = None
+
+
+@dataclass(kw_only=True)
+class ShardsConfig:
+    """Everything ``neurofm shards build`` needs.
+
+    Parameters
+    ----------
+    inputs : list of InputSpec
+        The recordings.
+    root : str
+        Folder that relative input paths start from.
+    out : str
+        Output folder for shards and ``manifest.json``.
+    samples_per_shard : int
+        Windows per tar shard.
+    signal_dtype : 'float32' | 'float16'
+        dtype of ``signal.npy``.
+    clip : float
+        Scaled signals are clipped to ±clip (robust-scale units).
+    on_error : 'raise' | 'skip'
+        A recording that cannot be read or preprocessed stops the build (default; completed shards
+        stay and a rerun resumes) or is skipped and listed under ``skipped`` in the manifest.
+    """
+
+    inputs: list[InputSpec] = field(default_factory=list)
+    root: str = "."
+    out: str = "shards"
+    samples_per_shard: int = 256
+    signal_dtype: Literal["float32", "float16"] = "float32"
+    clip: float = 20.0
+    on_error: Literal["raise", "skip"] = "raise"
+    eeg: ElectrophysiologyPreprocess = field(default_factory=ElectrophysiologyPreprocess)
+    meg: ElectrophysiologyPreprocess = field(default_factory=ElectrophysiologyPreprocess)
+    ieeg: ElectrophysiologyPreprocess = field(
+        default_factory=lambda: ElectrophysiologyPreprocess(h_freq=90.0, line_freq=50.0)
+    )
+    fmri: FmriPreprocess = field(default_factory=FmriPreprocess)
+    bad_channels: BadChannelDetection = field(default_factory=BadChannelDetection)
+
+    def __post_init__(self) -> None:
+        if self.samples_per_shard < 1:
+            raise ValueError(f"samples_per_shard must be at least 1; got {self.samples_per_shard}.")
+        if self.clip <= 0:
+            raise ValueError(f"clip must be positive; got {self.clip}.")

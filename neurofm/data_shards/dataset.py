@@ -1,0 +1,242 @@
+"""Streaming reader of signal shards: shuffling, split by node and by worker, weighted modality mixing,
+and a position it can resume from exactly.
+
+webdataset streams tar files sequentially and cannot resume mid-epoch; ``wids`` (webdataset's indexed
+companion) opens the same tar files for random access. The order of samples is therefore computed
+here, from the manifest alone, as a pure function of ``(seed, epoch, rank, world_size, position)``,
+and samples are fetched by index through ``IndexedTarSamples``. Resuming at ``position`` yields
+exactly the samples an uninterrupted run would have yielded from there.
+
+Order
+-----
+Without ``modality_weights`` every epoch is a permutation of all samples (or the stored order when
+``shuffle=False``), padded by wrapping so every rank gets ``ceil(N / world_size)`` samples; rank ``r``
+takes items ``r, r + world_size, …``. With ``modality_weights`` the stream is endless: each global
+item draws a modality with those weights, then the next sample of that modality's own permutation
+(reshuffled each time it is used up).
+
+Workers split a rank's items round-robin (item ``t`` goes to worker ``t % num_workers``), which is
+the order a ``DataLoader`` with ``batch_size=None`` reads them back in; batch after the loader
+(``collate``) to keep that exactness. Every sample carries ``__position__`` (its index in the rank's
+stream): save ``last position + 1`` and pass it back as ``position`` to resume.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from wids.wids import IndexedTarSamples
+
+from neurofm.data_shards.writer import read_manifest
+from neurofm.errors import ConfigError, ShardError
+
+_CHUNK = 1 << 16
+
+
+def decode_sample(raw: dict, where: str) -> dict:
+    """Decode a wids sample dict (``.signal.npy`` bytes …) into arrays and a meta dict."""
+    try:
+        signal = np.load(io.BytesIO(_bytes(raw, ".signal.npy")), allow_pickle=False)
+        sensors = np.load(io.BytesIO(_bytes(raw, ".sensors.npy")), allow_pickle=False)
+        meta = json.loads(_bytes(raw, ".meta.json"))
+    except (KeyError, ValueError, OSError) as err:
+        raise ShardError(f"{where}: sample {raw.get('__key__')} cannot be decoded ({err}); run `neurofm shards verify`.") from None
+    return {"__key__": raw["__key__"], "signal": signal, "sensors": sensors, "meta": meta}
+
+
+def _bytes(raw: dict, ext: str) -> bytes:
+    value = raw[ext] if ext in raw else raw[ext.lstrip(".")]
+    return value.getvalue() if hasattr(value, "getvalue") else bytes(value)
+
+
+class ShardIndex:
+    """Random access to the samples of a shard folder by global index (``wids`` underneath).
+
+    Parameters
+    ----------
+    shards_dir : path-like
+        Folder with ``manifest.json`` and its shards.
+    max_open : int
+        Shards kept open at once.
+    """
+
+    def __init__(self, shards_dir: str | Path, max_open: int = 8):
+        self.dir = Path(shards_dir)
+        manifest = read_manifest(self.dir)
+        if manifest is None:
+            raise ShardError(f"{self.dir} has no manifest.json; build shards with `neurofm shards build` first.")
+        if not manifest.get("complete"):
+            raise ShardError(f"{self.dir} is an unfinished build; rerun `neurofm shards build` to complete it.")
+        self.manifest = manifest
+        self.shards = manifest["shards"]
+        self.offsets = np.cumsum([0] + [s["samples"] for s in self.shards])
+        self.modality_of = np.empty(len(self), dtype=object)
+        for rec in manifest["recordings"]:
+            self.modality_of[rec["first_sample"] : rec["first_sample"] + rec["n_windows"]] = rec["modality"]
+        self.max_open = max_open
+        self._open: OrderedDict[int, IndexedTarSamples] = OrderedDict()
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _shard(self, i: int) -> IndexedTarSamples:
+        if i in self._open:
+            self._open.move_to_end(i)
+            return self._open[i]
+        path = self.dir / self.shards[i]["name"]
+        try:
+            tar = IndexedTarSamples(path=str(path), expected_size=self.shards[i]["samples"])
+        except FileNotFoundError:
+            raise ShardError(f"Shard {path} is missing; rebuild or restore it (see `neurofm shards verify`).") from None
+        except (AttributeError, TypeError, NameError):
+            raise
+        except Exception as err:  # wids raises AssertionError / ValueError … on damaged tars
+            raise ShardError(f"Shard {path} is damaged or truncated ({type(err).__name__}: {err}); run `neurofm shards verify`.") from None
+        self._open[i] = tar
+        if len(self._open) > self.max_open:
+            self._open.popitem(last=False)[1].close()
+        return tar
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        raw = self._shard(shard)[int(index - self.offsets[shard])]
+        return decode_sample(raw, str(self.dir / self.shards[shard]["name"]))
+
+    def close(self) -> None:
+        for tar in self._open.values():
+            tar.close()
+        self._open.clear()
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """Iterable over a shard folder for one rank; see the module docstring for the order.
+
+    Parameters
+    ----------
+    shards_dir : path-like
+        Folder with ``manifest.json``.
+    rank, world_size : int
+        This process's rank and the number of ranks (nodes × GPUs); default from
+        ``torch.distributed`` when it is initialised, else 0 and 1.
+    shuffle : bool
+        Shuffle samples (per epoch, or per modality pass when mixing).
+    seed : int
+        Seed of every random choice.
+    modality_weights : dict | None
+        ``{"eeg": 0.5, "meg": 0.3, …}``: endless stream mixing modalities with these weights.
+    epoch : int
+        Epoch to start in (unmixed streams).
+    position : int
+        Items of this rank's stream already consumed (resume point).
+    epochs : int | None
+        Unmixed streams stop after this many epochs (``None``: endless).
+    """
+
+    def __init__(
+        self,
+        shards_dir: str | Path,
+        *,
+        rank: int | None = None,
+        world_size: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        modality_weights: dict[str, float] | None = None,
+        epoch: int = 0,
+        position: int = 0,
+        epochs: int | None = 1,
+    ):
+        super().__init__()
+        self.dir = Path(shards_dir)
+        self.index = ShardIndex(self.dir)
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.rank = rank if rank is not None else (torch.distributed.get_rank() if dist else 0)
+        self.world_size = world_size if world_size is not None else (torch.distributed.get_world_size() if dist else 1)
+        if not 0 <= self.rank < self.world_size:
+            raise ConfigError(f"rank must be in [0, world_size={self.world_size}); got {self.rank}.")
+        self.shuffle, self.seed, self.epoch, self.position, self.epochs = shuffle, seed, epoch, position, epochs
+        self.modality_weights = self._check_weights(modality_weights)
+
+    def _check_weights(self, weights: dict[str, float] | None) -> dict[str, float] | None:
+        if weights is None:
+            return None
+        present = sorted(set(self.index.modality_of))
+        unknown = [m for m in weights if m not in present]
+        if unknown:
+            raise ConfigError(
+                f"modality_weights names {', '.join(unknown)}, which {self.dir} does not hold; it holds {', '.join(present)}."
+            )
+        if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+            raise ConfigError(f"modality_weights must be non-negative with a positive sum; got {weights}.")
+        total = sum(weights.values())
+        return {m: w / total for m, w in weights.items() if w > 0}
+
+    # --- order -------------------------------------------------------------------------------
+    @property
+    def per_rank(self) -> int:
+        """Items per rank per epoch (unmixed streams)."""
+        return -(-len(self.index) // self.world_size)
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        n = len(self.index)
+        order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+        padded = np.resize(order, self.per_rank * self.world_size)  # wrap so every rank gets as many
+        return padded[self.rank :: self.world_size]
+
+    def _mixed_items(self, start: int) -> Iterator[int]:
+        """Global sample indices of this rank's mixed stream from item ``start`` on."""
+        modalities = sorted(self.modality_weights)
+        probs = np.array([self.modality_weights[m] for m in modalities])
+        members = [np.flatnonzero(self.index.modality_of == m) for m in modalities]
+        cursors = np.zeros(len(modalities), dtype=np.int64)
+        chunk = 0
+        rank_item = 0
+        while True:
+            choice = np.random.default_rng([self.seed, 1, chunk]).choice(len(modalities), size=_CHUNK, p=probs)
+            for j, m in enumerate(choice):
+                c = cursors[m]
+                cursors[m] += 1
+                if (chunk * _CHUNK + j) % self.world_size != self.rank:
+                    continue
+                if rank_item >= start:
+                    n = len(members[m])
+                    perm = np.random.default_rng([self.seed, 2, m, c // n]).permutation(n) if self.shuffle else np.arange(n)
+                    yield int(members[m][perm[c % n]])
+                rank_item += 1
+            chunk += 1
+
+    def items(self, start: int = 0) -> Iterator[tuple[int, int]]:
+        """``(position, global sample index)`` of this rank's stream from ``start`` on (no reading)."""
+        if self.modality_weights:
+            yield from enumerate(self._mixed_items(start), start)
+            return
+        epoch, offset = self.epoch + start // self.per_rank, start % self.per_rank
+        position = start
+        while self.epochs is None or epoch < self.epoch + self.epochs:
+            for index in self._epoch_order(epoch)[offset:]:
+                yield position, int(index)
+                position += 1
+            epoch, offset = epoch + 1, 0
+
+    def __iter__(self) -> Iterator[dict]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        for position, index in self.items(self.position):
+            if position % workers != worker:
+                continue
+            sample = self.index[index]
+            sample["__position__"] = position
+            sample["__index__"] = index
+            yield sample
+
+    def __len__(self) -> int:
+        if self.modality_weights or self.epochs is None:
+            raise TypeError("an endless stream has no length")
+        return self.per_rank * self.epochs - self.position

@@ -1,0 +1,181 @@
+"""fMRI → parcel time series, each parcel a ``bold`` sensor at its centroid.
+
+A 4-D NIfTI run (nibabel) is reduced to parcels: the user's atlas (a label image on the same grid)
+when given, otherwise a data-driven Ward parcellation of the EPI brain mask (nilearn's
+``compute_epi_mask``; scikit-learn's ``FeatureAgglomeration`` with grid connectivity, which is what
+nilearn's ``Parcellations(method="ward")`` runs). Parcel means are linearly detrended here; the
+preprocessing step resamples them to the configured TR with MNE and z-scores each parcel.
+
+Coordinates: images whose sform/qform code says template space (aligned, Talairach, MNI: codes 2–4)
+are taken as MNI millimetres and moved into MNE's head frame through the fsaverage head↔MRI
+transform that ships with MNE. Scanner-space images (code 1) have no known transform to the head
+frame: their centroids stay in scanner metres and the report says so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mne
+import nibabel as nib
+import numpy as np
+from scipy import signal
+
+from neurofm.data_shards.config import InputSpec
+from neurofm.data_shards.positions import BRAIN_TYPES, read_positions_table, user_type
+from neurofm.errors import RecordingError
+
+
+def mni_to_head(points_m: np.ndarray) -> np.ndarray:
+    """MNI (fsaverage MRI) coordinates in metres → MNE head frame, shape (n, 3)."""
+    trans = mne.read_trans(Path(mne.__file__).parent / "data" / "fsaverage" / "fsaverage-trans.fif")
+    if trans["from"] == mne.io.constants.FIFF.FIFFV_COORD_HEAD:
+        trans = mne.transforms.invert_transform(trans)
+    return mne.transforms.apply_trans(trans, points_m)
+
+
+def _parcel_raw(names: list[str], series: np.ndarray, positions_head: np.ndarray, tr: float) -> mne.io.RawArray:
+    """Parcel series [parcels, volumes] as a RawArray of misc channels at 1/TR Hz with head-frame locs."""
+    info = mne.create_info(names, 1.0 / tr, "misc")
+    for ch, pos in zip(info["chs"], positions_head):
+        ch["loc"][:3] = pos
+        ch["coord_frame"] = mne.io.constants.FIFF.FIFFV_COORD_HEAD
+    return mne.io.RawArray(series, info, verbose="error")
+
+
+def _tr_seconds(img, path: Path, spec: InputSpec) -> float:
+    if spec.tr_seconds:
+        return float(spec.tr_seconds)
+    tr = float(img.header.get_zooms()[3])
+    unit = img.header.get_xyzt_units()[1]
+    tr = tr / 1000.0 if unit == "msec" else tr
+    if not tr > 0:
+        raise RecordingError(f"{path} does not state its repetition time; set tr_seconds on this input.")
+    return tr
+
+
+def _brain_mask(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, str]:
+    """Brain mask of a run: nilearn's EPI mask, or its background mask when the EPI heuristic keeps
+    under a tenth of the voxels (already skull-stripped or cropped runs have no dark background)."""
+    import warnings
+
+    from nilearn.masking import compute_background_mask, compute_epi_mask
+
+    img = nib.Nifti1Image(data, affine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mask = np.asarray(compute_epi_mask(img).dataobj).astype(bool)
+        if mask.sum() >= 0.1 * mask.size:
+            return mask, "epi"
+        mask = np.asarray(compute_background_mask(img).dataobj).astype(bool)
+    return mask & (data.std(axis=3) > 0), "background"
+
+
+def _ward_labels(data: np.ndarray, mask: np.ndarray, n_parcels: int) -> np.ndarray:
+    """Ward parcellation of the masked voxels; returns a label volume (0 = outside, 1..n inside)."""
+    from sklearn.cluster import FeatureAgglomeration
+    from sklearn.feature_extraction.image import grid_to_graph
+
+    voxels = data[mask]  # [voxels, volumes]
+    voxels = (voxels - voxels.mean(1, keepdims=True)) / (voxels.std(1, keepdims=True) + 1e-12)
+    connectivity = grid_to_graph(*mask.shape, mask=mask)
+    n_clusters = max(2, min(n_parcels, int(mask.sum()) // 10))
+    ward = FeatureAgglomeration(n_clusters=n_clusters, connectivity=connectivity, linkage="ward")
+    ward.fit(voxels.T)
+    labels = np.zeros(mask.shape, int)
+    labels[mask] = ward.labels_ + 1
+    return labels
+
+
+def read_nifti(path: Path, spec: InputSpec, n_parcels: int = 64, detrend: bool = True):
+    """Read a 4-D NIfTI run into a :class:`~neurofm.data_shards.readers.Recording` of parcels."""
+    from neurofm.data_shards.readers import Recording
+
+    try:
+        img = nib.load(path)
+        data = np.asarray(img.dataobj, dtype=np.float64)
+    except Exception as err:  # nibabel raises several types for damaged files
+        raise RecordingError(f"{path} cannot be read as NIfTI ({type(err).__name__}: {err}).") from None
+    if data.ndim != 4 or data.shape[3] < 2:
+        raise RecordingError(f"{path} must be a 4-D fMRI run (x, y, z, volumes); got shape {data.shape}.")
+    if not np.isfinite(data).all():
+        raise RecordingError(f"{path} holds NaN or infinite voxels; mask or fix them before building shards.")
+    tr = _tr_seconds(img, path, spec)
+    report: dict = {"tr_seconds_source": tr}
+    if spec.atlas:
+        atlas = nib.load(spec.atlas)
+        if atlas.shape[:3] != data.shape[:3] or not np.allclose(atlas.affine, img.affine, atol=1e-3):
+            raise RecordingError(
+                f"Atlas {spec.atlas} (shape {atlas.shape[:3]}) does not match the grid of {path} (shape "
+                f"{data.shape[:3]}, affine differs or not). Resample it to the run first, e.g. "
+                "nilearn.image.resample_to_img(atlas, run, interpolation='nearest')."
+            )
+        labels = np.asarray(atlas.dataobj).astype(int)
+        report["parcellation"] = {"atlas": str(spec.atlas)}
+    else:
+        mask, method = _brain_mask(data, img.affine)
+        labels = _ward_labels(data, mask, n_parcels)
+        report["parcellation"] = {"ward_parcels": int(labels.max()), "mask_voxels": int(mask.sum()), "mask": method}
+    parcel_ids = [int(i) for i in np.unique(labels) if i > 0]
+    series = np.stack([data[labels == i].mean(axis=0) for i in parcel_ids])  # [parcels, volumes]
+    if detrend:
+        series = signal.detrend(series, axis=1)
+    flat = series.std(axis=1) < 1e-8 * (np.abs(series).max() + 1e-30)
+    if flat.all():
+        raise RecordingError(f"{path}: every parcel has a constant signal; this run holds no BOLD to shard.")
+    centroids_vox = np.stack([np.argwhere(labels == i).mean(axis=0) for i in parcel_ids])
+    centroids_mm = nib.affines.apply_affine(img.affine, centroids_vox)
+    code = int(max(img.header["sform_code"], img.header["qform_code"]))
+    if code >= 2:
+        positions = mni_to_head(centroids_mm / 1000.0)
+        report["coord_frame"] = "MNI (template) mm → head via fsaverage"
+    else:
+        positions = centroids_mm / 1000.0
+        report["coord_frame"] = "scanner (no transform to head known; scanner metres kept)"
+    names = [f"parcel-{i:03d}" for i in parcel_ids]
+    report["dropped_flat_parcels"] = [n for n, f in zip(names, flat) if f]
+    keep = ~flat
+    raw = _parcel_raw([n for n, k in zip(names, keep) if k], series[keep], positions[keep], tr)
+    return Recording(source=path, modality="fmri", inst=raw, report=report, spec=spec)
+
+
+def read_roi_table(path: Path, spec: InputSpec, detrend: bool = True):
+    """Read an ROI time-series table (CSV: one column per ROI, one row per volume).
+
+    Needs ``spec.positions`` (ROI name → x, y, z in MNI mm or m) and ``spec.tr_seconds``. ROIs
+    typed non-brain through ``channel_types`` (e.g. white matter, ventricles) are dropped.
+    """
+    import csv
+
+    from neurofm.data_shards.readers import Recording
+
+    if not spec.positions or not spec.tr_seconds:
+        raise RecordingError(
+            f"{path} is an ROI table: set positions (a name,x,y,z table of ROI centroids, MNI) and "
+            "tr_seconds on this input."
+        )
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    try:
+        header, values = rows[0], np.asarray(rows[1:], dtype=np.float64).T  # [rois, volumes]
+    except (ValueError, IndexError):
+        raise RecordingError(f"{path} is not a numeric ROI table with a header row of ROI names.") from None
+    dropped = [n for n in header if user_type(n, spec.channel_types) not in (None, *BRAIN_TYPES)]
+    table, unit = read_positions_table(spec.positions)
+    missing = [n for n in header if n not in dropped and n not in table]
+    if missing and spec.missing_positions == "raise":
+        raise RecordingError(
+            f"{path}: ROI(s) {', '.join(missing)} have no position in {spec.positions}; add them, type them "
+            "non-brain with channel_types, or set missing_positions: drop."
+        )
+    keep = [i for i, n in enumerate(header) if n not in dropped and n not in missing]
+    series = signal.detrend(values[keep], axis=1) if detrend else values[keep]
+    positions = mni_to_head(np.stack([table[header[i]] for i in keep]))
+    raw = _parcel_raw([header[i] for i in keep], series, positions, spec.tr_seconds)
+    report = {
+        "coord_frame": "MNI (template) → head via fsaverage",
+        "positions": {"file": str(spec.positions), "unit": unit},
+        "dropped_non_brain": {n: "non-brain ROI" for n in dropped},
+        "dropped_without_position": missing,
+    }
+    return Recording(source=path, modality="fmri", inst=raw, report=report, spec=spec)

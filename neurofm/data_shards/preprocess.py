@@ -1,0 +1,237 @@
+"""Preprocessing with MNE: band-pass, notch, resampling, bad-channel detection, robust scaling.
+
+The output, :class:`Prepared`, holds the scaled signal as segments (a whole continuous recording,
+one epoch, or one evoked condition), each with the events or labels that belong to it, ready to be
+cut into windows.
+
+Scaling: each sensor kind of a recording is divided by its robust scale — the median over that
+kind's channels of each channel's interquartile range / 1.349 (the standard deviation of a normal
+variable with that IQR) — then clipped to ±``clip``. The scales, in the kind's physical unit (V for
+EEG/iEEG, T for magnetometers, T/m for gradiometers), go into every ``meta.json``, so
+``signal * scale`` gives physical units back. fMRI parcels are z-scored per parcel instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mne
+import numpy as np
+
+from neurofm.config import from_dict, to_dict
+from neurofm.data_shards.config import BadChannelDetection, ElectrophysiologyPreprocess, FmriPreprocess, ShardsConfig
+from neurofm.data_shards.readers import Recording
+from neurofm.data_shards.sensors import SensorTable, sensor_table
+from neurofm.errors import RecordingError
+
+
+@dataclass
+class Segment:
+    """A stretch of scaled signal: ``data`` [channels, time]; ``onset`` in s within the recording
+    (continuous) or of the epoch's first sample relative to its event (epochs); ``events`` and
+    ``labels`` as they go into ``meta.json``."""
+
+    data: np.ndarray
+    onset: float = 0.0
+    events: list[dict] = field(default_factory=list)
+    labels: dict = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """A preprocessed recording: its sensors, segments, scales and what was done to it."""
+
+    recording: Recording
+    sensors: SensorTable
+    sfreq: float
+    segments: list[Segment]
+    scales: dict[str, float]
+    bad_channels: dict[str, str]
+    settings: dict
+    window_seconds: float
+    overlap: float
+    clip_fraction: float
+
+
+def effective_settings(config: ShardsConfig, recording: Recording, input_index: int):
+    """The modality's preprocessing settings with this input's ``preprocess`` overrides applied."""
+    base = getattr(config, recording.modality)
+    overrides = recording.spec.preprocess if recording.spec else {}
+    if not overrides:
+        return base
+    return from_dict(type(base), {**to_dict(base), **overrides}, prefix=f"inputs[{input_index}].preprocess")
+
+
+def _check_band(settings: ElectrophysiologyPreprocess, sfreq: float, source: Path, modality: str) -> None:
+    nyquist = sfreq / 2
+    for name in ("h_freq", "l_freq"):
+        value = getattr(settings, name)
+        if value is not None and value >= nyquist:
+            raise RecordingError(
+                f"{source}: sampling rate {sfreq:g} Hz is too low for the requested band ({name} = {value:g} Hz "
+                f"must stay below the Nyquist frequency {nyquist:g} Hz). Set inputs[].preprocess.{name} below "
+                f"{nyquist:g} for this file, or {modality}.{name} for every {modality} file."
+            )
+
+
+def _filter_resample(inst, settings: ElectrophysiologyPreprocess, source: Path, modality: str):
+    sfreq = inst.info["sfreq"]
+    _check_band(settings, sfreq, source, modality)
+    if settings.l_freq is not None or settings.h_freq is not None:
+        inst.filter(settings.l_freq, settings.h_freq, picks="all", verbose="error")
+    line = inst.info.get("line_freq") or settings.line_freq
+    harmonics = np.arange(line, sfreq / 2 - 1, line)
+    if settings.notch and len(harmonics) and not isinstance(inst, mne.Evoked | mne.BaseEpochs):
+        inst.notch_filter(harmonics, picks="all", verbose="error")
+    if sfreq != settings.sfreq:
+        inst.resample(settings.sfreq, verbose="error")
+    return inst
+
+
+def detect_bad_channels(data: np.ndarray, kinds: list[str], config: BadChannelDetection) -> dict[int, str]:
+    """Flat and noisy channels, judged within each sensor kind.
+
+    Parameters
+    ----------
+    data : ndarray, shape (n_channels, n_times)
+    kinds : list of str
+        Kind of every channel.
+
+    Returns
+    -------
+    dict
+        Channel index → ``'flat'`` or ``'noisy'``.
+    """
+    std = data.std(axis=1)
+    bad: dict[int, str] = {}
+    for kind in set(kinds):
+        idx = np.flatnonzero(np.asarray(kinds) == kind)
+        median = np.median(std[idx])
+        for i in idx:
+            if std[i] <= config.flat_ratio * median or std[i] == 0:
+                bad[i] = "flat"
+        good = [i for i in idx if i not in bad]
+        if len(good) >= 4:  # a robust z-score needs a few channels to compare with
+            log_std = np.log(std[good])
+            mad = np.median(np.abs(log_std - np.median(log_std))) * 1.4826
+            if mad > 0:
+                z = (log_std - np.median(log_std)) / mad
+                bad.update({good[j]: "noisy" for j in np.flatnonzero(z > config.noisy_z)})
+    return bad
+
+
+def robust_scale(data: np.ndarray) -> float:
+    """Median over channels of IQR / 1.349; ``data`` is [channels, time]."""
+    q75, q25 = np.percentile(data, [75, 25], axis=1)
+    return float(np.median((q75 - q25) / 1.349))
+
+
+def prepare(recording: Recording, config: ShardsConfig, input_index: int = 0) -> Prepared:
+    """Filter, resample, drop bad channels and scale one recording (see module docstring)."""
+    settings = effective_settings(config, recording, input_index)
+    source, modality = recording.source, recording.modality
+    if recording.layout == "evoked":
+        insts = [_filter_resample(ev, settings, source, modality) for ev in recording.inst]
+        arrays = [ev.data for ev in insts]
+        info = insts[0].info
+    elif modality == "fmri":
+        inst = recording.inst
+        if abs(inst.info["sfreq"] - 1 / settings.tr_seconds) > 1e-9:
+            inst.resample(1.0 / settings.tr_seconds, verbose="error")
+        insts, arrays, info = [inst], [inst.get_data()], inst.info
+    else:
+        inst = _filter_resample(recording.inst, settings, source, modality)
+        insts = [inst]
+        arrays = list(inst.get_data()) if recording.layout == "epochs" else [inst.get_data()]
+        info = inst.info
+    sensors = sensor_table(info, modality)
+    concatenated = np.concatenate(arrays, axis=1)  # [channels, all time]
+    if modality == "fmri":
+        bad_idx: dict[int, str] = {}
+    else:
+        bad_idx = detect_bad_channels(concatenated, sensors.kinds, config.bad_channels)
+    if len(bad_idx) == len(sensors):
+        raise RecordingError(
+            f"{source}: every channel is flat or constant; the recording holds no signal (check the file "
+            "and its gain/unit settings)."
+        )
+    keep = np.array([i not in bad_idx for i in range(len(sensors))])
+    sensors = SensorTable(
+        names=[n for n, k in zip(sensors.names, keep) if k],
+        kinds=[n for n, k in zip(sensors.kinds, keep) if k],
+        positions=sensors.positions[keep],
+        orientations=sensors.orientations[keep],
+    )
+    arrays = [a[keep] for a in arrays]
+    scales = {}
+    kept_all = np.concatenate(arrays, axis=1)
+    if modality == "fmri":
+        mean, std = kept_all.mean(axis=1, keepdims=True), kept_all.std(axis=1, keepdims=True)
+        arrays = [(a - mean) / std for a in arrays]
+        scales["bold"] = 1.0
+    else:
+        divisor = np.ones((len(sensors), 1))
+        for kind in sorted(set(sensors.kinds)):
+            rows = np.asarray(sensors.kinds) == kind
+            scales[kind] = robust_scale(kept_all[rows])
+            if not scales[kind] > 0:
+                raise RecordingError(f"{source}: the {kind} channels are constant; nothing to scale.")
+            divisor[rows] = scales[kind]
+        arrays = [a / divisor for a in arrays]
+    clipped = sum(int((np.abs(a) > config.clip).sum()) for a in arrays)
+    total = sum(a.size for a in arrays)
+    arrays = [np.clip(a, -config.clip, config.clip) for a in arrays]
+    segments = _segments(recording, insts, arrays)
+    if isinstance(settings, FmriPreprocess):
+        sfreq = 1.0 / settings.tr_seconds
+    else:
+        sfreq = settings.sfreq
+    return Prepared(
+        recording=recording,
+        sensors=sensors,
+        sfreq=sfreq,
+        segments=segments,
+        scales=scales,
+        bad_channels={info["ch_names"][i]: why for i, why in bad_idx.items()},
+        settings=to_dict(settings),
+        window_seconds=settings.window_seconds,
+        overlap=settings.overlap,
+        clip_fraction=clipped / max(total, 1),
+    )
+
+
+def _segments(recording: Recording, insts: list, arrays: list[np.ndarray]) -> list[Segment]:
+    if recording.layout == "evoked":
+        return [
+            Segment(data=a, onset=float(ev.times[0]), labels={"condition": ev.comment, "nave": int(ev.nave)})
+            for ev, a in zip(insts, arrays)
+        ]
+    if recording.layout == "epochs":
+        epochs = insts[0]
+        names = {code: name for name, code in epochs.event_id.items()}
+        metadata = epochs.metadata.to_dict("records") if epochs.metadata is not None else [{}] * len(epochs)
+        return [
+            Segment(
+                data=a,
+                onset=float(epochs.tmin),
+                labels={"event": names.get(int(code), str(code)), "event_code": int(code), **_plain(row)},
+            )
+            for a, code, row in zip(arrays, epochs.events[:, 2], metadata)
+        ]
+    return [Segment(data=arrays[0], onset=0.0, events=recording.events)]
+
+
+def _plain(row: dict) -> dict:
+    """Metadata row with JSON-friendly values."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, float) and not np.isfinite(value):
+            value = None
+        out[str(key)] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+    return out
+
+
+__all__ = ["Prepared", "Segment", "detect_bad_channels", "prepare", "robust_scale"]

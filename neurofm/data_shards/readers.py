@@ -1,0 +1,301 @@
+"""Readers: any recording on disk → a :class:`Recording` holding an MNE object with typed, positioned
+brain channels only, plus the events found in it.
+
+Electrophysiology goes through MNE (``mne.io.read_raw`` for EDF/BDF/FIF/SET/VHDR/CTF/KIT/Persyst …,
+``mne.read_epochs``, ``mne.read_evokeds``) and mne-bids for BIDS folders; fMRI through nibabel (see
+:mod:`neurofm.data_shards.fmri`). Adding a format that MNE reads needs nothing here; a new kind of
+container is one ``_read_*`` function registered in :func:`read_recording`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import io
+import hashlib
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mne
+import numpy as np
+
+from neurofm.data_shards.config import FmriPreprocess, InputSpec
+from neurofm.data_shards.positions import BRAIN_TYPES, resolve_positions, type_channels
+from neurofm.errors import NeuroFMError, RecordingError
+
+RAW_EXTENSIONS = (".edf", ".bdf", ".gdf", ".fif", ".fif.gz", ".set", ".vhdr", ".sqd", ".con", ".lay", ".cnt", ".mff", ".ds")
+FMRI_EXTENSIONS = (".nii", ".nii.gz")
+#: MNE warnings that mean the file is damaged; they become errors instead of silently shorter data.
+FATAL_WARNINGS = ("does not match the file size", "truncated", "file is incomplete")
+
+
+@dataclass
+class Recording:
+    """One recording ready for preprocessing.
+
+    Attributes
+    ----------
+    source : Path
+        The recording's main file (or folder, for CTF ``.ds`` and BIDS entries).
+    modality : str
+        ``eeg``, ``meg``, ``ieeg`` or ``fmri``.
+    inst : mne.io.BaseRaw | mne.BaseEpochs | list of mne.Evoked
+        Brain channels only, each with a head-frame position. fMRI parcels are ``misc`` channels of
+        a ``RawArray`` sampled at 1/TR.
+    events : list of dict
+        Continuous recordings: ``{"onset": s from the first sample, "duration": s, "label": str}``.
+    report : dict
+        Provenance: dropped channels and why, where positions came from, coordinate frames.
+    spec : InputSpec
+        The input entry this recording came from.
+    """
+
+    source: Path
+    modality: str
+    inst: object
+    events: list[dict] = field(default_factory=list)
+    report: dict = field(default_factory=dict)
+    spec: InputSpec | None = None
+
+    @property
+    def layout(self) -> str:
+        if isinstance(self.inst, list):
+            return "evoked"
+        return "epochs" if isinstance(self.inst, mne.BaseEpochs) else "continuous"
+
+
+def _is_recording_path(path: Path) -> bool:
+    name = path.name.lower()
+    if path.is_dir():
+        return name.endswith(".ds")
+    return name.endswith(RAW_EXTENSIONS + FMRI_EXTENSIONS)
+
+
+def expand_inputs(spec: InputSpec, root: Path) -> list[tuple[Path, InputSpec, object]]:
+    """Turn one input entry into ``(path, spec, bids_path_or_None)`` items, sorted for determinism."""
+    path = Path(spec.path)
+    path = path if path.is_absolute() else root / path
+    if path.is_dir() and (path / "dataset_description.json").is_file():
+        import mne_bids
+
+        bids_paths = mne_bids.find_matching_paths(
+            path, datatypes=["eeg", "meg", "ieeg"], suffixes=["eeg", "meg", "ieeg"], ignore_json=True
+        )
+        bids_paths = [p for p in bids_paths if p.extension not in (".tsv", ".json")]
+        if not bids_paths:
+            raise RecordingError(f"BIDS folder {path} holds no eeg/meg/ieeg recordings that mne-bids can find.")
+        return [(Path(p.fpath), spec, p) for p in sorted(bids_paths, key=lambda p: str(p.fpath))]
+    if path.is_dir() and not path.name.lower().endswith(".ds"):
+        found = sorted(p for p in path.rglob("*") if _is_recording_path(p) and not _inside_ds(p, path))
+        if not found:
+            raise RecordingError(
+                f"Folder {path} holds no recordings (looked for {', '.join(RAW_EXTENSIONS + FMRI_EXTENSIONS)}); "
+                "point the input at a folder of recordings or at a file."
+            )
+        return [(p, spec, None) for p in found]
+    if any(ch in spec.path for ch in "*?["):
+        found = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+        if not found:
+            raise RecordingError(f"Input pattern {path} matches no files; fix inputs[].path.")
+        return [(p, spec, None) for p in found]
+    if not path.exists():
+        raise RecordingError(f"Input {path} does not exist; fix inputs[].path (relative paths start at 'root').")
+    return [(path, spec, None)]
+
+
+def _inside_ds(p: Path, top: Path) -> bool:
+    return any(part.lower().endswith(".ds") for part in p.relative_to(top).parts[:-1])
+
+
+def source_checksum(path: Path) -> str:
+    """sha256 of a recording and its companion files (same stem: .fdt, .eeg/.vmrk, .dat; a whole .ds)."""
+    digest = hashlib.sha256()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+    else:
+        stem = path.name.split(".")[0]
+        files = sorted(p for p in path.parent.iterdir() if p.is_file() and p.name.split(".")[0] == stem)
+    for f in files:
+        digest.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _mne_read(fn, path: Path, **kwargs):
+    """Call an MNE reader, turning its failures and damage warnings into :class:`RecordingError`."""
+    # Some MNE readers print to stdout (Persyst: "Unable to process birthdate"); keep stdout clean.
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("always")
+        try:
+            inst = fn(path, verbose="error", **kwargs)
+        except NeuroFMError:
+            raise
+        except Exception as err:  # MNE raises many types for unreadable files
+            raise RecordingError(
+                f"{path} cannot be read as a recording ({type(err).__name__}: {err}). Check that the file "
+                "is complete and in a format MNE reads (EDF, BDF, FIF, EEGLAB, BrainVision, CTF, KIT, Persyst …)."
+            ) from None
+    for w in caught:
+        if any(s in str(w.message) for s in FATAL_WARNINGS):
+            raise RecordingError(
+                f"{path} is damaged: {w.message} Re-export or re-copy the file; nothing was written for it."
+            )
+    return inst
+
+
+def _read_raw(path: Path):
+    name = path.name.lower()
+    if name.endswith((".edf", ".bdf", ".gdf")):
+        # EDF labels like "EEG Fp1-Ref" and "ECG ECG1" carry the type before the space.
+        return _mne_read(mne.io.read_raw, path, preload=True, infer_types=True)
+    return _mne_read(mne.io.read_raw, path, preload=True)
+
+
+def _annotation_events(raw: mne.io.BaseRaw) -> list[dict]:
+    """Annotations as events with onsets in seconds from the first sample."""
+    offset = raw.first_time if raw.annotations.orig_time is not None else 0.0
+    return [
+        {"onset": float(a["onset"] - offset), "duration": float(a["duration"]), "label": str(a["description"])}
+        for a in raw.annotations
+    ]
+
+
+def _stim_events(raw: mne.io.BaseRaw) -> list[dict]:
+    """Trigger codes on stim channels (before those channels are dropped)."""
+    stim = [n for n, t in zip(raw.ch_names, raw.get_channel_types()) if t == "stim"]
+    if not stim:
+        return []
+    try:
+        events = mne.find_events(raw, stim_channel=stim, shortest_event=1, initial_event=True, verbose="error")
+    except (ValueError, RuntimeError):
+        return []
+    return [
+        {"onset": float((s - raw.first_samp) / raw.info["sfreq"]), "duration": 0.0, "label": f"stim/{code}"}
+        for s, _, code in events
+    ]
+
+
+def _infer_modality(inst, spec: InputSpec, path: Path, datatype: str | None) -> str:
+    if spec.modality:
+        return spec.modality
+    if datatype:
+        return datatype
+    suffix = re.search(r"_(eeg|meg|ieeg)$", path.name.split(".")[0])
+    if suffix:
+        return suffix.group(1)
+    types = set(inst.get_channel_types())
+    if types & {"mag", "grad"}:
+        return "meg"
+    if types & {"seeg", "ecog", "dbs"}:
+        return "ieeg"
+    return "eeg"
+
+
+def _drop_non_brain(inst) -> dict[str, str]:
+    """Drop every channel that is not EEG/MEG/sEEG/ECoG/DBS; return name → type of the dropped ones."""
+    dropped = {n: t for n, t in zip(inst.ch_names, inst.get_channel_types()) if t not in BRAIN_TYPES}
+    if len(dropped) == len(inst.ch_names):
+        raise RecordingError(
+            f"{getattr(inst, 'filenames', [''])[0] or 'recording'} has no brain channels (only "
+            f"{', '.join(sorted(set(dropped.values())))}); set channel_types to type its brain channels."
+        )
+    if dropped:
+        inst.drop_channels(list(dropped), on_missing="ignore")
+    return dropped
+
+
+def _check_ieeg_typed(inst, path: Path) -> None:
+    untyped = [n for n, t in zip(inst.ch_names, inst.get_channel_types()) if t == "eeg"]
+    if untyped:
+        raise RecordingError(
+            f"{path}: {len(untyped)} channel(s) of this iEEG recording are typed EEG ({', '.join(untyped[:5])} …); "
+            "EDF has no sEEG/ECoG type. Set channel_types, e.g. {'*': seeg} or {'*': ecog}."
+        )
+
+
+def read_recording(path: Path, spec: InputSpec, bids_path=None, fmri_config: FmriPreprocess | None = None) -> Recording:
+    """Read one recording and leave only positioned brain channels.
+
+    Parameters
+    ----------
+    path : Path
+        File (or CTF folder) to read.
+    spec : InputSpec
+        How to read it (modality, montage, positions, channel types …).
+    bids_path : mne_bids.BIDSPath | None
+        When the file belongs to a BIDS folder: read through mne-bids (channel types, electrodes,
+        events from the sidecars).
+    fmri_config : FmriPreprocess | None
+        Parcellation and detrending of fMRI inputs (defaults when ``None``).
+
+    Raises
+    ------
+    RecordingError
+        The file is unreadable or damaged, has no brain channels, or has a channel without a position.
+    """
+    from neurofm.data_shards import fmri
+
+    name = path.name.lower()
+    fmri_config = fmri_config or FmriPreprocess()
+    if name.endswith(FMRI_EXTENSIONS):
+        return fmri.read_nifti(path, spec, n_parcels=fmri_config.n_parcels, detrend=fmri_config.detrend)
+    if name.endswith(".csv"):
+        return fmri.read_roi_table(path, spec, detrend=fmri_config.detrend)
+
+    events: list[dict] = []
+    if bids_path is not None:
+        import mne_bids
+
+        inst = _mne_read(lambda p, **kw: mne_bids.read_raw_bids(bids_path, **kw), path)
+        inst.load_data()
+    elif re.search(r"[-_]epo\.fif(\.gz)?$", name):
+        inst = _mne_read(mne.read_epochs, path, preload=True)
+    elif re.search(r"[-_]ave\.fif(\.gz)?$", name):
+        inst = _mne_read(mne.read_evokeds, path)
+    else:
+        inst = _read_raw(path)
+    if isinstance(inst, mne.io.BaseRaw):
+        events = _annotation_events(inst) + _stim_events(inst)
+
+    insts = inst if isinstance(inst, list) else [inst]
+    report: dict = {}
+    for one in insts:
+        _rename(one, spec.rename_channels, path)
+        type_channels(one, spec.channel_types, path)
+        modality = _infer_modality(one, spec, path, bids_path.datatype if bids_path is not None else None)
+        report["dropped_non_brain"] = _drop_non_brain(one)
+        report["bad_in_file"] = [b for b in one.info["bads"] if b in one.ch_names]
+        if report["bad_in_file"]:  # the lab already marked them; trust it
+            one.drop_channels(report["bad_in_file"])
+        if modality == "ieeg":
+            _check_ieeg_typed(one, path)
+        report["positions"] = resolve_positions(one, source=path, modality=modality, spec=spec)
+    _check_finite(insts, path)
+    return Recording(source=path, modality=modality, inst=inst, events=events, report=report, spec=spec)
+
+
+def _rename(inst, mapping: dict[str, str], path: Path) -> None:
+    unknown = [old for old in mapping if old not in inst.ch_names]
+    if unknown:
+        raise RecordingError(
+            f"{path}: rename_channels names channel(s) {', '.join(unknown)} that the file does not have; "
+            f"its channels are {', '.join(inst.ch_names[:8])} …"
+        )
+    if mapping:
+        inst.rename_channels(mapping, verbose="error")
+
+
+def _check_finite(insts: list, path: Path) -> None:
+    for one in insts:
+        data = one.get_data()  # [channels, time] or [epochs, channels, time]
+        finite = np.isfinite(data).all(axis=tuple(i for i in range(data.ndim) if i != data.ndim - 2))
+        if not finite.all():
+            bad = np.asarray(one.ch_names)[~finite]
+            raise RecordingError(
+                f"{path} holds NaN or infinite samples in {len(bad)} channel(s) ({', '.join(bad[:5])}). "
+                "Interpolate or remove those segments (e.g. raw.interpolate_bads, or crop), then rebuild."
+            )

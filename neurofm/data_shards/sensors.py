@@ -1,0 +1,144 @@
+"""The sensor table: every kept channel described by its physics, never by its name.
+
+``sensors.npy`` in a signal shard holds one row per channel with the features of
+:data:`SENSOR_FEATURES` (float32):
+
+====== ===================================================================================
+column meaning
+====== ===================================================================================
+0–2    position x, y, z in metres, MNE's head frame (origin between the ears, +x right,
+       +y nasion, +z up)
+3–5    orientation: unit coil normal (magnetometers, axial gradiometers) or gradient
+       direction (planar gradiometers); 0 for electrodes and fMRI parcels
+6–11   one-hot sensor kind in the order of :data:`KINDS`
+====== ===================================================================================
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import mne
+import numpy as np
+
+KINDS = ("eeg", "meg_mag", "meg_grad", "seeg", "ecog", "bold")
+SENSOR_FEATURES = ("x", "y", "z", "ox", "oy", "oz") + tuple(f"kind_{k}" for k in KINDS)
+
+#: MNE channel type → NeuroFM sensor kind. Axial gradiometers (KIT, CTF) are typed ``mag`` by MNE
+#: and are ``meg_mag`` here; their orientation is the coil normal. DBS contacts count as sEEG.
+MNE_TYPE_TO_KIND = {"eeg": "eeg", "mag": "meg_mag", "grad": "meg_grad", "seeg": "seeg", "ecog": "ecog", "dbs": "seeg"}
+
+#: Channel names that denote non-brain signals whatever type the file gives them (EDF has no types).
+NON_BRAIN_NAME_PATTERNS = (
+    (re.compile(r"^(ECG|EKG)", re.I), "ecg"),
+    (re.compile(r"^([HVLRI]?EOG|EOG)|EOG$", re.I), "eog"),
+    (re.compile(r"^EMG", re.I), "emg"),
+    (re.compile(r"^(STI|STATUS$|TRIG)", re.I), "stim"),
+    (re.compile(r"^(RESP|SAO2|SPO2|PLETH)", re.I), "misc"),
+    (re.compile(r"^EXG\d+$", re.I), "misc"),  # BioSemi external inputs
+    (re.compile(r"^(POL )?DC\d+$", re.I), "misc"),  # Nihon Kohden DC (analogue) inputs
+)
+
+
+def non_brain_type(name: str) -> str | None:
+    """The MNE type a channel name denotes when it is clearly not a brain signal, else ``None``."""
+    for pattern, ch_type in NON_BRAIN_NAME_PATTERNS:
+        if pattern.search(name.strip()):
+            return ch_type
+    return None
+
+
+def clean_channel_name(name: str) -> str:
+    """Reduce a channel label to the electrode name a montage uses.
+
+    ``'Fc5.'`` → ``'Fc5'``, ``'EEG Fp1-Ref'`` → ``'Fp1'``, ``'EEG T3-LE'`` → ``'T3'``. Case is left
+    alone: montages are matched case-insensitively.
+    """
+    name = name.strip().rstrip(".").strip()
+    name = re.sub(r"^(EEG|EEG-)\s*", "", name, flags=re.I)
+    name = re.sub(r"-(REF|LE|RE|AVG|AV|M1|M2|A1A2|A1|A2)$", "", name, flags=re.I)
+    return name.strip()
+
+
+@dataclass
+class SensorTable:
+    """Physical description of the kept channels of one recording.
+
+    Attributes
+    ----------
+    names : list of str
+        Channel names as in the source file, shape (n_channels,).
+    kinds : list of str
+        One of :data:`KINDS` per channel.
+    positions : ndarray, shape (n_channels, 3)
+        Metres, head frame.
+    orientations : ndarray, shape (n_channels, 3)
+        Unit vectors, or zeros where a sensor has none.
+    """
+
+    names: list[str]
+    kinds: list[str]
+    positions: np.ndarray
+    orientations: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def features(self) -> np.ndarray:
+        """Feature matrix of :data:`SENSOR_FEATURES`, shape (n_channels, 12), float32."""
+        one_hot = np.zeros((len(self), len(KINDS)), np.float32)
+        one_hot[np.arange(len(self)), [KINDS.index(k) for k in self.kinds]] = 1.0
+        return np.concatenate([self.positions, self.orientations, one_hot], axis=1).astype(np.float32)
+
+
+def _head_frame_loc(ch: dict, dev_head_t: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Position (m) and orientation of one channel in the head frame."""
+    loc = np.asarray(ch["loc"], float)
+    pos = loc[:3].copy()
+    orientation = np.zeros(3)
+    if ch["kind"] == mne.io.constants.FIFF.FIFFV_MEG_CH:
+        orientation = loc[3:6] if ch["coil_type"] in _PLANAR_COILS else loc[9:12]
+        if dev_head_t is not None and ch["coord_frame"] == mne.io.constants.FIFF.FIFFV_COORD_DEVICE:
+            pos = mne.transforms.apply_trans(dev_head_t, pos)
+            orientation = dev_head_t[:3, :3] @ orientation
+        norm = np.linalg.norm(orientation)
+        orientation = orientation / norm if norm > 0 else orientation
+    return pos, orientation
+
+
+_PLANAR_COILS = {
+    c for name, c in vars(mne.io.constants.FIFF).items() if name.startswith("FIFFV_COIL") and "PLANAR" in name
+}
+
+
+def has_position(pos: np.ndarray) -> bool:
+    """True when a position is finite and not MNE's all-zero "unknown" placeholder."""
+    return bool(np.all(np.isfinite(pos)) and np.any(pos != 0))
+
+
+def sensor_table(info: mne.Info, modality: str) -> SensorTable:
+    """Build the sensor table of every channel in ``info`` (call after non-brain channels are dropped).
+
+    Parameters
+    ----------
+    info : mne.Info
+        Channels typed eeg/mag/grad/seeg/ecog/dbs, or (fMRI) misc channels holding parcel centroids.
+    modality : str
+        ``fmri`` makes every channel a ``bold`` sensor.
+    """
+    dev_head_t = info["dev_head_t"]["trans"] if info["dev_head_t"] is not None else None
+    names, kinds, positions, orientations = [], [], [], []
+    for idx, ch in enumerate(info["chs"]):
+        kind = "bold" if modality == "fmri" else MNE_TYPE_TO_KIND[mne.channel_type(info, idx)]
+        pos, orientation = _head_frame_loc(ch, dev_head_t)
+        names.append(ch["ch_name"])
+        kinds.append(kind)
+        positions.append(pos)
+        orientations.append(orientation)
+    return SensorTable(
+        names=names,
+        kinds=kinds,
+        positions=np.asarray(positions, np.float32).reshape(-1, 3),
+        orientations=np.asarray(orientations, np.float32).reshape(-1, 3),
+    )

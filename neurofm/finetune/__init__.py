@@ -1,0 +1,4 @@
+"""Finetuning heads, subject adapters and probes on released checkpoints.
+
+Not built yet: tracked by the "Finetuning released checkpoints" issue.
+"""

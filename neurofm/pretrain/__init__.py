@@ -1,0 +1,4 @@
+"""Masked-code pretraining with DeepSpeed.
+
+Not built yet: tracked by the "Masked-code pretraining" issue.
+"""
