@@ -139,6 +139,24 @@ def _montage_positions(names: list[str], montage_name: str) -> dict[str, np.ndar
     }
 
 
+def _fix_file_units(inst, types: dict[str, str]) -> str | None:
+    """Electrode positions stored in mm or cm but labelled metres (seen in real files) → metres.
+
+    A head is about 0.1 m in radius: a median electrode radius above 20 means millimetres, above 1
+    centimetres. MEG coil positions come from the acquisition system and are left alone.
+    """
+    chs = [ch for ch in inst.info["chs"] if types[ch["ch_name"]] not in ("mag", "grad") and has_position(ch["loc"][:3])]
+    if not chs:
+        return None
+    radius = float(np.median([np.linalg.norm(ch["loc"][:3]) for ch in chs]))
+    if radius <= 1.0:
+        return None
+    factor, label = (1e-3, "mm → m") if radius > 20 else (1e-2, "cm → m")
+    for ch in chs:
+        ch["loc"][:3] = ch["loc"][:3] * factor
+    return f"positions in the file look like {label.split()[0]} (median radius {radius:g}); converted {label}"
+
+
 def resolve_positions(inst, *, source: Path, modality: str, spec) -> dict:
     """Give every brain channel of ``inst`` a head-frame position, or raise / drop as configured.
 
@@ -163,6 +181,9 @@ def resolve_positions(inst, *, source: Path, modality: str, spec) -> dict:
     # MEG coils always carry their position in the file; electrodes may not.
     missing = [ch["ch_name"] for ch in inst.info["chs"] if not has_position(ch["loc"][:3])]
     report: dict = {"from_file": len(inst.ch_names) - len(missing), "sources": {}}
+    rescaled = _fix_file_units(inst, types)
+    if rescaled:
+        report["file_positions_rescaled"] = rescaled
     tables = []
     if spec.positions:
         tables.append(("positions file", Path(spec.positions)))

@@ -121,6 +121,17 @@ def detect_bad_channels(data: np.ndarray, kinds: list[str], config: BadChannelDe
     return bad
 
 
+def _constant_channels(recording: Recording) -> list[int]:
+    """Indices of channels whose raw samples never change."""
+    insts = recording.inst if isinstance(recording.inst, list) else [recording.inst]
+    arrays = []
+    for inst in insts:
+        data = inst.get_data()  # [channels, time] or [epochs, channels, time]
+        arrays.append(data if data.ndim == 2 else np.concatenate(list(data), axis=1))
+    data = np.concatenate(arrays, axis=1)
+    return [int(i) for i in np.flatnonzero(np.ptp(data, axis=1) == 0)]
+
+
 def robust_scale(data: np.ndarray) -> float:
     """Median over channels of IQR / 1.349; ``data`` is [channels, time]."""
     q75, q25 = np.percentile(data, [75, 25], axis=1)
@@ -131,6 +142,7 @@ def prepare(recording: Recording, config: ShardsConfig, input_index: int = 0) ->
     """Filter, resample, drop bad channels and scale one recording (see module docstring)."""
     settings = effective_settings(config, recording, input_index)
     source, modality = recording.source, recording.modality
+    constant = _constant_channels(recording)  # before filtering: a filter turns a DC offset into ringing
     if recording.layout == "evoked":
         insts = [_filter_resample(ev, settings, source, modality) for ev in recording.inst]
         arrays = [ev.data for ev in insts]
@@ -150,7 +162,7 @@ def prepare(recording: Recording, config: ShardsConfig, input_index: int = 0) ->
     if modality == "fmri":
         bad_idx: dict[int, str] = {}
     else:
-        bad_idx = detect_bad_channels(concatenated, sensors.kinds, config.bad_channels)
+        bad_idx = {i: "flat" for i in constant} | detect_bad_channels(concatenated, sensors.kinds, config.bad_channels)
     if len(bad_idx) == len(sensors):
         raise RecordingError(
             f"{source}: every channel is flat or constant; the recording holds no signal (check the file "

@@ -1,0 +1,77 @@
+"""fMRI: NIfTI runs and ROI tables → parcel sensors at their centroids."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from neurofm.data_shards.config import InputSpec
+from neurofm.data_shards.fmri import mni_to_head, read_nifti, read_roi_table
+from neurofm.data_shards.sensors import sensor_table
+from neurofm.errors import RecordingError
+
+
+def test_mni_origin_lands_inside_the_head():
+    # MNI (0, 0, 0) is near the anterior commissure: a few cm above and in front of the head origin
+    point = mni_to_head(np.zeros((1, 3)))[0]
+    assert np.linalg.norm(point) < 0.06
+
+
+def test_ward_parcels_of_a_real_run(shared):
+    rec = read_nifti(shared / "fmri/nibabel_functional.nii", InputSpec(path="x"), n_parcels=20)
+    raw = rec.inst
+    assert raw.info["sfreq"] == pytest.approx(0.5) and raw.n_times == 20
+    assert len(raw.ch_names) == 20
+    table = sensor_table(raw.info, "fmri")
+    assert set(table.kinds) == {"bold"} and np.allclose(table.orientations, 0)
+    assert np.all(np.linalg.norm(table.positions, axis=1) < 0.15)  # MNI image: parcels inside the head
+    assert rec.report["coord_frame"].startswith("MNI")
+    # detrended: no parcel keeps a linear trend
+    t = np.arange(raw.n_times)
+    slopes = np.polyfit(t, raw.get_data().T, 1)[0]
+    assert np.allclose(slopes, 0, atol=1e-6 * np.abs(raw.get_data()).max())
+
+
+def test_user_atlas_gives_one_sensor_per_label_and_mismatch_is_an_error(shared, tmp_path):
+    img = nib.load(shared / "fmri/nitime_fmri1.nii.gz")
+    labels = np.zeros(img.shape[:3], np.int16)
+    labels[:5, :, :9], labels[5:, :, :9], labels[:, :, 9:] = 1, 2, 3
+    atlas = tmp_path / "atlas.nii.gz"
+    nib.save(nib.Nifti1Image(labels, img.affine), atlas)
+    rec = read_nifti(shared / "fmri/nitime_fmri1.nii.gz", InputSpec(path="x", atlas=str(atlas)))
+    assert rec.inst.ch_names == ["parcel-001", "parcel-002", "parcel-003"]
+    expected = img.get_fdata()[labels == 2].mean(axis=0)
+    expected = expected - np.polyval(np.polyfit(np.arange(40), expected, 1), np.arange(40))
+    assert np.allclose(rec.inst.get_data()[1], expected)
+    wrong = tmp_path / "wrong.nii.gz"
+    nib.save(nib.Nifti1Image(labels[:, :, :10], img.affine), wrong)
+    with pytest.raises(RecordingError, match=r"wrong.nii.gz.*does not match the grid.*resample_to_img"):
+        read_nifti(shared / "fmri/nitime_fmri1.nii.gz", InputSpec(path="x", atlas=str(wrong)))
+
+
+def test_roi_table_needs_positions_and_tr(shared, tmp_path):
+    csv = shared / "fmri/nitime_fmri_timeseries.csv"
+    with pytest.raises(RecordingError, match="positions.*tr_seconds"):
+        read_roi_table(csv, InputSpec(path="x"))
+    partial = tmp_path / "rois.tsv"
+    partial.write_text("name\tx\ty\tz\nLCau\t-13\t10\t10\nRCau\t14\t12\t10\n")
+    with pytest.raises(RecordingError, match="LPut"):
+        read_roi_table(csv, InputSpec(path="x", positions=str(partial), tr_seconds=1.89))
+    rec = read_roi_table(csv, InputSpec(path="x", positions=str(partial), tr_seconds=1.89, missing_positions="drop", channel_types={"WM": "misc"}))
+    assert rec.inst.ch_names == ["LCau", "RCau"] and rec.inst.n_times == 250
+    assert "WM" in rec.report["dropped_non_brain"]
+
+
+def test_three_d_image_and_nan_voxels_are_errors(shared, tmp_path):
+    img = nib.load(shared / "fmri/nibabel_functional.nii")
+    volume = tmp_path / "one_volume.nii"
+    nib.save(nib.Nifti1Image(img.get_fdata()[..., 0], img.affine), volume)
+    with pytest.raises(RecordingError, match="must be a 4-D fMRI run"):
+        read_nifti(volume, InputSpec(path="x"))
+    data = img.get_fdata()
+    data[3, 3, 1, 5] = np.nan
+    nan_run = tmp_path / "nan.nii"
+    nib.save(nib.Nifti1Image(data.astype(np.float32), img.affine), nan_run)
+    with pytest.raises(RecordingError, match="nan.nii holds NaN"):
+        read_nifti(nan_run, InputSpec(path="x"))

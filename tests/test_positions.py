@@ -1,0 +1,106 @@
+"""Channel names, montage matching, positions tables and the missing-position error."""
+
+from __future__ import annotations
+
+import mne
+import numpy as np
+import pytest
+
+from neurofm.data_shards.config import InputSpec
+from neurofm.data_shards.positions import read_positions_table, resolve_positions, type_channels
+from neurofm.data_shards.readers import read_recording
+from neurofm.data_shards.sensors import clean_channel_name, non_brain_type
+from neurofm.errors import NeuroFMError, SensorPositionError
+
+
+@pytest.mark.parametrize(
+    "raw,clean",
+    [("Fc5.", "Fc5"), ("Fcz.", "Fcz"), ("EEG Fp1-Ref", "Fp1"), ("EEG T3-LE", "T3"), (" Cz ", "Cz"), ("O1..", "O1"), ("C3-A2", "C3")],
+)
+def test_clean_channel_name(raw, clean):
+    assert clean_channel_name(raw) == clean
+
+
+@pytest.mark.parametrize(
+    "name,kind",
+    [("EKG1", "ecg"), ("ECG ECG1", "ecg"), ("LEOG", "eog"), ("HEOG", "eog"), ("STI 014", "stim"), ("Status", "stim"),
+     ("EXG3", "misc"), ("SaO2 X9", "misc"), ("POL DC03", "misc"), ("Fp1", None), ("C3", None), ("O'12", None)],
+)
+def test_non_brain_names(name, kind):
+    assert non_brain_type(name) == kind
+
+
+def _raw(names, types="eeg", sfreq=100.0, seconds=4.0, seed=0):
+    rng = np.random.default_rng(seed)
+    info = mne.create_info(names, sfreq, types)
+    return mne.io.RawArray(rng.normal(0, 1e-5, (len(names), int(sfreq * seconds))), info, verbose="error")
+
+
+def test_montage_match_uses_cleaned_case_folded_names(tmp_path):
+    raw = _raw(["Fc5.", "CZ", "EEG O1-Ref"])
+    report = resolve_positions(raw, source=tmp_path / "x.edf", modality="eeg", spec=InputSpec(path="x"))
+    montage = mne.channels.make_standard_montage("colin27_1005")
+    ref = mne.create_info(montage.ch_names, 100.0, "eeg")
+    ref.set_montage(montage)
+    expected = {ch["ch_name"]: ch["loc"][:3] for ch in ref["chs"]}
+    assert np.allclose(raw.info["chs"][0]["loc"][:3], expected["FC5"])
+    assert np.allclose(raw.info["chs"][1]["loc"][:3], expected["Cz"])
+    assert np.allclose(raw.info["chs"][2]["loc"][:3], expected["O1"])
+    assert report["sources"]["montage colin27_1005"]["channels"] == 3
+
+
+def test_missing_position_error_names_channel_and_remedies(tmp_path):
+    raw = _raw(["Fz", "Xyz1"])
+    with pytest.raises(SensorPositionError) as err:
+        resolve_positions(raw, source=tmp_path / "rec.edf", modality="eeg", spec=InputSpec(path="x"))
+    message = str(err.value)
+    assert "rec.edf" in message and "Xyz1" in message
+    for remedy in ("montage", "electrodes.tsv", "positions", "missing_positions: drop"):
+        assert remedy in message
+    assert isinstance(err.value, NeuroFMError)
+
+
+def test_drop_mode_reports_dropped_channels(tmp_path):
+    raw = _raw(["Fz", "Xyz1"])
+    report = resolve_positions(raw, source=tmp_path / "r.edf", modality="eeg", spec=InputSpec(path="x", missing_positions="drop"))
+    assert raw.ch_names == ["Fz"] and report["dropped_without_position"] == ["Xyz1"]
+
+
+def test_positions_table_units_and_priority(tmp_path):
+    table = tmp_path / "pos.csv"
+    table.write_text("name,x,y,z\nA1x,10,20,30\nB2x,n/a,n/a,n/a\nC3,-40,0,50\n")
+    positions, unit = read_positions_table(table)
+    assert unit == "mm" and np.allclose(positions["A1x"], [0.01, 0.02, 0.03]) and "B2x" not in positions
+    raw = _raw(["A1x", "C3"])
+    report = resolve_positions(raw, source=tmp_path / "r.edf", modality="eeg", spec=InputSpec(path="x", positions=str(table)))
+    # the user's table wins over the template montage, also for a 10-20 name
+    assert np.allclose(raw.info["chs"][1]["loc"][:3], [-0.04, 0.0, 0.05])
+    assert report["sources"]["positions file"]["channels"] == 2
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("label\tx\n")
+    with pytest.raises(SensorPositionError, match="must have columns name, x, y, z"):
+        read_positions_table(bad)
+
+
+def test_intracranial_contacts_never_take_scalp_montage_positions(tmp_path):
+    raw = _raw(["C3", "C4"], types="ecog")
+    with pytest.raises(SensorPositionError, match="C3"):
+        resolve_positions(raw, source=tmp_path / "r.edf", modality="ieeg", spec=InputSpec(path="x"))
+
+
+def test_channel_types_mapping_exact_name_beats_convention_and_glob_does_not(tmp_path):
+    raw = _raw(["EKG1", "A1", "A2", "EOG"])
+    type_channels(raw, {"EOG": "seeg", "*": "seeg"}, tmp_path / "r.edf")
+    assert raw.get_channel_types() == ["ecg", "seeg", "seeg", "seeg"]
+    with pytest.raises(NeuroFMError, match="Allowed types"):
+        type_channels(raw, {"*": "brain"}, tmp_path / "r.edf")
+
+
+def test_edf_ieeg_without_types_is_a_clear_error(shared):
+    with pytest.raises(NeuroFMError, match=r"typed EEG.*channel_types"):
+        read_recording(shared / "ieeg/sub-pat01_acq-seeg_ieeg.edf", InputSpec(path="x"))
+
+
+def test_rename_unknown_channel_is_named(shared):
+    with pytest.raises(NeuroFMError, match="rename_channels names channel"):
+        read_recording(shared / "eeg/eeglab_tutorial.set", InputSpec(path="x", rename_channels={"EEG 999": "Fz"}))

@@ -1,0 +1,91 @@
+"""Preprocessing with MNE on real recordings: band limits, bad channels, scaling, errors."""
+
+from __future__ import annotations
+
+import mne
+import numpy as np
+import pytest
+
+from neurofm.config import load_config
+from neurofm.data_shards.config import InputSpec, ShardsConfig
+from neurofm.data_shards.preprocess import detect_bad_channels, prepare
+from neurofm.data_shards.readers import read_recording
+from neurofm.errors import RecordingError
+
+EDF = "eeg/eegmmidb_S088R10.edf"
+
+
+def _config(*overrides):
+    return load_config(ShardsConfig, None, list(overrides))
+
+
+def test_too_low_sampling_rate_for_the_band_names_file_and_field(shared):
+    rec = read_recording(shared / EDF, InputSpec(path=EDF))
+    with pytest.raises(RecordingError) as err:
+        prepare(rec, _config("eeg.h_freq=70"))
+    message = str(err.value)
+    assert "eegmmidb_S088R10.edf" in message and "128 Hz" in message and "h_freq" in message and "below 64" in message
+
+
+def test_per_input_override_is_validated_with_its_path(shared):
+    rec = read_recording(shared / EDF, InputSpec(path=EDF, preprocess={"h_fre": 20}))
+    with pytest.raises(Exception, match=r"inputs\[0\].preprocess.h_fre.*Did you mean 'h_freq'"):
+        prepare(rec, _config())
+
+
+def test_resampled_band_limited_and_invertible_scaling(shared):
+    path = shared / "eeg/brainvision/test.vhdr"
+    rec = read_recording(path, InputSpec(path="x"))
+    physical = rec.inst.copy()
+    prepared = prepare(rec, _config())
+    assert prepared.sfreq == 256.0
+    signal = prepared.segments[0].data
+    assert signal.shape == (26, int(round(physical.n_times * 256 / 1000)))
+    # the robust scale is ~1 per channel after scaling, and signal * scale restores MNE's output
+    iqr = np.subtract(*np.percentile(signal, [75, 25], axis=1)) / 1.349
+    assert np.median(iqr) == pytest.approx(1.0, rel=1e-6)
+    reference = physical.filter(0.5, 45.0, verbose="error").notch_filter([50, 100, 150, 200, 250, 300, 350, 400, 450], verbose="error").resample(256.0, verbose="error").get_data()
+    assert np.allclose(signal * prepared.scales["eeg"], np.clip(reference, -20 * prepared.scales["eeg"], 20 * prepared.scales["eeg"]), atol=1e-12)
+    # above the 45 Hz band edge little power is left
+    spectrum = np.abs(np.fft.rfft(signal, axis=1)) ** 2
+    freqs = np.fft.rfftfreq(signal.shape[1], 1 / 256)
+    assert spectrum[:, freqs > 70].sum() < 1e-3 * spectrum[:, (freqs > 1) & (freqs < 40)].sum()
+
+
+def test_flat_and_noisy_channels_are_detected_recorded_and_excluded(shared):
+    rec = read_recording(shared / EDF, InputSpec(path=EDF))
+    data = rec.inst._data
+    data[5] = 0.0  # flat
+    data[17] *= 40.0  # far noisier than its neighbours
+    prepared = prepare(rec, _config())
+    names = rec.inst.ch_names
+    assert prepared.bad_channels == {names[5]: "flat", names[17]: "noisy"}
+    assert names[5] not in prepared.sensors.names and len(prepared.sensors) == 62
+    assert prepared.segments[0].data.shape[0] == 62
+
+
+def test_detect_bad_channels_needs_peers_for_noise():
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(3, 1000))
+    data[0] *= 100
+    assert detect_bad_channels(data, ["eeg"] * 3, _config().bad_channels) == {}  # 3 channels: no z-score
+
+
+def test_constant_recording_is_a_clear_error(tmp_path):
+    info = mne.create_info(["Fz", "Cz", "Pz"], 256.0, "eeg")
+    raw = mne.io.RawArray(np.full((3, 2560), 1e-6), info, verbose="error")
+    path = tmp_path / "constant_raw.fif"
+    raw.save(path, verbose="error")
+    rec = read_recording(path, InputSpec(path="x"))
+    with pytest.raises(RecordingError, match="constant_raw.fif: every channel is flat or constant"):
+        prepare(rec, _config())
+
+
+def test_nan_recording_is_a_clear_error(tmp_path):
+    info = mne.create_info(["Fz", "Cz", "Pz"], 256.0, "eeg")
+    data = np.random.default_rng(0).normal(0, 1e-5, (3, 2560))
+    data[1] = np.nan
+    path = tmp_path / "nan_raw.fif"
+    mne.io.RawArray(data, info, verbose="error").save(path, verbose="error")
+    with pytest.raises(RecordingError, match=r"nan_raw.fif holds NaN.*\(Cz\)"):
+        read_recording(path, InputSpec(path="x"))
