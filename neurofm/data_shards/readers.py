@@ -131,7 +131,7 @@ def _mne_read(fn, path: Path, **kwargs):
     with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("always")
         try:
-            inst = fn(path, verbose="error", **kwargs)
+            inst = fn(path, verbose="warning", **kwargs)  # "warning": damage is reported as a warning
         except NeuroFMError:
             raise
         except Exception as err:  # MNE raises many types for unreadable files

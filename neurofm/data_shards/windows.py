@@ -8,6 +8,7 @@ window keeps its first ``window_samples`` samples (``cropped: true``).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 
@@ -17,8 +18,13 @@ from neurofm.data_shards.preprocess import Prepared
 
 
 def recording_id(relative_source: str) -> str:
-    """A webdataset-safe id (no dots, no slashes) for a recording path."""
-    return re.sub(r"[^A-Za-z0-9_-]+", "_", relative_source).strip("_")
+    """A short webdataset-safe id (no dots, no slashes) for a recording path.
+
+    Tar headers hold 100-character names and ``wids`` reads only those, so the id keeps the end of
+    the path (the file name, mostly) and adds a hash of the whole path to stay unique.
+    """
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", relative_source).strip("_")[-48:].lstrip("_-")
+    return f"{slug}_{hashlib.sha1(relative_source.encode()).hexdigest()[:8]}"
 
 
 def bids_entities(name: str) -> dict[str, str]:

@@ -89,7 +89,7 @@ class ShardWriter:
         index = len(self.manifest["shards"])
         self._name = f"shard-{index:06d}.tar"
         self._stream = open(self.out / (self._name + ".partial"), "wb")
-        self._tar = wds.TarWriter(self._stream)
+        self._tar = wds.TarWriter(self._stream, mtime=0.0)  # fixed mtime: same samples, same bytes
         self._count = 0
 
     def write(self, key: str, files: dict[str, bytes]) -> None:

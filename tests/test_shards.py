@@ -1,0 +1,190 @@
+"""Shard building: content of the shards, the manifest, atomic writes, resume and bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neurofm.config import load_config
+from neurofm.data_shards import ShardIndex, build_shards, verify_shards
+from neurofm.data_shards.config import ShardsConfig
+from neurofm.data_shards.writer import ShardWriter
+from neurofm.errors import NeuroFMError, RecordingError, ShardError
+from tests.conftest import SHARED
+
+
+def _samples(out: Path) -> list[dict]:
+    index = ShardIndex(out)
+    return [index[i] for i in range(len(index))]
+
+
+def _by_source(samples, name):
+    return [s for s in samples if s["meta"]["source"].endswith(name)]
+
+
+def test_every_shared_recording_becomes_positioned_windows(shared_shards):
+    manifest = json.loads((shared_shards / "manifest.json").read_text())
+    assert manifest["complete"] and not manifest["skipped"]
+    assert len(manifest["recordings"]) == 24
+    stats = manifest["statistics"]
+    assert set(stats) == {"eeg", "meg", "ieeg", "fmri"}
+    assert all(m["sensors_without_position"] == 0 for m in stats.values())
+    assert sum(s["samples"] for s in manifest["shards"]) == sum(r["n_windows"] for r in manifest["recordings"])
+    for shard in manifest["shards"]:
+        data = (shared_shards / shard["name"]).read_bytes()
+        assert len(data) == shard["bytes"] and hashlib.sha256(data).hexdigest() == shard["sha256"]
+    edf = next(r for r in manifest["recordings"] if r["source"].endswith("eegmmidb_S088R10.edf"))
+    assert edf["sha256"] == hashlib.sha256(b"eegmmidb_S088R10.edf" + (SHARED / "eeg/eegmmidb_S088R10.edf").read_bytes()).hexdigest()
+    assert edf["n_windows"] == 62 and edf["kinds"] == {"eeg": 64}
+    assert edf["positions"]["sources"]["montage colin27_1005"]["channels"] == 64
+    assert not list(shared_shards.glob("*.partial"))
+
+
+def test_window_contents_and_events(shared_shards):
+    samples = _samples(shared_shards)
+    edf = _by_source(samples, "eegmmidb_S088R10.edf")
+    assert len(edf) == 62
+    first = edf[0]
+    assert first["signal"].shape == (64, 512) and first["signal"].dtype == np.float32
+    assert first["sensors"].shape == (64, 12)
+    assert first["meta"]["sfreq"] == 256.0 and first["meta"]["modality"] == "eeg"
+    labels = Counter(e["label"] for s in edf for e in s["meta"]["events"])
+    assert labels == {"T0": 19, "T1": 10, "T2": 9}  # 124 s, 62 windows of 2 s: every annotation lands once
+    for s in edf:
+        assert all(0 <= e["onset"] < 2.0 for e in s["meta"]["events"])
+    # windows follow each other: onsets 0, 2, 4 … s
+    assert [s["meta"]["window_onset"] for s in edf[:3]] == [0.0, 2.0, 4.0]
+
+
+def test_epochs_and_evoked_become_one_sample_each(shared_shards):
+    samples = _samples(shared_shards)
+    n400 = _by_source(samples, "n400_words-epo.fif")
+    assert len(n400) == 200
+    assert Counter(s["meta"]["labels"]["event"] for s in n400) == {"related": 100, "unrelated": 100}
+    assert all("cue" in s["meta"]["labels"] and "association" in s["meta"]["labels"] for s in n400)
+    # 60 samples at 50 Hz (-0.2 … 0.98 s) = 1.2 s → 307 samples at 256 Hz in a 2 s window, zero-padded
+    valid = n400[0]["meta"]["n_valid_samples"]
+    assert valid == 307 and n400[0]["meta"]["window_samples"] == 512
+    assert np.all(n400[0]["signal"][:, valid:] == 0)
+    evoked = _by_source(samples, "sample_audvis-ave.fif.gz")
+    assert [s["meta"]["labels"]["condition"] for s in evoked] == ["Left Auditory", "Right Auditory", "Left visual", "Right visual"]
+
+
+def test_fmri_windows_at_the_configured_tr(shared_shards):
+    samples = _samples(shared_shards)
+    run = _by_source(samples, "nibabel_functional.nii")
+    # 20 volumes at 2 s = 40 s; windows of 16 s (8 volumes) with 50 % overlap → starts 0, 8, 16, 24 s
+    assert len(run) == 4 and run[0]["signal"].shape == (64, 8)
+    assert set(run[0]["meta"]["kinds"]) == {"bold"}
+    assert np.argmax(run[0]["sensors"][:, 6:], axis=1).tolist() == [5] * 64
+
+
+def _small_config(tmp_path, **overrides) -> ShardsConfig:
+    inputs = (
+        "inputs=[{path: eeg/eegmmidb_S088R10.edf}, {path: eeg/muse_n170/sub-1_ses-1_run-1_raw.fif},"
+        " {path: meg/elekta_3ch_raw.fif}]"
+    )
+    items = [f"root={SHARED}", inputs, f"out={tmp_path / 'out'}", "samples_per_shard=16"]
+    return load_config(ShardsConfig, None, items + [f"{k}={v}" for k, v in overrides.items()])
+
+
+def _shard_hashes(out: Path) -> list[str]:
+    return [s["sha256"] for s in json.loads((out / "manifest.json").read_text())["shards"]]
+
+
+def test_interrupted_build_resumes_to_identical_shards(shared, tmp_path, monkeypatch):
+    straight = _small_config(tmp_path / "a")
+    build_shards(straight, progress=False)
+    expected = _shard_hashes(Path(straight.out))
+
+    config = _small_config(tmp_path / "b")
+    original = ShardWriter.write
+    calls = {"n": 0}
+
+    def dying_write(self, key, files):
+        calls["n"] += 1
+        if calls["n"] == 75:  # in the middle of the second recording, mid-shard
+            raise KeyboardInterrupt
+        original(self, key, files)
+
+    monkeypatch.setattr(ShardWriter, "write", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        build_shards(config, progress=False)
+    out = Path(config.out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not manifest["complete"] and len(manifest["shards"]) == 4  # 74 samples written → 4 full shards
+    assert not list(out.glob("*.partial"))  # the open shard was dropped, never left looking valid
+    (out / "shard-000004.tar.partial").write_bytes(b"left by a SIGKILL")  # as if killed harder
+    monkeypatch.setattr(ShardWriter, "write", original)
+    build_shards(config, progress=False)
+    assert _shard_hashes(out) == expected
+    assert verify_shards(out) == []
+
+
+def test_rebuild_with_other_settings_needs_overwrite(shared, tmp_path):
+    config = _small_config(tmp_path)
+    build_shards(config, progress=False)
+    again = build_shards(config, progress=False)  # complete and identical: nothing to do
+    assert again["complete"]
+    other = _small_config(tmp_path, **{"eeg.h_freq": 30})
+    with pytest.raises(ShardError, match="other settings.*--overwrite"):
+        build_shards(other, progress=False)
+    assert build_shards(other, overwrite=True, progress=False)["settings"]["eeg"]["h_freq"] == 30.0
+
+
+def _config_for(tmp_path, path: Path, **overrides) -> ShardsConfig:
+    items = [f"inputs=[{{path: '{path}'}}]", f"out={tmp_path / 'out'}"]
+    return load_config(ShardsConfig, None, items + [f"{k}={v}" for k, v in overrides.items()])
+
+
+def test_truncated_edf_is_named_and_leaves_no_shard(shared, tmp_path):
+    data = (shared / "eeg/eegmmidb_S088R10.edf").read_bytes()
+    truncated = tmp_path / "cut.edf"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(RecordingError, match=r"cut.edf is damaged.*does not match the file size"):
+        build_shards(_config_for(tmp_path, truncated), progress=False)
+    assert not list((tmp_path / "out").glob("shard-*"))
+
+
+def test_file_that_is_not_a_recording(tmp_path):
+    fake = tmp_path / "notes.edf"
+    fake.write_text("these are my notes\n" * 50)
+    with pytest.raises(RecordingError, match=r"notes.edf cannot be read as a recording"):
+        build_shards(_config_for(tmp_path, fake), progress=False)
+    assert not list((tmp_path / "out").glob("shard-*"))
+
+
+def test_empty_folder_and_no_inputs(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RecordingError, match=r"empty holds no recordings"):
+        build_shards(_config_for(tmp_path, tmp_path / "empty"), progress=False)
+    with pytest.raises(NeuroFMError, match="No inputs"):
+        build_shards(load_config(ShardsConfig, None, [f"out={tmp_path / 'o'}"]), progress=False)
+
+
+def test_on_error_skip_records_the_bad_file_and_goes_on(shared, tmp_path):
+    fake = tmp_path / "recs" / "broken.edf"
+    fake.parent.mkdir()
+    fake.write_bytes(b"\x00" * 300)
+    good = fake.parent / "good_raw.fif"
+    good.symlink_to(shared / "meg/elekta_3ch_raw.fif")
+    manifest = build_shards(_config_for(tmp_path, fake.parent, on_error="skip"), progress=False)
+    assert [s["source"] for s in manifest["skipped"]] == [str(fake)]
+    assert "cannot be read" in manifest["skipped"][0]["error"]
+    assert manifest["statistics"]["meg"]["recordings"] == 1
+
+
+def test_signal_dtype_float16(shared, tmp_path):
+    config = _config_for(tmp_path, shared / "meg/elekta_3ch_raw.fif", signal_dtype="float16")
+    build_shards(config, progress=False)
+    with tarfile.open(next((tmp_path / "out").glob("shard-*.tar"))) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".signal.npy"))
+        array = np.load(io.BytesIO(tar.extractfile(member).read()), allow_pickle=False)
+    assert array.dtype == np.float16 and array.shape == (3, 512)
