@@ -104,3 +104,18 @@ def test_edf_ieeg_without_types_is_a_clear_error(shared):
 def test_rename_unknown_channel_is_named(shared):
     with pytest.raises(NeuroFMError, match="rename_channels names channel"):
         read_recording(shared / "eeg/eeglab_tutorial.set", InputSpec(path="x", rename_channels={"EEG 999": "Fz"}))
+
+
+def test_electrodes_table_type_column_types_ieeg_contacts(shared, tmp_path):
+    """An EDF has no sEEG type; a BIDS electrodes table with a type column supplies it."""
+    import shutil
+
+    edf = tmp_path / "sub-01_ieeg.edf"
+    shutil.copy(shared / "ieeg/sub-pat01_acq-ecog_ieeg.edf", edf)
+    rows = (shared / "ieeg/sub-pat01_acq-ecog_electrodes.tsv").read_text().splitlines()
+    typed = [rows[0] + "\ttype"] + [r + ("\tgrid" if r.startswith("C") else "\tstrip") for r in rows[1:]]
+    (tmp_path / "sub-01_electrodes.tsv").write_text("\n".join(typed) + "\n")
+    # BTM/BTP contacts are not in the table: the user types them; they have no position and are dropped
+    rec = read_recording(edf, InputSpec(path="x", channel_types={"BT*": "ecog"}, missing_positions="drop"))
+    assert rec.modality == "ieeg" and set(rec.inst.get_channel_types()) == {"ecog"} and len(rec.inst.ch_names) == 64
+    assert {"EKGL", "EKGR"} <= set(rec.report["dropped_non_brain"])

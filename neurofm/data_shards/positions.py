@@ -65,6 +65,23 @@ def read_positions_table(path: str | Path) -> tuple[dict[str, np.ndarray], str]:
     return {name: pos * scale for name, pos in positions.items()}, unit
 
 
+#: BIDS electrodes.tsv ``type`` values → MNE channel types.
+ELECTRODE_TYPES = {"depth": "seeg", "seeg": "seeg", "shaft": "seeg", "grid": "ecog", "strip": "ecog", "ecog": "ecog", "dbs": "dbs"}
+
+
+def electrode_types(path: str | Path) -> dict[str, str]:
+    """Channel name → MNE type from the ``type`` column of a BIDS electrodes table (if it has one)."""
+    text = Path(path).read_text()
+    delimiter = "\t" if "\t" in text.splitlines()[0] else ","
+    types = {}
+    for row in csv.DictReader(text.splitlines(), delimiter=delimiter):
+        row = {k.strip().lower(): (v or "").strip() for k, v in row.items()}
+        kind = ELECTRODE_TYPES.get(row.get("type", "").lower())
+        if kind and row.get("name"):
+            types[row["name"]] = kind
+    return types
+
+
 def _coordsystem_unit(path: Path) -> str | None:
     stem = re.sub(r"_electrodes\.tsv$", "", path.name)
     for candidate in path.parent.glob(stem.split("_acq-")[0] + "*_coordsystem.json"):

@@ -22,7 +22,13 @@ import mne
 import numpy as np
 
 from neurofm.data_shards.config import FmriPreprocess, InputSpec
-from neurofm.data_shards.positions import BRAIN_TYPES, resolve_positions, type_channels
+from neurofm.data_shards.positions import (
+    BRAIN_TYPES,
+    electrode_types,
+    find_electrodes_table,
+    resolve_positions,
+    type_channels,
+)
 from neurofm.errors import NeuroFMError, RecordingError
 
 RAW_EXTENSIONS = (".edf", ".bdf", ".gdf", ".fif", ".fif.gz", ".set", ".vhdr", ".sqd", ".con", ".lay", ".cnt", ".mff", ".ds")
@@ -263,9 +269,12 @@ def read_recording(path: Path, spec: InputSpec, bids_path=None, fmri_config: Fmr
 
     insts = inst if isinstance(inst, list) else [inst]
     report: dict = {}
+    electrodes = Path(spec.electrodes) if spec.electrodes else find_electrodes_table(path)
+    # Types from the electrodes table (depth → sEEG, grid/strip → ECoG) come first; the user's mapping wins.
+    table_types = electrode_types(electrodes) if electrodes and electrodes.is_file() else {}
     for one in insts:
         _rename(one, spec.rename_channels, path)
-        type_channels(one, spec.channel_types, path)
+        type_channels(one, {**table_types, **spec.channel_types}, path)
         modality = _infer_modality(one, spec, path, bids_path.datatype if bids_path is not None else None)
         report["dropped_non_brain"] = _drop_non_brain(one)
         report["bad_in_file"] = [b for b in one.info["bads"] if b in one.ch_names]
