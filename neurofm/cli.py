@@ -28,6 +28,22 @@ def _shards_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from neurofm.config import load_config
+    from neurofm.data_shards import build_shards, summarize
+    from neurofm.data_shards.config import ShardsConfig
+    from neurofm.data_shards.verify import format_summary
+
+    section = {"hours": args.hours, "modalities": args.modalities.split(","), "seed": args.seed}
+    if args.cache_dir:
+        section["cache_dir"] = args.cache_dir
+    overrides = [f"simulate={json.dumps(section)}", f"out={args.out}", *args.overrides]
+    config = load_config(ShardsConfig, args.config, overrides)
+    build_shards(config, overwrite=args.overwrite, progress=not args.quiet)
+    print(format_summary(summarize(config.out)))
+    return 0
+
+
 def _shards_inspect(args: argparse.Namespace) -> int:
     from neurofm.data_shards import summarize
     from neurofm.data_shards.verify import format_summary
@@ -65,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     build = commands.add_parser("build", help="build shards from the inputs of a config", description=(
         "Build signal shards. Resumes an interrupted build with the same settings; each shard "
         "appears under its final name only when complete. Prints the inspect summary at the end."))
-    build.add_argument("--config", required=True, help="YAML file of ShardsConfig (see configs/shared_data.yaml)")
+    build.add_argument("--config", required=True, action="append", help=(
+        "YAML file of ShardsConfig (see configs/demo.yaml, configs/shared_data.yaml); repeat to layer "
+        "several: mappings merge, lists such as inputs add up, later values win"))
     build.add_argument("--out", help="output folder (overrides the config's 'out')")
     build.add_argument("--overwrite", action="store_true", help="delete shards built with other settings in --out")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -84,6 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
         "check its shapes, values and sensor positions. Names each bad shard and sample; exits 1 if any."))
     verify.add_argument("shards", help="folder holding manifest.json and shard-*.tar")
     verify.set_defaults(func=_shards_verify)
+
+    simulate = stages.add_parser("simulate", help="simulate recordings of every modality into shards", description=(
+        "Simulate EEG, MEG, sEEG, ECoG and fMRI recordings with known ground truth (sources in a "
+        "sphere head, MNE forward models, 1/f background, alpha/beta rhythms, evoked responses, BOLD, "
+        "line noise, bad channels, blinks) and write them into signal shards, as `shards build` does "
+        "for files. Deterministic in --seed; gain matrices are cached."))
+    simulate.add_argument("--hours", type=float, required=True, help="total hours, split evenly over the modalities")
+    simulate.add_argument("--modalities", default="eeg,meg,seeg,ecog,fmri", help="comma-separated subset of eeg,meg,seeg,ecog,fmri")
+    simulate.add_argument("--out", required=True, help="output folder for shards and manifest.json")
+    simulate.add_argument("--seed", type=int, default=0, help="seed of everything simulated")
+    simulate.add_argument("--cache-dir", help="where gain matrices are cached (default ~/.cache/neurofm/gains)")
+    simulate.add_argument("--config", action="append", help="optional ShardsConfig YAML (preprocessing, other simulate.* fields)")
+    simulate.add_argument("--overwrite", action="store_true", help="delete shards built with other settings in --out")
+    simulate.add_argument("--quiet", action="store_true", help="no progress bar")
+    simulate.add_argument("overrides", nargs="*", help=OVERRIDES_HELP + "; simulate.* fields too, e.g. simulate.recording_seconds=120")
+    simulate.set_defaults(func=_simulate)
     return parser
 
 

@@ -167,29 +167,50 @@ def _list_index(part: str, node: list, key: str) -> int:
     return int(part)
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Read ``path`` (YAML) into ``cls``, apply ``overrides`` and validate.
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Layer ``extra`` over ``base``: mappings merge key by key, lists concatenate, other values replace."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(out.get(key), dict) and isinstance(value, dict):
+            out[key] = merge(out[key], value)
+        elif isinstance(out.get(key), list) and isinstance(value, list):
+            out[key] = out[key] + value
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist; pass an existing YAML file to --config.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"Config file {path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of keys at the top level.")
+    return data
+
+
+def load_config(
+    cls: type[T], path: str | Path | list[str | Path] | None = None, overrides: list[str] | None = None
+) -> T:
+    """Read YAML file(s) into ``cls``, apply ``overrides`` and validate.
 
     Parameters
     ----------
     cls : dataclass type
         The stage's config class.
-    path : path-like | None
-        YAML file; ``None`` starts from the class defaults.
+    path : path-like | list of path-like | None
+        YAML file(s); several are layered in order with :func:`merge` (so their ``inputs`` lists add
+        up). ``None`` starts from the class defaults.
     overrides : list of str
-        ``dotted.key=value`` strings applied after the file.
+        ``dotted.key=value`` strings applied after the files.
     """
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"Config file {path} does not exist; pass an existing YAML file to --config.")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"Config file {path} is not valid YAML: {err}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"Config file {path} must hold a mapping of keys at the top level.")
+    for one in paths:
+        data = merge(data, _read_yaml(Path(one)))
     data = apply_overrides(data, overrides or [])
     return from_dict(cls, data)
 
@@ -199,4 +220,4 @@ def dump_config(config: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
-__all__ = ["apply_overrides", "dump_config", "from_dict", "load_config", "to_dict"]
+__all__ = ["apply_overrides", "dump_config", "from_dict", "load_config", "merge", "to_dict"]

@@ -8,11 +8,14 @@ them, re-reads the one that was cut, and writes from the first missing sample on
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +74,48 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
+@dataclass(frozen=True)
+class Source:
+    """One recording to shard: where it comes from and how to get it.
+
+    ``name`` is its path relative to ``root`` (or the simulated recording's name); ``read`` returns
+    the :class:`~neurofm.data_shards.readers.Recording`; ``checksum`` the provenance hash.
+    """
+
+    name: str
+    input_index: int
+    dataset: str
+    read: Callable[[], object]
+    checksum: Callable[[], str]
+
+
+def list_sources(config: ShardsConfig) -> list[Source]:
+    """Every recording of the config in build order: inputs (files sorted), then simulated ones."""
+    root = Path(config.root)
+    sources = []
+    for i, spec in enumerate(config.inputs):
+        for path, item_spec, bids_path in expand_inputs(spec, root):
+            sources.append(Source(
+                name=_relative(path, root),
+                input_index=i,
+                dataset=spec.dataset or path.parent.name,
+                read=functools.partial(read_recording, path, item_spec, bids_path, fmri_config=config.fmri),
+                checksum=functools.partial(source_checksum, path),
+            ))
+    if config.simulate is not None:
+        from neurofm.data_shards.simulate import plan_recordings, simulate_recording
+
+        for spec in plan_recordings(config.simulate):
+            sources.append(Source(
+                name=spec.name,
+                input_index=-1,
+                dataset="simulated",
+                read=functools.partial(simulate_recording, spec, config.simulate),
+                checksum=spec.checksum,
+            ))
+    return sources
+
+
 def build_shards(config: ShardsConfig, *, overwrite: bool = False, progress: bool = True) -> dict:
     """Read, preprocess and window every input and write webdataset shards plus ``manifest.json``.
 
@@ -94,9 +139,11 @@ def build_shards(config: ShardsConfig, *, overwrite: bool = False, progress: boo
         A recording cannot be read or preprocessed (unless ``on_error: skip``), or the output folder
         holds shards of other settings. Completed shards stay valid; rerunning resumes.
     """
-    if not config.inputs:
-        raise ShardError("No inputs: list recordings under 'inputs' in the config (see configs/demo_shards.yaml).")
-    out, root = Path(config.out), Path(config.root)
+    if not config.inputs and config.simulate is None:
+        raise ShardError(
+            "No inputs: list recordings under 'inputs' or add a 'simulate' section (see configs/demo.yaml)."
+        )
+    out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = _start_manifest(config, out, overwrite)
     if manifest["complete"]:
@@ -105,29 +152,27 @@ def build_shards(config: ShardsConfig, *, overwrite: bool = False, progress: boo
     writer = ShardWriter(out, config.samples_per_shard, manifest)
     done = writer.samples_done
     known = {r["source"]: r for r in manifest["recordings"]}
-    items = [(i, *item) for i, spec in enumerate(config.inputs) for item in expand_inputs(spec, root)]
     sample_index = 0
     started = time.perf_counter()
     try:
-        for input_index, path, spec, bids_path in tqdm(items, desc="recordings", disable=not progress, unit="rec"):
-            rel = _relative(path, root)
-            entry = known.get(rel)
+        for source in tqdm(list_sources(config), desc="recordings", disable=not progress, unit="rec"):
+            entry = known.get(source.name)
             if entry is not None and sample_index + entry["n_windows"] <= done:
                 sample_index += entry["n_windows"]
                 continue
             try:
-                entry = _write_recording(config, writer, input_index, path, spec, bids_path, rel, sample_index, done)
+                entry = _write_recording(config, writer, source, sample_index, done)
             except NeuroFMError as err:
                 if config.on_error == "raise":
                     raise
-                logger.warning("skipped %s: %s", rel, err)
-                if rel not in {s["source"] for s in manifest["skipped"]}:
-                    manifest["skipped"].append({"source": rel, "error": str(err)})
+                logger.warning("skipped %s: %s", source.name, err)
+                if source.name not in {s["source"] for s in manifest["skipped"]}:
+                    manifest["skipped"].append({"source": source.name, "error": str(err)})
                 continue
             sample_index += entry["n_windows"]
-            if rel not in known:
+            if source.name not in known:
                 manifest["recordings"].append(entry)
-                known[rel] = entry
+                known[source.name] = entry
         writer.close_shard()
     except BaseException:
         writer.abort()
@@ -139,11 +184,10 @@ def build_shards(config: ShardsConfig, *, overwrite: bool = False, progress: boo
     return manifest
 
 
-def _write_recording(config, writer, input_index, path, spec, bids_path, rel, first_sample, done) -> dict:
-    recording = read_recording(path, spec, bids_path, fmri_config=config.fmri)
-    prepared = prepare(recording, config, input_index)
-    checksum = source_checksum(path)
-    dataset = spec.dataset or path.parent.name
+def _write_recording(config: ShardsConfig, writer: ShardWriter, source: Source, first_sample: int, done: int) -> dict:
+    recording = source.read()
+    prepared = prepare(recording, config, source.input_index)
+    checksum, dataset, rel = source.checksum(), source.dataset, source.name
     n_windows, valid_samples = 0, 0
     dtype = np.dtype(config.signal_dtype)
     sensors = prepared.sensors.features()
@@ -179,6 +223,7 @@ def _write_recording(config, writer, input_index, path, spec, bids_path, rel, fi
         "scales": prepared.scales,
         "clip_fraction": prepared.clip_fraction,
         "settings": prepared.settings,
+        **({"ground_truth": recording.labels} if recording.labels else {}),
         **recording.report,
     }
 

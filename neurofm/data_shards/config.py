@@ -90,12 +90,12 @@ class FmriPreprocess:
 class BadChannelDetection:
     """Flat / noisy channel detection on the filtered signal (per sensor kind).
 
-    A channel is flat when its standard deviation is below ``flat_ratio`` times the median of its
-    kind, noisy when the robust z-score of its log standard deviation exceeds ``noisy_z``.
+    A channel is flat when it is constant, or its spread (IQR / 1.349) is below ``flat_ratio`` times
+    the median of its kind; noisy when the robust z-score of its log spread exceeds ``noisy_z``.
     """
 
     flat_ratio: float = 0.01
-    noisy_z: float = 6.0
+    noisy_z: float = 5.0
 
 
 @dataclass(kw_only=True)
@@ -149,6 +149,63 @@ class InputSpec:
     dataset: str | None = None
 
 
+SIMULATED_MODALITIES = ("eeg", "meg", "seeg", "ecog", "fmri")
+
+
+@dataclass(kw_only=True)
+class SimulateConfig:
+    """Simulated recordings written into the same shards as real ones (``neurofm simulate``).
+
+    Parameters
+    ----------
+    hours : float
+        Total hours of recording, split evenly over ``modalities``.
+    modalities : list of str
+        Any of ``eeg``, ``meg``, ``seeg``, ``ecog``, ``fmri``.
+    recording_seconds : float
+        Length of each electrophysiology recording.
+    fmri_run_seconds : float
+        Length of each fMRI run.
+    subjects : int
+        Distinct heads per device (head size and position vary between them).
+    eeg_montages, meg_helmets : list of str
+        Devices ("sites") cycled through; each site has its own sampling rate and line frequency.
+    seed : int
+        Everything simulated is a function of this seed.
+    cache_dir : str | None
+        Where gain matrices are cached (default ``~/.cache/neurofm/gains``).
+    source_spacing_mm : float
+        Volume source-space grid spacing.
+    n_regions : int
+        Regions (coherent source patches, and fMRI parcels) per head.
+    """
+
+    hours: float = 0.05
+    modalities: list[str] = field(default_factory=lambda: list(SIMULATED_MODALITIES))
+    recording_seconds: float = 60.0
+    fmri_run_seconds: float = 240.0
+    subjects: int = 4
+    eeg_montages: list[str] = field(default_factory=lambda: ["biosemi64", "classic_1020", "GSN-HydroCel-129"])
+    meg_helmets: list[str] = field(default_factory=lambda: ["neuromag306", "ctf275", "kit157"])
+    seed: int = 0
+    cache_dir: str | None = None
+    source_spacing_mm: float = 10.0
+    n_regions: int = 32
+
+    def __post_init__(self) -> None:
+        if not self.hours > 0:
+            raise ValueError(f"hours must be positive; got {self.hours}.")
+        unknown = [m for m in self.modalities if m not in SIMULATED_MODALITIES]
+        if unknown or not self.modalities:
+            raise ValueError(
+                f"modalities must be some of {', '.join(SIMULATED_MODALITIES)}; got {', '.join(self.modalities) or 'none'}."
+            )
+        if self.recording_seconds < 2 or self.fmri_run_seconds < 30:
+            raise ValueError("recording_seconds must be at least 2 and fmri_run_seconds at least 30.")
+        if self.subjects < 1:
+            raise ValueError(f"subjects must be at least 1; got {self.subjects}.")
+
+
 @dataclass(kw_only=True)
 class ShardsConfig:
     """Everything ``neurofm shards build`` needs.
@@ -157,6 +214,8 @@ class ShardsConfig:
     ----------
     inputs : list of InputSpec
         The recordings.
+    simulate : SimulateConfig | None
+        Simulated recordings added after the inputs.
     root : str
         Folder that relative input paths start from.
     out : str
@@ -173,6 +232,7 @@ class ShardsConfig:
     """
 
     inputs: list[InputSpec] = field(default_factory=list)
+    simulate: SimulateConfig | None = None
     root: str = "."
     out: str = "shards"
     samples_per_shard: int = 256

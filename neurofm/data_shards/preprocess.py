@@ -90,7 +90,7 @@ def _filter_resample(inst, settings: ElectrophysiologyPreprocess, source: Path, 
 
 
 def detect_bad_channels(data: np.ndarray, kinds: list[str], config: BadChannelDetection) -> dict[int, str]:
-    """Flat and noisy channels, judged within each sensor kind.
+    """Flat and noisy channels, judged within each sensor kind by their robust spread (IQR / 1.349).
 
     Parameters
     ----------
@@ -103,7 +103,9 @@ def detect_bad_channels(data: np.ndarray, kinds: list[str], config: BadChannelDe
     dict
         Channel index → ``'flat'`` or ``'noisy'``.
     """
-    std = data.std(axis=1)
+    # interquartile spread, not the SD: sparse artefacts (eye blinks) must not make a channel "noisy"
+    q75, q25 = np.percentile(data, [75, 25], axis=1)
+    std = (q75 - q25) / 1.349
     bad: dict[int, str] = {}
     for kind in set(kinds):
         idx = np.flatnonzero(np.asarray(kinds) == kind)
@@ -231,7 +233,7 @@ def _segments(recording: Recording, insts: list, arrays: list[np.ndarray]) -> li
             )
             for a, code, row in zip(arrays, epochs.events[:, 2], metadata)
         ]
-    return [Segment(data=arrays[0], onset=0.0, events=recording.events)]
+    return [Segment(data=arrays[0], onset=0.0, events=recording.events, labels=recording.labels)]
 
 
 def _plain(row: dict) -> dict:

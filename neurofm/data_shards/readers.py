@@ -56,6 +56,8 @@ class Recording:
         Provenance: dropped channels and why, where positions came from, coordinate frames.
     spec : InputSpec
         The input entry this recording came from.
+    labels : dict
+        Recording-level labels copied into every window's ``meta.json`` (simulation ground truth).
     """
 
     source: Path
@@ -64,6 +66,7 @@ class Recording:
     events: list[dict] = field(default_factory=list)
     report: dict = field(default_factory=dict)
     spec: InputSpec | None = None
+    labels: dict = field(default_factory=dict)
 
     @property
     def layout(self) -> str:
@@ -80,8 +83,12 @@ def _is_recording_path(path: Path) -> bool:
 
 
 def expand_inputs(spec: InputSpec, root: Path) -> list[tuple[Path, InputSpec, object]]:
-    """Turn one input entry into ``(path, spec, bids_path_or_None)`` items, sorted for determinism."""
-    path = Path(spec.path)
+    """Turn one input entry into ``(path, spec, bids_path_or_None)`` items, sorted for determinism.
+
+    ``pkg:PACKAGE/inner/path`` names a file shipped inside an installed package (the embedded demo
+    data: nibabel's and nitime's real fMRI runs).
+    """
+    path = package_path(spec.path) if spec.path.startswith("pkg:") else Path(spec.path)
     path = path if path.is_absolute() else root / path
     if path.is_dir() and (path / "dataset_description.json").is_file():
         import mne_bids
@@ -109,6 +116,17 @@ def expand_inputs(spec: InputSpec, root: Path) -> list[tuple[Path, InputSpec, ob
     if not path.exists():
         raise RecordingError(f"Input {path} does not exist; fix inputs[].path (relative paths start at 'root').")
     return [(path, spec, None)]
+
+
+def package_path(spec_path: str) -> Path:
+    """The file behind ``pkg:PACKAGE/inner/path``."""
+    import importlib.resources
+    import importlib.util
+
+    package, _, inner = spec_path[len("pkg:") :].partition("/")
+    if importlib.util.find_spec(package) is None:
+        raise RecordingError(f"Input {spec_path}: package '{package}' is not installed; `pip install {package}`.")
+    return Path(str(importlib.resources.files(package).joinpath(inner)))
 
 
 def _inside_ds(p: Path, top: Path) -> bool:
@@ -252,7 +270,6 @@ def read_recording(path: Path, spec: InputSpec, bids_path=None, fmri_config: Fmr
     if name.endswith(".csv"):
         return fmri.read_roi_table(path, spec, detrend=fmri_config.detrend)
 
-    events: list[dict] = []
     if bids_path is not None:
         import mne_bids
 
@@ -264,18 +281,37 @@ def read_recording(path: Path, spec: InputSpec, bids_path=None, fmri_config: Fmr
         inst = _mne_read(mne.read_evokeds, path)
     else:
         inst = _read_raw(path)
-    if isinstance(inst, mne.io.BaseRaw):
-        events = _annotation_events(inst) + _stim_events(inst)
+    return finish_recording(inst, path, spec, datatype=bids_path.datatype if bids_path is not None else None)
 
+
+def finish_recording(inst, path: Path, spec: InputSpec, *, datatype: str | None = None, modality: str | None = None) -> Recording:
+    """Common to every recording, read or simulated: events, channel typing, dropping non-brain and
+    lab-marked bad channels, positions, and the NaN check.
+
+    Parameters
+    ----------
+    inst : mne Raw | Epochs | list of Evoked
+        As read. fMRI parcels (``modality='fmri'``) only get the NaN check.
+    path : Path
+        Where it came from (for messages and provenance).
+    spec : InputSpec
+        Typing and position options.
+    datatype, modality : str | None
+        The BIDS datatype, or the modality when the caller knows it.
+    """
+    events = _annotation_events(inst) + _stim_events(inst) if isinstance(inst, mne.io.BaseRaw) else []
     insts = inst if isinstance(inst, list) else [inst]
-    report: dict = {}
+    if modality == "fmri":
+        _check_finite(insts, path)
+        return Recording(source=path, modality="fmri", inst=inst, events=events, report={}, spec=spec)
     electrodes = Path(spec.electrodes) if spec.electrodes else find_electrodes_table(path)
     # Types from the electrodes table (depth → sEEG, grid/strip → ECoG) come first; the user's mapping wins.
     table_types = electrode_types(electrodes) if electrodes and electrodes.is_file() else {}
+    report: dict = {}
     for one in insts:
         _rename(one, spec.rename_channels, path)
         type_channels(one, {**table_types, **spec.channel_types}, path)
-        modality = _infer_modality(one, spec, path, bids_path.datatype if bids_path is not None else None)
+        modality = modality or _infer_modality(one, spec, path, datatype)
         report["dropped_non_brain"] = _drop_non_brain(one)
         report["bad_in_file"] = [b for b in one.info["bads"] if b in one.ch_names]
         if report["bad_in_file"]:  # the lab already marked them; trust it

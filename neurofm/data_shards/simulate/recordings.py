@@ -1,0 +1,187 @@
+"""Simulated recordings: plan them for H hours, then make each one as an MNE object with ground truth.
+
+A recording is a function of (seed, modality, device, subject, index) only: ``plan_recordings`` lays
+out which recordings make up the requested hours, and ``simulate_recording`` makes one, so shards can
+be written in any order and rebuilt identically. Electrophysiology is ``gain @ region activity`` plus
+sensor noise, line noise at the site's frequency, one flat and one noisy channel, and (EEG) eye blinks;
+fMRI is the regions' BOLD at the site's TR. The result goes through the same checks as a file read
+from disk (:func:`neurofm.data_shards.readers.finish_recording`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import mne
+import numpy as np
+
+import neurofm
+from neurofm.data_shards.config import InputSpec, SimulateConfig
+from neurofm.data_shards.simulate import activity, geometry
+from neurofm.data_shards.simulate.forward import region_gain
+
+#: Per-site sampling rate (Hz) and line frequency (Hz), cycled through in order.
+SITES = {
+    "eeg": [(512.0, 50.0), (256.0, 60.0), (500.0, 60.0)],
+    "meg": [(600.0, 50.0), (600.0, 60.0), (500.0, 60.0)],
+    "seeg": [(1024.0, 50.0)],
+    "ecog": [(1000.0, 60.0)],
+    "fmri": [(1 / 2.0, 0.0), (1 / 1.5, 0.0)],
+}
+SITES_ORDER = list(SITES)
+SENSOR_NOISE = {"eeg": 1e-6, "seeg": 2e-6, "ecog": 2e-6, "mag": 5e-15, "grad": 3e-13}
+LINE_NOISE = {"eeg": 3e-6, "seeg": 5e-6, "ecog": 5e-6, "mag": 5e-14, "grad": 2e-12}
+BLINK = 100e-6  # V at the eyes
+EYES = np.array([[-0.032, 0.085, -0.03], [0.032, 0.085, -0.03]])  # relative to the sphere centre, m
+
+
+@dataclass(frozen=True)
+class SimulatedSpec:
+    """One simulated recording: enough to make it again, bit for bit."""
+
+    modality: str
+    device: str
+    site: int
+    subject: int
+    index: int
+    seconds: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"simulated/{self.modality}_{self.device}/sub-{self.subject:02d}_run-{self.index:04d}"
+
+    def checksum(self) -> str:
+        text = json.dumps({**asdict(self), "neurofm": neurofm.__version__}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _devices(config: SimulateConfig, modality: str) -> list[str]:
+    if modality == "eeg":
+        for name in config.eeg_montages:
+            geometry.check_montage(name)
+        return list(config.eeg_montages)
+    if modality == "meg":
+        for name in config.meg_helmets:
+            geometry.check_helmet(name)
+        return list(config.meg_helmets)
+    return {"seeg": ["shafts"], "ecog": ["grid"], "fmri": ["tr2.0", "tr1.5"]}[modality]
+
+
+def plan_recordings(config: SimulateConfig) -> list[SimulatedSpec]:
+    """The recordings that make up ``config.hours``: split evenly over modalities, cycling devices
+    and subjects; the last recording of a modality is shortened to hit the total."""
+    plan = []
+    per_modality = config.hours * 3600 / len(config.modalities)
+    for modality in config.modalities:
+        devices = _devices(config, modality)
+        length = config.fmri_run_seconds if modality == "fmri" else config.recording_seconds
+        remaining, index = per_modality, 0
+        while remaining > 1e-9:
+            seconds = min(length, remaining)
+            if modality == "fmri":
+                seconds = max(seconds, 30.0)  # a run shorter than the HRF says little
+            site = index % len(devices)
+            plan.append(SimulatedSpec(modality, devices[site], site, (index // len(devices)) % config.subjects, index, round(seconds, 3), config.seed))
+            remaining -= seconds
+            index += 1
+    return plan
+
+
+@functools.lru_cache(maxsize=16)
+def _head(subject: int, seed: int, spacing_mm: float, n_regions: int) -> geometry.Head:
+    return geometry.make_head(subject, seed, spacing_mm, n_regions)
+
+
+def _sensor_info(spec: SimulatedSpec, head: geometry.Head, sfreq: float) -> mne.Info:
+    if spec.modality == "eeg":
+        return geometry.eeg_info(spec.device, head, sfreq)
+    if spec.modality == "meg":
+        return geometry.meg_info(spec.device, head, sfreq, spec.seed)
+    if spec.modality == "seeg":
+        return geometry.positions_info(geometry.seeg_positions(head, spec.seed), sfreq, "seeg")
+    return geometry.positions_info(geometry.ecog_positions(head, spec.seed), sfreq, "ecog")
+
+
+def _add_nuisances(data: np.ndarray, info: mne.Info, spec: SimulatedSpec, head, line_freq: float, rng, scenario) -> dict:
+    """Sensor noise, line noise, one flat and one noisy channel, eye blinks (EEG). Returns the bad channels."""
+    types = np.asarray(info.get_channel_types())
+    sfreq, n = info["sfreq"], data.shape[1]
+    brain_std = data.std(axis=1)
+    t = np.arange(n) / sfreq
+    line = np.sin(2 * np.pi * line_freq * t + rng.uniform(0, 2 * np.pi))
+    for kind in set(types):
+        rows = types == kind
+        data[rows] += SENSOR_NOISE[kind] * rng.standard_normal((rows.sum(), n))
+        data[rows] += LINE_NOISE[kind] * rng.uniform(0.5, 1.5, (rows.sum(), 1)) * line
+    if spec.modality == "eeg":
+        positions = np.stack([ch["loc"][:3] for ch in info["chs"]])
+        distance = np.min(np.linalg.norm(positions[:, None] - (head.r0 + EYES)[None], axis=2), axis=1)
+        weight = np.exp(-distance / 0.03)
+        blink = np.sin(np.linspace(0, np.pi, int(0.3 * sfreq)))
+        onset = rng.uniform(2.0, 6.0)
+        while onset < n / sfreq - 0.3:
+            start = int(onset * sfreq)
+            data[:, start : start + len(blink)] += BLINK * weight[:, None] * blink[None, : n - start]
+            scenario.events.append((round(onset, 4), 0.3, "blink"))
+            onset += rng.uniform(3.0, 8.0)
+    bad: dict[str, str] = {}
+    if len(info.ch_names) >= 8:
+        flat, noisy = rng.choice(len(info.ch_names), 2, replace=False)
+        data[flat] = 0.0
+        peers = types == types[noisy]  # a broken channel: ~80x its kind's median within a 45 Hz band
+        data[noisy] += 200 * np.median(brain_std[peers]) * rng.standard_normal(n)
+        bad = {info.ch_names[flat]: "flat", info.ch_names[noisy]: "noisy"}
+    return bad
+
+
+def simulate_raw(spec: SimulatedSpec, config: SimulateConfig) -> tuple[mne.io.RawArray, dict]:
+    """Make one simulated recording: an MNE ``RawArray`` (annotations = events) and its ground truth."""
+    head = _head(spec.subject, spec.seed, config.source_spacing_mm, config.n_regions)
+    sfreq, line_freq = SITES[spec.modality][spec.site % len(SITES[spec.modality])]
+    rng = np.random.default_rng([spec.seed, 23, SITES_ORDER.index(spec.modality), spec.index])
+    if spec.modality == "fmri":
+        scenario = activity.make_scenario(head, rng, spec.seconds, blocks=True)
+        n_volumes = int(spec.seconds * sfreq)
+        bold, _ = activity.bold_signal(head, scenario, 1 / sfreq, n_volumes, rng)
+        info = mne.create_info([f"parcel-{k + 1:03d}" for k in range(head.n_regions)], sfreq, "misc")
+        for ch, centroid in zip(info["chs"], head.region_centroids()):
+            ch["loc"][:3] = centroid
+            ch["coord_frame"] = mne.io.constants.FIFF.FIFFV_COORD_HEAD
+        raw = mne.io.RawArray(bold, info, verbose="error")
+        bad: dict[str, str] = {}
+    else:
+        info = _sensor_info(spec, head, sfreq)
+        gain = region_gain(info, head, spec.device, config.cache_dir)
+        n = int(round(spec.seconds * sfreq))
+        scenario = activity.make_scenario(head, rng, spec.seconds)
+        data = gain @ activity.region_activity(head, scenario, sfreq, n, rng)  # [channels, time]
+        bad = _add_nuisances(data, info, spec, head, line_freq, rng, scenario)
+        with info._unlock():
+            info["line_freq"] = line_freq
+        raw = mne.io.RawArray(data, info, verbose="error")
+    onsets, durations, names = zip(*sorted(scenario.events)) if scenario.events else ((), (), ())
+    raw.set_annotations(mne.Annotations(list(onsets), list(durations), list(names)))
+    truth = {
+        **scenario.labels(head),
+        "device": spec.device,
+        "subject": spec.subject,
+        "head_radius_m": round(head.head_radius, 5),
+        "bad_channels": bad,
+    }
+    return raw, truth
+
+
+def simulate_recording(spec: SimulatedSpec, config: SimulateConfig):
+    """One simulated recording as a :class:`~neurofm.data_shards.readers.Recording`."""
+    from neurofm.data_shards.readers import finish_recording
+
+    raw, truth = simulate_raw(spec, config)
+    modality = "ieeg" if spec.modality in ("seeg", "ecog") else spec.modality
+    recording = finish_recording(raw, Path(spec.name), InputSpec(path=spec.name, modality=modality), modality=modality)
+    recording.labels = truth
+    return recording
