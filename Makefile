@@ -26,9 +26,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[torch,test]"
 	touch $(STAMP)
 
+# The embedded default (package-shipped fMRI + the simulator), plus ../shared/data when it is there.
+DEMO_CONFIGS := --config configs/demo.yaml $(if $(wildcard $(SHARED_DATA)),--config configs/shared_data.yaml root=$(SHARED_DATA),)
+
 demo: $(STAMP)
-	@test -d "$(SHARED_DATA)" || { echo "make demo: $(SHARED_DATA) not found. Until the built-in simulator lands, the demo reads the real recordings in ../shared/data (set SHARED_DATA=...)."; exit 1; }
-	$(BIN)/neurofm shards build --config configs/shared_data.yaml root=$(SHARED_DATA) --out $(DEMO_OUT)/shards --quiet
+	@echo "demo data: package-shipped fMRI + simulated EEG/MEG/sEEG/ECoG/fMRI$(if $(wildcard $(SHARED_DATA)), + the recordings in $(SHARED_DATA),)"
+	$(BIN)/neurofm shards build $(DEMO_CONFIGS) --out $(DEMO_OUT)/shards --overwrite --quiet
 	$(BIN)/neurofm shards verify $(DEMO_OUT)/shards
 
 test: $(STAMP)
