@@ -34,7 +34,7 @@ def test_missing_package_is_named():
 def test_configs_layer_inputs_add_up():
     config = load_config(ShardsConfig, [ROOT / "configs/demo.yaml", ROOT / "configs/shared_data.yaml"], [f"root={SHARED}"])
     assert len(config.inputs) == 4 + len(load_config(ShardsConfig, ROOT / "configs/shared_data.yaml").inputs)
-    assert config.simulate is not None and config.simulate.hours == 0.17
+    assert config.simulate is not None and config.simulate.hours == 0.1666
     assert config.root == str(SHARED) and config.out == "runs/shared/shards"  # later files win for scalars
 
 

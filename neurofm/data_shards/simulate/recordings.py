@@ -73,22 +73,20 @@ def _devices(config: SimulateConfig, modality: str) -> list[str]:
 
 
 def plan_recordings(config: SimulateConfig) -> list[SimulatedSpec]:
-    """The recordings that make up ``config.hours``: split evenly over modalities, cycling devices
-    and subjects; the last recording of a modality is shortened to hit the total."""
+    """The recordings that make up ``config.hours``: split evenly over modalities, each modality's
+    share cut into equal recordings of at most ``recording_seconds`` (``fmri_run_seconds``), cycling
+    through devices and subjects."""
     plan = []
     per_modality = config.hours * 3600 / len(config.modalities)
     for modality in config.modalities:
         devices = _devices(config, modality)
         length = config.fmri_run_seconds if modality == "fmri" else config.recording_seconds
-        remaining, index = per_modality, 0
-        while remaining > 1e-9:
-            seconds = min(length, remaining)
-            if modality == "fmri":
-                seconds = max(seconds, 30.0)  # a run shorter than the HRF says little
+        count = max(1, int(np.ceil(per_modality / length - 1e-9)))
+        seconds = round(max(per_modality / count, 30.0 if modality == "fmri" else 2.0), 3)
+        for index in range(count):
             site = index % len(devices)
-            plan.append(SimulatedSpec(modality, devices[site], site, (index // len(devices)) % config.subjects, index, round(seconds, 3), config.seed))
-            remaining -= seconds
-            index += 1
+            subject = (index // len(devices)) % config.subjects
+            plan.append(SimulatedSpec(modality, devices[site], site, subject, index, seconds, config.seed))
     return plan
 
 
