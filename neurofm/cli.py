@@ -44,6 +44,42 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tokenizer_train(args: argparse.Namespace) -> int:
+    from neurofm.config import load_config
+    from neurofm.tokenizers.config import TokenizerTrainConfig
+    from neurofm.tokenizers.train import train_tokenizer
+
+    config = load_config(TokenizerTrainConfig, args.config, args.overrides)
+    metrics = train_tokenizer(config, progress=not args.quiet)
+    print(json.dumps({k: metrics.get(k) for k in ("step", "loss", "correlation", "usage", "perplexity")}))
+    print(f"checkpoint: {config.out}")
+    return 0
+
+
+def _tokenizer_eval(args: argparse.Namespace) -> int:
+    from neurofm.tokenizers.evaluate import evaluate_tokenizer
+
+    metrics = evaluate_tokenizer(args.checkpoint, args.shards, args.out, max_windows=args.max_windows)
+    print(f"{'modality':<9}{'windows':>8}{'PCC':>7}{'R2':>7}{'spec.err':>9}{'bit/s':>8}")
+    for modality, m in metrics["modalities"].items():
+        print(f"{modality:<9}{m['windows']:>8}{m['pcc']:>7.3f}{m['r2']:>7.3f}{m['spectral_error']:>9.3f}{m['bits_per_second']:>8.0f}")
+    usage = metrics["codes"]["usage"]
+    print(f"code usage per level: {', '.join(f'{u:.0%}' for u in usage)}; perplexity: "
+          f"{', '.join(f'{p:.1f}' for p in metrics['codes']['perplexity'])}")
+    print(f"metrics and plots: {args.out}")
+    return 0
+
+
+def _tokenizer_encode(args: argparse.Namespace) -> int:
+    from neurofm.data_shards import summarize
+    from neurofm.tokenizers.encode import encode_shards
+
+    encode_shards(args.checkpoint, args.shards, args.out, progress=not args.quiet)
+    summary = summarize(args.out)
+    print(f"{args.out}: {summary['shards']} code shards, {summary['samples']} windows, {summary['bytes'] / 2**20:.1f} MiB")
+    return 0
+
+
 def _shards_inspect(args: argparse.Namespace) -> int:
     from neurofm.data_shards import summarize
     from neurofm.data_shards.verify import format_summary
@@ -118,6 +154,36 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--quiet", action="store_true", help="no progress bar")
     simulate.add_argument("overrides", nargs="*", help=OVERRIDES_HELP + "; simulate.* fields too, e.g. simulate.recording_seconds=120")
     simulate.set_defaults(func=_simulate)
+
+    tokenizer = stages.add_parser("tokenizer", help="train, evaluate and apply the sensor-aware tokenizer", description=(
+        "The sensor-aware tokenizer: every channel described by its position, orientation and kind; K "
+        "latent queries compress any number of channels per time patch; residual VQ (or FSQ) turns the "
+        "latents into discrete codes; each sensor's embedding decodes its own signal back."))
+    tok = tokenizer.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = tok.add_parser("train", help="train a tokenizer on signal shards (resumable)", description=(
+        "Train a tokenizer on signal shards into a checkpoint directory (config.json, model.safetensors, "
+        "training_state.pt). Rerunning with the same settings resumes from the last checkpoint."))
+    train.add_argument("--config", action="append", required=True, help="YAML of TokenizerTrainConfig (configs/tokenizer_tiny.yaml …)")
+    train.add_argument("--quiet", action="store_true", help="no per-step log lines")
+    train.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. shards=runs/demo/shards out=runs/tok steps=500 model.levels=8")
+    train.set_defaults(func=_tokenizer_train)
+    evaluate = tok.add_parser("eval", help="reconstruction quality on held-out windows", description=(
+        "Evaluate a checkpoint on the held-out windows of signal shards (the last eval_fraction of each "
+        "recording): per-modality and per-recording PCC, R², spectral error, bits per second, code usage "
+        "and perplexity; writes metrics.json and a PNG of original vs reconstruction per modality."))
+    evaluate.add_argument("--checkpoint", required=True, help="tokenizer checkpoint directory")
+    evaluate.add_argument("--shards", required=True, help="signal shard folder")
+    evaluate.add_argument("--out", required=True, help="folder for metrics.json and PNGs")
+    evaluate.add_argument("--max-windows", type=int, help="evaluate at most this many held-out windows")
+    evaluate.set_defaults(func=_tokenizer_eval)
+    encode = tok.add_parser("encode", help="signal shards → code shards", description=(
+        "Encode every window of signal shards into code shards (codes.npy int16, latent × time patch × "
+        "level, with sensors.npy and meta.json) plus a manifest naming the tokenizer. Resumable."))
+    encode.add_argument("--checkpoint", required=True, help="tokenizer checkpoint directory")
+    encode.add_argument("--shards", required=True, help="signal shard folder")
+    encode.add_argument("--out", required=True, help="output folder for code shards")
+    encode.add_argument("--quiet", action="store_true", help="no progress bar")
+    encode.set_defaults(func=_tokenizer_encode)
     return parser
 
 

@@ -40,14 +40,16 @@ _CHUNK = 1 << 16
 
 
 def decode_sample(raw: dict, where: str) -> dict:
-    """Decode a wids sample dict (``.signal.npy`` bytes …) into arrays and a meta dict."""
+    """Decode a wids sample dict (``.signal.npy`` or ``.codes.npy``, ``.sensors.npy``, ``.meta.json``
+    bytes) into arrays and a meta dict; signal shards give ``signal``, code shards ``codes``."""
+    array = "codes" if ".codes.npy" in raw or "codes.npy" in raw else "signal"
     try:
-        signal = np.load(io.BytesIO(_bytes(raw, ".signal.npy")), allow_pickle=False)
+        data = np.load(io.BytesIO(_bytes(raw, f".{array}.npy")), allow_pickle=False)
         sensors = np.load(io.BytesIO(_bytes(raw, ".sensors.npy")), allow_pickle=False)
         meta = json.loads(_bytes(raw, ".meta.json"))
     except (KeyError, ValueError, OSError) as err:
         raise ShardError(f"{where}: sample {raw.get('__key__')} cannot be decoded ({err}); run `neurofm shards verify`.") from None
-    return {"__key__": raw["__key__"], "signal": signal, "sensors": sensors, "meta": meta}
+    return {"__key__": raw["__key__"], array: data, "sensors": sensors, "meta": meta}
 
 
 def _bytes(raw: dict, ext: str) -> bytes:
@@ -138,6 +140,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         Items of this rank's stream already consumed (resume point).
     epochs : int | None
         Unmixed streams stop after this many epochs (``None``: endless).
+    indices : sequence of int | None
+        Stream only these global sample indices (e.g. a training split); default all.
     """
 
     def __init__(
@@ -152,10 +156,14 @@ class ShardStream(torch.utils.data.IterableDataset):
         epoch: int = 0,
         position: int = 0,
         epochs: int | None = 1,
+        indices=None,
     ):
         super().__init__()
         self.dir = Path(shards_dir)
         self.index = ShardIndex(self.dir)
+        self.indices = np.arange(len(self.index)) if indices is None else np.asarray(indices, dtype=np.int64)
+        if len(self.indices) == 0:
+            raise ConfigError(f"No samples to stream from {self.dir} (an empty index subset).")
         dist = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.rank = rank if rank is not None else (torch.distributed.get_rank() if dist else 0)
         self.world_size = world_size if world_size is not None else (torch.distributed.get_world_size() if dist else 1)
@@ -167,7 +175,7 @@ class ShardStream(torch.utils.data.IterableDataset):
     def _check_weights(self, weights: dict[str, float] | None) -> dict[str, float] | None:
         if weights is None:
             return None
-        present = sorted(set(self.index.modality_of))
+        present = sorted(set(self.index.modality_of[self.indices]))
         unknown = [m for m in weights if m not in present]
         if unknown:
             raise ConfigError(
@@ -182,11 +190,11 @@ class ShardStream(torch.utils.data.IterableDataset):
     @property
     def per_rank(self) -> int:
         """Items per rank per epoch (unmixed streams)."""
-        return -(-len(self.index) // self.world_size)
+        return -(-len(self.indices) // self.world_size)
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
-        n = len(self.index)
-        order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
+        n = len(self.indices)
+        order = self.indices[np.random.default_rng([self.seed, epoch]).permutation(n)] if self.shuffle else self.indices
         padded = np.resize(order, self.per_rank * self.world_size)  # wrap so every rank gets as many
         return padded[self.rank :: self.world_size]
 
@@ -194,7 +202,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         """Global sample indices of this rank's mixed stream from item ``start`` on."""
         modalities = sorted(self.modality_weights)
         probs = np.array([self.modality_weights[m] for m in modalities])
-        members = [np.flatnonzero(self.index.modality_of == m) for m in modalities]
+        members = [self.indices[self.index.modality_of[self.indices] == m] for m in modalities]
         cursors = np.zeros(len(modalities), dtype=np.int64)
         chunk = 0
         rank_item = 0

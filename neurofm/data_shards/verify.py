@@ -21,7 +21,20 @@ def _load(shards_dir: Path) -> dict:
     return manifest
 
 
-def _check_sample(sample: dict) -> str | None:
+def _check_codes(sample: dict, tokenizer: dict) -> str | None:
+    codes, sensors, meta = sample["codes"], sample["sensors"], sample["meta"]
+    if codes.ndim != 3 or codes.dtype != np.int16 or codes.shape[0] != tokenizer["n_latents"] or codes.shape[2] != tokenizer["levels"]:
+        return f"codes {codes.shape} {codes.dtype}, expected int16 [{tokenizer['n_latents']}, patches, {tokenizer['levels']}]"
+    if codes.min() < 0 or codes.max() >= tokenizer["codes_per_level"]:
+        return f"codes outside [0, {tokenizer['codes_per_level']})"
+    if sensors.shape[0] != len(meta["channels"]):
+        return f"{sensors.shape[0]} sensor rows for {len(meta['channels'])} channels"
+    return None
+
+
+def _check_sample(sample: dict, manifest: dict) -> str | None:
+    if "codes" in sample:
+        return _check_codes(sample, manifest["tokenizer"])
     signal, sensors, meta = sample["signal"], sample["sensors"], sample["meta"]
     if signal.ndim != 2 or sensors.ndim != 2:
         return f"signal {signal.shape} / sensors {sensors.shape} are not 2-D"
@@ -77,7 +90,7 @@ def verify_shards(shards_dir: str | Path) -> list[dict]:
                 try:
                     raw = tar[i]
                     sample = decode_sample(raw, entry["name"])
-                    problem = _check_sample(sample)
+                    problem = _check_sample(sample, manifest)
                 except (ShardError, KeyError, ValueError, AssertionError) as err:
                     raw, problem = {"__key__": f"#{i}"}, str(err)
                 if problem:

@@ -1,0 +1,85 @@
+"""Tokenizer checkpoints: a directory with ``config.json`` and ``model.safetensors``.
+
+``training_state.pt`` beside them (optimizer, scheduler, step, RNG and data position) makes a run
+resumable; it holds only tensors and plain values and is read with ``torch.load(weights_only=True)``.
+A checkpoint is written into a temporary sibling directory and swapped into place, so an interrupted
+save never leaves a directory that looks valid but is not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+
+import neurofm
+from neurofm.config import from_dict, to_dict
+from neurofm.errors import NeuroFMError
+from neurofm.tokenizers.config import TokenizerModelConfig
+from neurofm.tokenizers.model import SensorTokenizer
+
+FORMAT = "neurofm-tokenizer"
+VERSION = 1
+
+
+def save_tokenizer(model: SensorTokenizer, directory: str | Path, *, extra: dict | None = None, training_state: dict | None = None) -> None:
+    """Write ``model`` (and optionally its training state) to ``directory``, atomically."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))
+    if training_state is not None:
+        torch.save(training_state, tmp / "training_state.pt")
+    config = {"format": FORMAT, "version": VERSION, "neurofm_version": neurofm.__version__, "model": to_dict(model.cfg), **(extra or {})}
+    (tmp / "config.json").write_text(json.dumps(config, indent=1))
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_config(directory: str | Path) -> dict:
+    """``config.json`` of a checkpoint, checked for format and version."""
+    directory = Path(directory)
+    path = directory / "config.json"
+    if not path.is_file() or not (directory / "model.safetensors").is_file():
+        raise NeuroFMError(
+            f"{directory} is not a tokenizer checkpoint (needs config.json and model.safetensors); "
+            "train one with `neurofm tokenizer train`."
+        )
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise NeuroFMError(f"{path} is not valid JSON ({err}).") from None
+    if config.get("format") != FORMAT:
+        raise NeuroFMError(f"{directory} is not a NeuroFM tokenizer checkpoint (format {config.get('format')!r}).")
+    if config.get("version") != VERSION:
+        raise NeuroFMError(
+            f"{directory} is a version-{config.get('version')} tokenizer checkpoint; this NeuroFM "
+            f"({neurofm.__version__}) reads version {VERSION}. Use the NeuroFM release that wrote it, or retrain."
+        )
+    return config
+
+
+def load_tokenizer(directory: str | Path) -> SensorTokenizer:
+    """The tokenizer in ``directory``, in eval mode."""
+    config = read_config(directory)
+    model = SensorTokenizer(from_dict(TokenizerModelConfig, config["model"], prefix="model"))
+    try:
+        load_model(model, str(Path(directory) / "model.safetensors"))
+    except (RuntimeError, KeyError) as err:
+        raise NeuroFMError(f"{directory}/model.safetensors does not match its config.json ({err}).") from None
+    return model.eval()
+
+
+def load_training_state(directory: str | Path) -> dict | None:
+    path = Path(directory) / "training_state.pt"
+    return torch.load(path, weights_only=True) if path.is_file() else None

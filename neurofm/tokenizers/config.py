@@ -1,0 +1,162 @@
+"""Configs of the sensor-aware tokenizer: the model, and its training run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+#: Modality families: each has its own temporal front end and output head (their time scales differ).
+FAMILIES = ("electro", "bold")
+FAMILY_OF_MODALITY = {"eeg": "electro", "meg": "electro", "ieeg": "electro", "fmri": "bold"}
+
+
+@dataclass(kw_only=True)
+class TokenizerModelConfig:
+    """Architecture of :class:`~neurofm.tokenizers.model.SensorTokenizer`.
+
+    Parameters
+    ----------
+    d_model, n_heads : int
+        Width and attention heads everywhere.
+    n_latents : int
+        K: latent tokens per time patch, whatever the channel count.
+    electro_patch_samples : int
+        Samples per patch for EEG/MEG/iEEG (64 at 256 Hz = 0.25 s).
+    bold_patch_samples : int
+        Volumes per patch for fMRI (4 at TR 2 s = 8 s).
+    electro_sfreq, bold_tr_seconds : float
+        The rates the signal shards were built at (for bitrates).
+    fourier_bands : int
+        Frequencies of the Fourier features of sensor positions (wavelengths 2 m down to 2 m / 2^(bands-1)).
+    encoder_layers, decoder_layers : int
+        Latent self-attention blocks after compression; decoder cross-attention blocks.
+    temporal_layers : int
+        Attention blocks across time patches (per latent) before quantization.
+    max_patches : int
+        Longest window in patches (temporal position embedding size).
+    quantizer : 'rvq' | 'fsq'
+        Residual VQ with EMA codebooks and dead-code restarts, or residual FSQ.
+    code_dim : int
+        Dimension the quantizer works in.
+    codebook_size : int
+        Codes per RVQ level (FSQ: the product of ``fsq_levels``).
+    levels : int
+        Residual quantization levels.
+    fsq_levels : list of int
+        FSQ levels per code dimension.
+    commitment_weight, ema_decay, dead_code_threshold : float
+        RVQ commitment loss weight, EMA decay, and usage (EMA count) below which a code is restarted.
+    """
+
+    d_model: int = 64
+    n_heads: int = 4
+    n_latents: int = 8
+    electro_patch_samples: int = 64
+    bold_patch_samples: int = 4
+    electro_sfreq: float = 256.0
+    bold_tr_seconds: float = 2.0
+    fourier_bands: int = 8
+    encoder_layers: int = 1
+    decoder_layers: int = 1
+    temporal_layers: int = 1
+    max_patches: int = 64
+    quantizer: Literal["rvq", "fsq"] = "rvq"
+    code_dim: int = 32
+    codebook_size: int = 256
+    levels: int = 4
+    fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
+    commitment_weight: float = 0.25
+    ema_decay: float = 0.99
+    dead_code_threshold: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}).")
+        for name in ("n_latents", "electro_patch_samples", "bold_patch_samples", "levels", "codebook_size", "code_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}.")
+
+    def patch_samples(self, family: str) -> int:
+        return self.electro_patch_samples if family == "electro" else self.bold_patch_samples
+
+    def patch_seconds(self, family: str) -> float:
+        if family == "electro":
+            return self.electro_patch_samples / self.electro_sfreq
+        return self.bold_patch_samples * self.bold_tr_seconds
+
+    @property
+    def codes_per_level(self) -> int:
+        if self.quantizer == "fsq":
+            size = 1
+            for level in self.fsq_levels:
+                size *= level
+            return size
+        return self.codebook_size
+
+    def bits_per_second(self, family: str) -> float:
+        """Bitrate of one window's codes: K latents × levels × log2(codebook) bits per patch."""
+        import math
+
+        return self.n_latents * self.levels * math.log2(self.codes_per_level) / self.patch_seconds(family)
+
+
+@dataclass(kw_only=True)
+class LossConfig:
+    """Weights of the reconstruction losses (time L1, 1 − correlation, log-spectrum L1)."""
+
+    time_l1: float = 1.0
+    correlation: float = 0.5
+    spectrum: float = 0.5
+
+
+@dataclass(kw_only=True)
+class TokenizerTrainConfig:
+    """``neurofm tokenizer train``: data, optimisation, checkpointing.
+
+    Parameters
+    ----------
+    shards : str
+        Signal shard folder.
+    out : str
+        Checkpoint directory (``config.json``, ``model.safetensors``, ``training_state.pt``).
+    steps, batch_size : int
+        Optimiser steps and windows per batch (batches hold one modality family).
+    lr, weight_decay, warmup_steps, grad_clip : float / int
+        AdamW with linear warm-up then cosine decay; gradient norm clipping.
+    channel_dropout : float
+        Fraction of each window's channels hidden from the encoder (the decoder still reconstructs
+        all of them), so missing channels are tolerated.
+    eval_fraction : float
+        Last fraction of each recording's windows held out for ``tokenizer eval``.
+    modality_weights : dict | None
+        Sampling weights per modality (default: in proportion to the data).
+    log_every, checkpoint_every : int
+        Steps between log lines / checkpoints.
+    seed : int
+        Seed of initialisation, data order and channel dropout.
+    """
+
+    shards: str = "runs/demo/shards"
+    out: str = "runs/demo/tokenizer"
+    model: TokenizerModelConfig = field(default_factory=TokenizerModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 30
+    grad_clip: float = 1.0
+    channel_dropout: float = 0.2
+    eval_fraction: float = 0.2
+    modality_weights: dict[str, float] | None = None
+    log_every: int = 25
+    checkpoint_every: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be at least 1.")
+        if not 0 <= self.channel_dropout < 1:
+            raise ValueError(f"channel_dropout must be in [0, 1); got {self.channel_dropout}.")
+        if not 0 < self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction must be in (0, 1); got {self.eval_fraction}.")

@@ -1,0 +1,42 @@
+"""Reconstruction losses and metrics, over real channels and valid (unpadded) samples only.
+
+Inputs: ``target`` and ``reconstruction`` [B, C, T], ``channel_mask`` [B, C] (True = real channel)
+and ``time_mask`` [B, T] (True where a sample is real, False in a short window's zero padding).
+Padded channels are dropped before any arithmetic, so they add neither loss nor gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from neurofm.tokenizers.config import LossConfig
+
+
+def real_channels(target, reconstruction, channel_mask, time_mask):
+    """Flatten to the real channels: target, reconstruction [N, T] and their time weights [N, T]."""
+    weights = time_mask[:, None, :].expand_as(channel_mask[:, :, None].expand(-1, -1, time_mask.shape[1]))
+    return target[channel_mask], reconstruction[channel_mask], weights[channel_mask].float()
+
+
+def correlation(target: torch.Tensor, reconstruction: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each row over its weighted samples, [N]."""
+    n = weights.sum(-1, keepdim=True).clamp(min=1)
+    dt = (target - (target * weights).sum(-1, keepdim=True) / n) * weights
+    dr = (reconstruction - (reconstruction * weights).sum(-1, keepdim=True) / n) * weights
+    return (dt * dr).sum(-1) / ((dt.pow(2).sum(-1) * dr.pow(2).sum(-1)).clamp_min(1e-12).sqrt())
+
+
+def log_spectrum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """log(1 + |rFFT|) of each row with padding zeroed, [N, F]."""
+    spectrum = torch.fft.rfft(x * weights, dim=-1)
+    return torch.log1p((spectrum.real.pow(2) + spectrum.imag.pow(2) + 1e-12).sqrt())
+
+
+def reconstruction_loss(target, reconstruction, channel_mask, time_mask, weights: LossConfig) -> dict[str, torch.Tensor]:
+    """Time L1, 1 − correlation and log-spectrum L1, averaged over real channels."""
+    t, r, w = real_channels(target, reconstruction, channel_mask, time_mask)
+    l1 = ((r - t).abs() * w).sum() / w.sum().clamp(min=1)
+    corr = correlation(t, r, w).mean()
+    spectrum = (log_spectrum(r, w) - log_spectrum(t, w)).abs().mean()
+    total = weights.time_l1 * l1 + weights.correlation * (1 - corr) + weights.spectrum * spectrum
+    return {"total": total, "time_l1": l1, "correlation": corr, "spectrum_l1": spectrum}

@@ -1,0 +1,153 @@
+"""``train_tokenizer``: signal shards → a tokenizer checkpoint (resumable).
+
+The loop asks its components what to do: the batch stream gives batches (and its resume state), the
+checkpoint module saves; the loop itself is short.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neurofm.config import to_dict
+from neurofm.data_shards.dataset import ShardIndex, ShardStream
+from neurofm.errors import NeuroFMError
+from neurofm.tokenizers.checkpoint import load_training_state, read_config, save_tokenizer
+from neurofm.tokenizers.config import FAMILY_OF_MODALITY, TokenizerModelConfig, TokenizerTrainConfig
+from neurofm.tokenizers.data import BatchStream, split_indices
+from neurofm.tokenizers.losses import reconstruction_loss
+from neurofm.tokenizers.model import SensorTokenizer
+
+logger = logging.getLogger("neurofm.tokenizer")
+
+
+def code_usage(counts: np.ndarray) -> dict[str, list[float]]:
+    """Per-level usage (fraction of codes used at least once) and perplexity from counts [L, V]."""
+    usage, perplexity = [], []
+    for level in counts:
+        total = level.sum()
+        p = level / max(total, 1)
+        usage.append(float((level > 0).mean()))
+        perplexity.append(float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum())) if total else 0.0)
+    return {"usage": usage, "perplexity": perplexity}
+
+
+def check_shards_fit(index: ShardIndex, model: TokenizerModelConfig) -> None:
+    """The shards' rates and window lengths must match the model's patches and rates."""
+    settings = index.manifest["settings"]
+    for modality in {r["modality"] for r in index.manifest["recordings"]}:
+        family = FAMILY_OF_MODALITY[modality]
+        if family == "electro":
+            rate, expected, field = settings[modality]["sfreq"], model.electro_sfreq, "electro_sfreq"
+            samples = settings[modality]["window_seconds"] * rate
+        else:
+            rate, expected, field = settings["fmri"]["tr_seconds"], model.bold_tr_seconds, "bold_tr_seconds"
+            samples = settings["fmri"]["window_seconds"] / rate
+        if abs(rate - expected) > 1e-6:
+            raise NeuroFMError(f"The {modality} shards are at {rate:g} ({'Hz' if family == 'electro' else 's'}) but the tokenizer expects model.{field}={expected:g}; set it to match.")
+        if round(samples) % model.patch_samples(family):
+            raise NeuroFMError(
+                f"{modality} windows of {round(samples)} samples do not split into model.{family}_patch_samples="
+                f"{model.patch_samples(family)}; change one of them."
+            )
+
+
+def _lr_factor(step: int, cfg: TokenizerTrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def channel_dropout(channel_mask: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """Hide ``fraction`` of each window's real channels from the encoder (keeping at least one)."""
+    if fraction == 0:
+        return channel_mask
+    keep = torch.rand(channel_mask.shape, generator=generator) >= fraction
+    encoder_mask = channel_mask & keep
+    empty = ~encoder_mask.any(dim=1)
+    encoder_mask[empty] = channel_mask[empty]
+    return encoder_mask
+
+
+def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
+    """Train (or resume training) a tokenizer; returns the last logged metrics.
+
+    Writes ``cfg.out``: the checkpoint (``config.json``, ``model.safetensors``, ``training_state.pt``)
+    every ``checkpoint_every`` steps and at the end, and ``train_log.jsonl``.
+    """
+    out = Path(cfg.out)
+    index = ShardIndex(cfg.shards)
+    check_shards_fit(index, cfg.model)
+    train_idx, _ = split_indices(index, cfg.eval_fraction)
+    torch.manual_seed(cfg.seed)
+    model = SensorTokenizer(cfg.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    step, data_state = 0, {"position": 0, "pending": {}}
+    state = load_training_state(out)
+    if state is not None:
+        saved = read_config(out)
+        if saved.get("training") != to_dict(cfg):
+            raise NeuroFMError(f"{out} holds a run with other settings; pass another out=… or delete it to start over.")
+        from safetensors.torch import load_model
+
+        load_model(model, str(out / "model.safetensors"))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        step = int(state["step"])
+        data_state = json.loads(state["data"])
+        logger.info("resuming %s at step %d", out, step)
+    stream = ShardStream(cfg.shards, seed=cfg.seed, indices=train_idx, epochs=None,
+                         modality_weights=cfg.modality_weights, position=data_state["position"])
+    batches = BatchStream(stream, cfg.batch_size, data_state["pending"])
+    counts = np.zeros((cfg.model.levels, cfg.model.codes_per_level), dtype=np.int64)
+    metrics: dict = {}
+    model.train()
+    started, log_path = time.perf_counter(), out.with_name(out.name + ".log.jsonl")
+    while step < cfg.steps:
+        batch = next(batches)
+        encoder_mask = channel_dropout(batch.channel_mask, cfg.channel_dropout, generator)
+        result = model(batch.signal, batch.sensors, batch.channel_mask, batch.family, encoder_mask)
+        losses = reconstruction_loss(batch.signal, result["reconstruction"], batch.channel_mask, batch.time_mask, cfg.loss)
+        loss = losses["total"] + result["commit_loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        codes = result["codes"].reshape(-1, cfg.model.levels).numpy()
+        for level in range(cfg.model.levels):
+            counts[level] += np.bincount(codes[:, level], minlength=cfg.model.codes_per_level)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            metrics = {
+                "step": step, "loss": loss.item(), **{k: v.item() for k, v in losses.items() if k != "total"},
+                "commit": result["commit_loss"].item(), "lr": scheduler.get_last_lr()[0],
+                "windows_per_s": step * cfg.batch_size / (time.perf_counter() - started), **code_usage(counts),
+            }
+            counts[:] = 0
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(metrics) + "\n")
+            if progress:
+                logger.info("step %d loss %.4f corr %.3f usage %s", step, metrics["loss"], metrics["correlation"],
+                            [round(u, 2) for u in metrics["usage"]])
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            training_state = {
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "data": json.dumps(batches.state()),
+            }
+            save_tokenizer(model, out, extra={"training": to_dict(cfg), "trained_steps": step,
+                                              "shards": str(cfg.shards), "last_metrics": metrics},
+                           training_state=training_state)
+    return metrics
