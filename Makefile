@@ -23,7 +23,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(PIP_TORCH_ARGS) "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[torch,test]"
+	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
 # The embedded default (package-shipped fMRI + the simulator), plus ../shared/data when it is there.

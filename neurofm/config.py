@@ -76,6 +76,11 @@ def _coerce(value: Any, tp: Any, field: str) -> Any:
             raise ConfigError(f"{field} must be a mapping, got {value!r}.")
         return {_coerce(k, key_tp, field): _coerce(v, val_tp, f"{field}.{k}") for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str):  # PyYAML reads 3e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{field} must be a number, got {value!r}.")
         return float(value)

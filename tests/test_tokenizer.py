@@ -1,0 +1,228 @@
+"""The sensor-aware tokenizer on real windows from ../shared/data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from neurofm.cli import main
+from neurofm.config import load_config
+from neurofm.data_shards import ShardIndex, verify_shards
+from neurofm.errors import NeuroFMError
+from neurofm.tokenizers.checkpoint import load_tokenizer, save_tokenizer
+from neurofm.tokenizers.config import TokenizerModelConfig, TokenizerTrainConfig
+from neurofm.tokenizers.data import collate
+from neurofm.tokenizers.encode import encode_shards
+from neurofm.tokenizers.evaluate import evaluate_tokenizer
+from neurofm.tokenizers.model import SensorTokenizer
+from neurofm.tokenizers.train import train_tokenizer
+
+SMALL = ["model.d_model=32", "model.n_heads=2", "model.n_latents=4", "model.code_dim=8", "model.codebook_size=16",
+         "model.levels=2", "batch_size=8", "log_every=5", "checkpoint_every=1000"]
+
+
+def small_model(**overrides) -> SensorTokenizer:
+    torch.manual_seed(0)
+    cfg = TokenizerModelConfig(d_model=32, n_heads=2, n_latents=4, code_dim=8, codebook_size=16, levels=2, **overrides)
+    return SensorTokenizer(cfg)
+
+
+def train_config(shards, out, *extra) -> TokenizerTrainConfig:
+    return load_config(TokenizerTrainConfig, None, [f"shards={shards}", f"out={out}", *SMALL, *extra])
+
+
+@pytest.fixture(scope="module")
+def windows(shared_shards):
+    """Two real windows of each modality, decoded."""
+    index = ShardIndex(shared_shards)
+    by_modality: dict[str, list] = {}
+    for i in range(len(index)):
+        m = index.modality_of[i]
+        if len(by_modality.setdefault(m, [])) < 2 and (m != "meg" or index[i]["signal"].shape[0] > 100):
+            by_modality[m].append(index[i])
+    return by_modality
+
+
+@pytest.fixture(scope="module")
+def trained(shared_shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tok") / "ckpt"
+    train_tokenizer(train_config(shared_shards, out, "steps=30"), progress=False)
+    return out
+
+
+def test_shapes_for_every_modality(windows):
+    model = small_model()
+    for modality, samples in windows.items():
+        batch = collate(samples)
+        result = model(batch.signal, batch.sensors, batch.channel_mask, batch.family)
+        b, c, t = batch.signal.shape
+        patch = 64 if modality != "fmri" else 4
+        assert result["reconstruction"].shape == (b, c, t)
+        assert result["codes"].shape == (b, t // patch, 4, 2)
+        assert 0 <= result["codes"].min() and result["codes"].max() < 16
+
+
+def test_channel_order_does_not_change_the_codes(windows):
+    model = small_model().double().eval()
+    sample = windows["eeg"][0]
+    batch = collate([sample])
+    perm = torch.randperm(batch.signal.shape[1], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a = model(batch.signal.double(), batch.sensors.double(), batch.channel_mask, "electro")
+        b = model(batch.signal[:, perm].double(), batch.sensors[:, perm].double(), batch.channel_mask[:, perm], "electro")
+    assert torch.equal(a["codes"], b["codes"])
+    assert torch.allclose(a["reconstruction"][:, perm], b["reconstruction"], atol=1e-9)
+
+
+def test_any_channel_count_encodes_and_decodes_the_kept_channels(windows):
+    model = small_model().eval()
+    batch = collate(windows["meg"][:1])
+    keep = torch.arange(0, batch.signal.shape[1], 7)  # every 7th of 366 MEG/EEG channels
+    with torch.no_grad():
+        full = model(batch.signal, batch.sensors, batch.channel_mask, "electro")
+        part = model(batch.signal[:, keep], batch.sensors[:, keep], batch.channel_mask[:, keep], "electro")
+        # the latents of the kept channels can also be decoded at sensors the encoder never saw
+        latents = model.quantize(model.encode(batch.signal[:, keep], batch.sensors[:, keep], batch.channel_mask[:, keep], "electro"))[0]
+        everywhere = model.decode(latents, batch.sensors, "electro")
+    assert part["reconstruction"].shape == (1, len(keep), batch.signal.shape[2])
+    assert full["codes"].shape == part["codes"].shape
+    assert everywhere.shape == batch.signal.shape and torch.isfinite(everywhere).all()
+
+
+def test_padding_channels_do_not_change_a_window(windows):
+    model = small_model().double().eval()
+    alone = collate(windows["eeg"][:1])
+    padded = collate([windows["eeg"][0], windows["meg"][0]])  # padded to the MEG channel count
+    with torch.no_grad():
+        a = model(alone.signal.double(), alone.sensors.double(), alone.channel_mask, "electro")
+        b = model(padded.signal.double(), padded.sensors.double(), padded.channel_mask, "electro")
+    c = alone.signal.shape[1]
+    assert torch.equal(a["codes"][0], b["codes"][0])
+    assert torch.allclose(a["reconstruction"][0], b["reconstruction"][0, :c], atol=1e-9)
+
+
+def test_save_load_identical_and_other_version_refused(windows, tmp_path):
+    model = small_model()
+    batch = collate(windows["ieeg"])
+    model(batch.signal, batch.sensors, batch.channel_mask, "electro")  # k-means initialises the codebooks
+    model.eval()
+    save_tokenizer(model, tmp_path / "ckpt")
+    loaded = load_tokenizer(tmp_path / "ckpt")
+    with torch.no_grad():
+        a = model(batch.signal, batch.sensors, batch.channel_mask, "electro")
+        b = loaded(batch.signal, batch.sensors, batch.channel_mask, "electro")
+    assert torch.equal(a["codes"], b["codes"]) and torch.equal(a["reconstruction"], b["reconstruction"])
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    config["version"] = 99
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(NeuroFMError, match="version-99 tokenizer checkpoint.*reads version 1"):
+        load_tokenizer(tmp_path / "ckpt")
+    with pytest.raises(NeuroFMError, match="not a tokenizer checkpoint"):
+        load_tokenizer(tmp_path)
+
+
+def test_bad_windows_are_clear_errors(windows):
+    model = small_model().eval()
+    batch = collate(windows["eeg"][:1])
+    s, x, m = batch.sensors, batch.signal, batch.channel_mask
+    with pytest.raises(NeuroFMError, match="has no sensors"):
+        model.encode(x[:, :0], s[:, :0], m[:, :0], "electro")
+    nan = x.clone()
+    nan[0, 0, 5] = float("nan")
+    with pytest.raises(NeuroFMError, match="NaN"):
+        model.encode(nan, s, m, "electro")
+    unknown = s.clone()
+    unknown[0, 0, 6:] = 0.0  # a row with no kind
+    with pytest.raises(NeuroFMError, match="no valid kind"):
+        model.encode(x, unknown, m, "electro")
+    with pytest.raises(NeuroFMError, match="do not split into patches of 64"):
+        model.encode(x[:, :, :500], s, m, "electro")
+    with pytest.raises(NeuroFMError, match="unknown modality family 'nirs'"):
+        model.encode(x, s, m, "nirs")
+
+
+def test_fsq_quantizer(windows):
+    model = small_model(quantizer="fsq", fsq_levels=[5, 3]).eval()
+    batch = collate(windows["fmri"])
+    with torch.no_grad():
+        result = model(batch.signal, batch.sensors, batch.channel_mask, "bold")
+    assert model.cfg.codes_per_level == 15 and result["codes"].max() < 15
+    assert model.cfg.bits_per_second("bold") == pytest.approx(4 * 2 * np.log2(15) / 8.0)
+
+
+def test_short_training_lowers_the_loss(shared_shards, tmp_path):
+    cfg = train_config(shared_shards, tmp_path / "t", "steps=60", "modality_weights={eeg: 1.0}", "lr=3e-3")
+    train_tokenizer(cfg, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "t.log.jsonl").read_text().splitlines()]
+    first, last = np.mean([r["loss"] for r in log[:2]]), np.mean([r["loss"] for r in log[-2:]])
+    assert last < 0.85 * first, (first, last)  # at least 15 % lower after 60 steps
+    assert log[-1]["correlation"] > log[0]["correlation"] + 0.1
+
+
+def test_resume_continues_the_same_trajectory_and_seed_fixes_codes(shared_shards, tmp_path):
+    straight = train_config(shared_shards, tmp_path / "a", "steps=12", "checkpoint_every=6")
+    train_tokenizer(straight, progress=False)
+    cut = train_config(shared_shards, tmp_path / "b", "steps=12", "checkpoint_every=6")
+    import neurofm.tokenizers.train as train_module
+
+    calls = {"n": 0}
+    real_step = torch.optim.AdamW.step
+
+    def dying_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 9:  # killed after the step-6 checkpoint
+            raise KeyboardInterrupt
+        return real_step(self, *args, **kwargs)
+
+    torch.optim.AdamW.step = dying_step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_module.train_tokenizer(cut, progress=False)
+    finally:
+        torch.optim.AdamW.step = real_step
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["trained_steps"] == 6
+    train_tokenizer(cut, progress=False)
+    a = (tmp_path / "a" / "model.safetensors").read_bytes()
+    b = (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert a == b  # same seed, same data, same steps: bit-identical weights, resumed or not
+    with pytest.raises(NeuroFMError, match="other settings"):
+        train_tokenizer(train_config(shared_shards, tmp_path / "b", "steps=12", "checkpoint_every=6", "lr=1e-2"), progress=False)
+
+
+def test_eval_reports_every_modality(trained, shared_shards, tmp_path):
+    metrics = evaluate_tokenizer(trained, shared_shards, tmp_path / "eval")
+    assert set(metrics["modalities"]) == {"eeg", "meg", "ieeg", "fmri"}
+    for m in metrics["modalities"].values():
+        assert -1 <= m["pcc"] <= 1 and m["windows"] > 0 and m["spectral_error"] >= 0
+    assert metrics["modalities"]["eeg"]["bits_per_second"] == pytest.approx(4 * 2 * 4 / 0.25)
+    assert len(metrics["codes"]["usage"]) == 2
+    assert {p.name for p in (tmp_path / "eval").glob("*.png")} == {f"reconstruction_{m}.png" for m in ("eeg", "meg", "ieeg", "fmri")}
+    assert any(r.endswith("eegmmidb_S088R10.edf") for r in metrics["recordings"])
+
+
+def test_encode_writes_code_shards_that_decode_like_the_model(trained, shared_shards, tmp_path):
+    manifest = encode_shards(trained, shared_shards, tmp_path / "codes", progress=False)
+    assert manifest["complete"] and manifest["kind"] == "codes"
+    assert verify_shards(tmp_path / "codes") == []
+    codes_index, signal_index = ShardIndex(tmp_path / "codes"), ShardIndex(shared_shards)
+    assert len(codes_index) == len(signal_index)
+    model = load_tokenizer(trained)
+    for i in (0, len(signal_index) - 1):
+        coded, original = codes_index[i], signal_index[i]
+        assert coded["__key__"] == original["__key__"] and coded["codes"].dtype == np.int16
+        batch = collate([original])
+        with torch.no_grad():
+            direct = model(batch.signal, batch.sensors, batch.channel_mask, batch.family)["reconstruction"]
+            codes = torch.from_numpy(coded["codes"].astype(np.int64)).permute(1, 0, 2)[None]  # [1, P, K, L]
+            from_codes = model.decode_codes(codes, batch.sensors, batch.family)
+        assert torch.allclose(direct, from_codes, atol=1e-5)
+
+
+@pytest.mark.parametrize("command", [["tokenizer", "train"], ["tokenizer", "eval"], ["tokenizer", "encode"]])
+def test_tokenizer_help(command, capsys):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    assert "usage: neurofm tokenizer" in capsys.readouterr().out
