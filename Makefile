@@ -30,9 +30,15 @@ $(STAMP): pyproject.toml
 DEMO_CONFIGS := --config configs/demo.yaml $(if $(wildcard $(SHARED_DATA)),--config configs/shared_data.yaml root=$(SHARED_DATA),)
 
 demo: $(STAMP)
-	@echo "demo data: package-shipped fMRI + simulated EEG/MEG/sEEG/ECoG/fMRI$(if $(wildcard $(SHARED_DATA)), + the recordings in $(SHARED_DATA),)"
-	$(BIN)/neurofm shards build $(DEMO_CONFIGS) --out $(DEMO_OUT)/shards --overwrite --quiet
+	rm -rf $(DEMO_OUT)
+	@echo "== 1. shards. Demo data: package-shipped fMRI + simulated EEG/MEG/sEEG/ECoG/fMRI$(if $(wildcard $(SHARED_DATA)), + the recordings in $(SHARED_DATA),)"
+	$(BIN)/neurofm shards build $(DEMO_CONFIGS) --out $(DEMO_OUT)/shards --quiet
 	$(BIN)/neurofm shards verify $(DEMO_OUT)/shards
+	@echo "== 2. tokenizer: train the tiny preset, evaluate on held-out windows, encode to code shards"
+	$(BIN)/neurofm tokenizer train --config configs/tokenizer_tiny.yaml shards=$(DEMO_OUT)/shards out=$(DEMO_OUT)/tokenizer --quiet
+	$(BIN)/neurofm tokenizer eval --checkpoint $(DEMO_OUT)/tokenizer --shards $(DEMO_OUT)/shards --out $(DEMO_OUT)/tokenizer_eval
+	$(BIN)/neurofm tokenizer encode --checkpoint $(DEMO_OUT)/tokenizer --shards $(DEMO_OUT)/shards --out $(DEMO_OUT)/codes --quiet
+	$(BIN)/neurofm shards verify $(DEMO_OUT)/codes
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

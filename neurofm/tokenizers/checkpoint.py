@@ -82,4 +82,4 @@ def load_tokenizer(directory: str | Path) -> SensorTokenizer:
 
 def load_training_state(directory: str | Path) -> dict | None:
     path = Path(directory) / "training_state.pt"
-    return torch.load(path, weights_only=True) if path.is_file() else None
+    return torch.load(path, weights_only=True, map_location="cpu") if path.is_file() else None

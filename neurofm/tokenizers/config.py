@@ -102,9 +102,10 @@ class TokenizerModelConfig:
 
 @dataclass(kw_only=True)
 class LossConfig:
-    """Weights of the reconstruction losses (time L1, 1 − correlation, log-spectrum L1)."""
+    """Weights of the reconstruction losses (time L1, time MSE, 1 − correlation, log-spectrum L1)."""
 
     time_l1: float = 1.0
+    time_mse: float = 0.0
     correlation: float = 0.5
     spectrum: float = 0.5
 
@@ -134,6 +135,8 @@ class TokenizerTrainConfig:
         Steps between log lines / checkpoints.
     seed : int
         Seed of initialisation, data order and channel dropout.
+    device : 'auto' | 'cpu' | 'cuda'
+        Where to train (``auto``: a GPU when torch sees one).
     """
 
     shards: str = "runs/demo/shards"
@@ -152,6 +155,7 @@ class TokenizerTrainConfig:
     log_every: int = 25
     checkpoint_every: int = 100
     seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:

@@ -36,7 +36,8 @@ def reconstruction_loss(target, reconstruction, channel_mask, time_mask, weights
     """Time L1, 1 − correlation and log-spectrum L1, averaged over real channels."""
     t, r, w = real_channels(target, reconstruction, channel_mask, time_mask)
     l1 = ((r - t).abs() * w).sum() / w.sum().clamp(min=1)
+    mse = ((r - t).pow(2) * w).sum() / w.sum().clamp(min=1)
     corr = correlation(t, r, w).mean()
     spectrum = (log_spectrum(r, w) - log_spectrum(t, w)).abs().mean()
-    total = weights.time_l1 * l1 + weights.correlation * (1 - corr) + weights.spectrum * spectrum
-    return {"total": total, "time_l1": l1, "correlation": corr, "spectrum_l1": spectrum}
+    total = weights.time_l1 * l1 + weights.time_mse * mse + weights.correlation * (1 - corr) + weights.spectrum * spectrum
+    return {"total": total, "time_l1": l1, "time_mse": mse, "correlation": corr, "spectrum_l1": spectrum}

@@ -86,8 +86,9 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
     index = ShardIndex(cfg.shards)
     check_shards_fit(index, cfg.model)
     train_idx, _ = split_indices(index, cfg.eval_fraction)
+    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
     torch.manual_seed(cfg.seed)
-    model = SensorTokenizer(cfg.model)
+    model = SensorTokenizer(cfg.model).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg))
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -99,7 +100,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
             raise NeuroFMError(f"{out} holds a run with other settings; pass another out=… or delete it to start over.")
         from safetensors.torch import load_model
 
-        load_model(model, str(out / "model.safetensors"))
+        load_model(model, str(out / "model.safetensors"), device=str(device))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
@@ -107,6 +108,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
         step = int(state["step"])
         data_state = json.loads(state["data"])
         logger.info("resuming %s at step %d", out, step)
+        if step >= cfg.steps:
+            return read_config(out).get("last_metrics", {})
     stream = ShardStream(cfg.shards, seed=cfg.seed, indices=train_idx, epochs=None,
                          modality_weights=cfg.modality_weights, position=data_state["position"])
     batches = BatchStream(stream, cfg.batch_size, data_state["pending"])
@@ -116,9 +119,10 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
     started, log_path = time.perf_counter(), out.with_name(out.name + ".log.jsonl")
     while step < cfg.steps:
         batch = next(batches)
-        encoder_mask = channel_dropout(batch.channel_mask, cfg.channel_dropout, generator)
-        result = model(batch.signal, batch.sensors, batch.channel_mask, batch.family, encoder_mask)
-        losses = reconstruction_loss(batch.signal, result["reconstruction"], batch.channel_mask, batch.time_mask, cfg.loss)
+        encoder_mask = channel_dropout(batch.channel_mask, cfg.channel_dropout, generator).to(device)
+        signal, sensors, channel_mask, time_mask = (t.to(device) for t in (batch.signal, batch.sensors, batch.channel_mask, batch.time_mask))
+        result = model(signal, sensors, channel_mask, batch.family, encoder_mask)
+        losses = reconstruction_loss(signal, result["reconstruction"], channel_mask, time_mask, cfg.loss)
         loss = losses["total"] + result["commit_loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -126,7 +130,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
         optimizer.step()
         scheduler.step()
         step += 1
-        codes = result["codes"].reshape(-1, cfg.model.levels).numpy()
+        codes = result["codes"].reshape(-1, cfg.model.levels).cpu().numpy()
         for level in range(cfg.model.levels):
             counts[level] += np.bincount(codes[:, level], minlength=cfg.model.codes_per_level)
         if step % cfg.log_every == 0 or step == cfg.steps:
