@@ -39,6 +39,10 @@ demo: $(STAMP)
 	$(BIN)/neurofm tokenizer eval --checkpoint $(DEMO_OUT)/tokenizer --shards $(DEMO_OUT)/shards --out $(DEMO_OUT)/tokenizer_eval
 	$(BIN)/neurofm tokenizer encode --checkpoint $(DEMO_OUT)/tokenizer --shards $(DEMO_OUT)/shards --out $(DEMO_OUT)/codes --quiet
 	$(BIN)/neurofm shards verify $(DEMO_OUT)/codes
+	@echo "== 3. pretraining: the tiny masked-code model on the code shards (DeepSpeed ZeRO-1), then a release"
+	$(BIN)/neurofm pretrain train --config configs/pretrain_tiny.yaml codes=$(DEMO_OUT)/codes out=$(DEMO_OUT)/pretrain --quiet
+	$(BIN)/neurofm export --run $(DEMO_OUT)/pretrain --out $(DEMO_OUT)/release
+	@ls $(DEMO_OUT)/release
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -80,6 +80,52 @@ def _tokenizer_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain_train(args: argparse.Namespace) -> int:
+    from neurofm.config import load_config
+    from neurofm.pretrain.config import PretrainConfig
+    from neurofm.pretrain.train import train_pretrain
+
+    config = load_config(PretrainConfig, args.config, args.overrides)
+    metrics = train_pretrain(config, progress=not args.quiet)
+    if metrics:
+        print(json.dumps({k: metrics.get(k) for k in ("step", "loss", "masked_accuracy", "tokens_per_s")}))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from neurofm.pretrain.export import export_release
+
+    print(f"release: {export_release(args.run, args.out, args.tag)}")
+    return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    import subprocess
+    from pathlib import Path
+
+    from neurofm.config import load_config
+    from neurofm.launch import LaunchConfig, render_launch
+
+    items = list(args.overrides)
+    if args.config:
+        items.append(f"config={json.dumps(args.config)}")
+    for key in ("nodes", "gpus_per_node", "launcher", "scheduler"):
+        if getattr(args, key) is not None:
+            items.append(f"{key}={getattr(args, key)}")
+    launch = load_config(LaunchConfig, args.launch_config, items)
+    rendered = render_launch(launch)
+    command = rendered.pop("command")
+    for name, text in rendered.items():
+        if args.dry_run:
+            print(f"# --- {name} ---\n{text}")
+        else:
+            Path(name).write_text(text)
+    print(command)
+    if args.dry_run:
+        return 0
+    return subprocess.call(command, shell=True)
+
+
 def _shards_inspect(args: argparse.Namespace) -> int:
     from neurofm.data_shards import summarize
     from neurofm.data_shards.verify import format_summary
@@ -184,6 +230,42 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--out", required=True, help="output folder for code shards")
     encode.add_argument("--quiet", action="store_true", help="no progress bar")
     encode.set_defaults(func=_tokenizer_encode)
+
+    pretrain = stages.add_parser("pretrain", help="masked-code pretraining with DeepSpeed", description=(
+        "Pretrain the masked-code transformer on code shards with DeepSpeed (ZeRO 1-3, bf16/fp32, "
+        "gradient accumulation, activation checkpointing, exact resume). Run it directly for one "
+        "process, or through `neurofm launch pretrain` for torchrun / deepspeed / SLURM."))
+    ptr = pretrain.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ptrain = ptr.add_parser("train", help="train (or resume) a pretraining run", description=(
+        "Train on code shards; checkpoints (DeepSpeed tags step_NNNNNNNN, 'latest' = last complete) every "
+        "checkpoint_every steps and on SIGTERM; rerunning resumes the same trajectory."))
+    ptrain.add_argument("--config", action="append", required=True, help="YAML of PretrainConfig (configs/pretrain_*.yaml)")
+    ptrain.add_argument("--quiet", action="store_true", help="no per-step log lines")
+    ptrain.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. codes=runs/demo/codes out=runs/pt zero_stage=2")
+    ptrain.set_defaults(func=_pretrain_train)
+
+    export = stages.add_parser("export", help="pretraining checkpoint → release directory", description=(
+        "Gather a pretraining checkpoint (any ZeRO stage) into a release: config.json, model.safetensors, "
+        "the tokenizer directory and a README model card. Load it with neurofm.pretrain.export.from_pretrained."))
+    export.add_argument("--run", required=True, help="pretraining run folder (holds 'latest' and step_* tags)")
+    export.add_argument("--out", required=True, help="release directory to write")
+    export.add_argument("--tag", help="checkpoint tag (default: latest)")
+    export.set_defaults(func=_export)
+
+    launch = stages.add_parser("launch", help="render / run multi-GPU, multi-node launch commands", description=(
+        "Render the command for one process, torchrun, the deepspeed launcher with a hostfile, or a SLURM "
+        "batch script, from a launch config (configs/launch_*.yaml) and flags; --dry-run prints it."))
+    lsub = launch.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    lpre = lsub.add_parser("pretrain", help="launch pretraining", description="Launch `neurofm pretrain train` on a topology.")
+    lpre.add_argument("--launch-config", action="append", help="YAML of LaunchConfig (configs/launch_1x8.yaml …)")
+    lpre.add_argument("--config", action="append", help="pretraining config(s) passed on")
+    lpre.add_argument("--nodes", type=int, help="number of nodes")
+    lpre.add_argument("--gpus-per-node", dest="gpus_per_node", type=int, help="GPUs per node")
+    lpre.add_argument("--launcher", choices=["auto", "single", "torchrun", "deepspeed"], help="process launcher")
+    lpre.add_argument("--scheduler", choices=["none", "slurm"], help="render an sbatch script")
+    lpre.add_argument("--dry-run", action="store_true", help="print the command (and files) instead of running")
+    lpre.add_argument("overrides", nargs="*", help="LaunchConfig dotted.key=value, e.g. hosts=[n1,n2] slurm.partition=gpu")
+    lpre.set_defaults(func=_launch)
     return parser
 
 

@@ -55,3 +55,21 @@ def shared_shards(tmp_path_factory, shared) -> Path:
 def _project_cwd(monkeypatch):
     """Run every test from the project root, as `make test` does."""
     monkeypatch.chdir(ROOT)
+
+
+@pytest.fixture(scope="session")
+def code_shards(shared_shards, tmp_path_factory) -> Path:
+    """Code shards of every ../shared/data window, from a small tokenizer trained for a few steps."""
+    from neurofm.config import load_config
+    from neurofm.tokenizers.config import TokenizerTrainConfig
+    from neurofm.tokenizers.encode import encode_shards
+    from neurofm.tokenizers.train import train_tokenizer
+
+    root = tmp_path_factory.mktemp("codes")
+    cfg = load_config(TokenizerTrainConfig, None, [
+        f"shards={shared_shards}", f"out={root / 'tokenizer'}", "steps=5", "batch_size=8", "model.d_model=32",
+        "model.n_heads=2", "model.n_latents=4", "model.code_dim=8", "model.codebook_size=16", "model.levels=2",
+    ])
+    train_tokenizer(cfg, progress=False)
+    encode_shards(root / "tokenizer", shared_shards, root / "codes", progress=False)
+    return root / "codes"

@@ -1,4 +1,7 @@
 """Masked-code pretraining with DeepSpeed.
 
-Not built yet: tracked by the "Masked-code pretraining" issue.
+- :mod:`.model` — :class:`~.model.MaskedCodeModel` and :func:`~.model.masked_code_loss`;
+- :mod:`.masking` — random / time-block / latent-block masks;
+- :mod:`.train` — :func:`~.train.train_pretrain` (DeepSpeed ZeRO 1–3, exact resume, SIGTERM);
+- :mod:`.export` — :func:`~.export.export_release` and :func:`~.export.from_pretrained`.
 """

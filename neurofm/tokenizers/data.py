@@ -76,8 +76,13 @@ def collate(samples: list[dict]) -> Batch:
                  [s["__key__"] for s in samples], [s["meta"] for s in samples], [s.get("__index__", -1) for s in samples])
 
 
+def signal_bucket(sample: dict) -> str:
+    """Bucket of a signal sample: its family and window length."""
+    return f"{family_of(sample['meta'])}-{sample['signal'].shape[1]}"
+
+
 class BatchStream:
-    """Endless batches from a shard stream, bucketed by (family, window length).
+    """Endless batches from a shard stream, bucketed (by default by family and window length).
 
     Parameters
     ----------
@@ -87,10 +92,14 @@ class BatchStream:
         Windows per batch.
     pending : dict | None
         Saved queue: bucket name → global sample indices waiting in it.
+    collate_fn, bucket_fn : callable
+        Samples → batch, and sample → bucket name (signal shards by default; code shards pass theirs).
     """
 
-    def __init__(self, stream: ShardStream, batch_size: int, pending: dict[str, list[int]] | None = None):
+    def __init__(self, stream: ShardStream, batch_size: int, pending: dict[str, list[int]] | None = None,
+                 collate_fn=None, bucket_fn=signal_bucket):
         self.stream, self.batch_size = stream, batch_size
+        self.collate_fn, self.bucket_fn = collate_fn or collate, bucket_fn
         self.position = stream.position
         self.buckets: dict[str, list[dict]] = {}
         for name, indices in (pending or {}).items():
@@ -109,12 +118,12 @@ class BatchStream:
             position, index = next(self._items)
             sample = {**self.stream.index[index], "__index__": index}
             self.position = position + 1
-            bucket = f"{family_of(sample['meta'])}-{sample['signal'].shape[1]}"
+            bucket = self.bucket_fn(sample)
             queue = self.buckets.setdefault(bucket, [])
             queue.append(sample)
             if len(queue) == self.batch_size:
                 self.buckets[bucket] = []
-                return collate(queue)
+                return self.collate_fn(queue)
 
 
 def ordered_batches(index: ShardIndex, indices, batch_size: int) -> Iterator[Batch]:

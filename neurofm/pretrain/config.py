@@ -1,0 +1,109 @@
+"""Configs of masked-code pretraining: the model and the DeepSpeed training run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+MODALITY_IDS = {"eeg": 0, "meg": 1, "ieeg": 2, "fmri": 3}
+
+
+@dataclass(kw_only=True)
+class PretrainModelConfig:
+    """Architecture of :class:`~neurofm.pretrain.model.MaskedCodeModel`.
+
+    Parameters
+    ----------
+    d_model, n_layers, n_heads, mlp_ratio : int / float
+        The (encoder) transformer.
+    n_latents, levels, codes_per_level : int
+        K, L and V of the code shards (checked against their tokenizer; 0 = take them from the shards).
+    max_patches : int
+        Longest window in time patches.
+    mask_ratio : float
+        Fraction of code tokens masked per window.
+    masking : 'random' | 'time' | 'latent'
+        Mask random tokens, whole time patches, or whole latents across the window.
+    asymmetric : bool
+        The encoder sees only visible tokens; a light decoder (``decoder_d_model``,
+        ``decoder_layers``) fills in mask tokens and predicts the masked codes (MAE-style).
+    activation_checkpointing : bool
+        Recompute each block's activations in the backward pass (saves memory).
+    """
+
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    mlp_ratio: float = 4.0
+    n_latents: int = 0
+    levels: int = 0
+    codes_per_level: int = 0
+    max_patches: int = 64
+    mask_ratio: float = 0.5
+    masking: Literal["random", "time", "latent"] = "random"
+    asymmetric: bool = False
+    decoder_d_model: int = 64
+    decoder_layers: int = 2
+    activation_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"d_model ({self.d_model}) / n_heads ({self.n_heads}) must be an even integer (rotary positions).")
+        if not 0 < self.mask_ratio < 1:
+            raise ValueError(f"mask_ratio must be in (0, 1); got {self.mask_ratio}.")
+        if self.decoder_d_model % self.n_heads:
+            raise ValueError(f"decoder_d_model ({self.decoder_d_model}) must be divisible by n_heads ({self.n_heads}).")
+
+    def parameter_count(self) -> int:
+        """Approximate parameter count of the encoder blocks (12·d²·layers)."""
+        return 12 * self.d_model**2 * self.n_layers
+
+
+@dataclass(kw_only=True)
+class PretrainConfig:
+    """``neurofm pretrain train``: data, DeepSpeed settings, schedule, checkpoints.
+
+    Parameters
+    ----------
+    codes : str
+        Code shard folder (``neurofm tokenizer encode``).
+    out : str
+        Run folder: DeepSpeed checkpoints (one ``step_NNNNNNNN`` tag each, ``latest`` names the last
+        complete one), ``train_log.jsonl``, TensorBoard events, ``DONE.json`` at the end.
+    micro_batch, grad_accum : int
+        Windows per rank per micro-step; micro-steps per optimizer step.
+    zero_stage : int
+        DeepSpeed ZeRO stage (1–3).
+    precision : 'bf16' | 'fp32'
+    compile : bool
+        ``torch.compile`` the model.
+    modality_weights : dict | None
+        Sampling weights per modality.
+    """
+
+    codes: str = "runs/demo/codes"
+    out: str = "runs/demo/pretrain"
+    model: PretrainModelConfig = field(default_factory=PretrainModelConfig)
+    steps: int = 200
+    micro_batch: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.05
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    zero_stage: int = 1
+    precision: Literal["bf16", "fp32"] = "fp32"
+    compile: bool = False
+    modality_weights: dict[str, float] | None = None
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    seed: int = 0
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.zero_stage <= 3:
+            raise ValueError(f"zero_stage must be 1, 2 or 3; got {self.zero_stage}.")
+        if self.steps < 1 or self.micro_batch < 1 or self.grad_accum < 1:
+            raise ValueError("steps, micro_batch and grad_accum must be at least 1.")

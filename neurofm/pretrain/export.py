@@ -1,0 +1,116 @@
+"""Release directories: ``neurofm export`` and ``from_pretrained``.
+
+A release is what users download: ``config.json`` (the model config, the tokenizer's identity, the
+training summary), ``model.safetensors`` (fp32 weights, gathered from any ZeRO stage by DeepSpeed's
+``zero_to_fp32``), ``tokenizer/`` (the tokenizer checkpoint the codes came from) and ``README.md``, a
+model card. ``from_pretrained`` reads it without unpickling anything.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+import neurofm
+from neurofm.config import from_dict
+from neurofm.errors import NeuroFMError
+from neurofm.pretrain.config import PretrainModelConfig
+from neurofm.pretrain.model import MaskedCodeModel
+from neurofm.pretrain.train import latest_tag
+
+FORMAT = "neurofm-release"
+VERSION = 1
+
+
+def export_release(run: str | Path, out: str | Path, tag: str | None = None) -> Path:
+    """Turn the checkpoint ``tag`` (default: the latest) of a pretraining run into a release at ``out``."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    run, out = Path(run), Path(out)
+    tag = tag or latest_tag(run)
+    if tag is None or not (run / tag / "neurofm_config.json").is_file():
+        raise NeuroFMError(f"{run} holds no complete pretraining checkpoint (no 'latest' tag); train first.")
+    saved = json.loads((run / tag / "neurofm_config.json").read_text())
+    state = get_fp32_state_dict_from_zero_checkpoint(str(run), tag=tag)
+    state = {k.removeprefix("_orig_mod."): v.contiguous() for k, v in state.items()}
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(state, str(tmp / "model.safetensors"))
+    tokenizer = Path(saved["tokenizer_path"])
+    if (tokenizer / "model.safetensors").is_file():
+        (tmp / "tokenizer").mkdir()
+        for name in ("config.json", "model.safetensors"):
+            shutil.copy2(tokenizer / name, tmp / "tokenizer" / name)
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()] if (run / "train_log.jsonl").is_file() else []
+    codes_manifest = json.loads((Path(saved["codes"]) / "manifest.json").read_text()) if (Path(saved["codes"]) / "manifest.json").is_file() else {}
+    config = {
+        "format": FORMAT, "version": VERSION, "neurofm_version": neurofm.__version__, "model": saved["model"],
+        "tokenizer_sha256": saved["tokenizer_sha256"], "checkpoint": f"{run}/{tag}",
+        "training": {"steps": int(tag.split("_")[-1]), "final": log[-1] if log else None, "config": saved["training"]},
+        "data": codes_manifest.get("statistics", {}),
+    }
+    (tmp / "config.json").write_text(json.dumps(config, indent=1))
+    (tmp / "README.md").write_text(_model_card(config))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def _model_card(config: dict) -> str:
+    m, final = config["model"], config["training"]["final"] or {}
+    rows = "\n".join(
+        f"| {mod} | {s.get('recordings')} | {s.get('windows')} | {s.get('hours', 0):.3f} |" for mod, s in sorted(config["data"].items())
+    )
+    accuracy = ", ".join(f"{a:.3f}" for a in final.get("masked_accuracy", []))
+    return f"""# NeuroFM masked-code model
+
+A transformer pretrained by predicting masked codes of the NeuroFM sensor-aware tokenizer (bundled in
+`tokenizer/`). Made with NeuroFM {config['neurofm_version']} from `{config['checkpoint']}`.
+
+## Model
+- width {m['d_model']}, {m['n_layers']} layers, {m['n_heads']} heads (~{12 * m['d_model'] ** 2 * m['n_layers'] / 1e6:.1f} M encoder parameters)
+- tokens: {m['n_latents']} latents per time patch, {m['levels']} RVQ levels of {m['codes_per_level']} codes
+- masking: {m['masking']}, ratio {m['mask_ratio']}; asymmetric decoder: {m['asymmetric']}
+
+## Training data (code shards)
+| modality | recordings | windows | hours |
+|---|---|---|---|
+{rows}
+
+## Training
+{config['training']['steps']} steps. Final masked cross-entropy {final.get('loss', float('nan')):.4f}; masked
+accuracy per level: {accuracy or 'n/a'}.
+
+## Use
+```python
+from neurofm.pretrain.export import from_pretrained
+model = from_pretrained("path/to/this/folder")   # no network, no unpickling
+```
+
+## Limits
+Trained on the data above only; read the NeuroFM README's known limits before drawing conclusions.
+"""
+
+
+def from_pretrained(release: str | Path) -> MaskedCodeModel:
+    """The model of a release directory, in eval mode."""
+    release = Path(release)
+    path = release / "config.json"
+    if not path.is_file() or not (release / "model.safetensors").is_file():
+        raise NeuroFMError(f"{release} is not a NeuroFM release (needs config.json and model.safetensors); make one with `neurofm export`.")
+    config = json.loads(path.read_text())
+    if config.get("format") != FORMAT or config.get("version") != VERSION:
+        raise NeuroFMError(f"{release} is a {config.get('format')} v{config.get('version')} directory; this NeuroFM reads {FORMAT} v{VERSION}.")
+    model = MaskedCodeModel(from_dict(PretrainModelConfig, config["model"], prefix="model"))
+    state = load_file(str(release / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise NeuroFMError(f"{release}/model.safetensors does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]}).")
+    return model.eval()
+
+
+__all__ = ["export_release", "from_pretrained"]

@@ -1,0 +1,143 @@
+"""The masked-code transformer: predict masked tokenizer codes from the visible ones.
+
+Shape legend::
+
+    B  windows      P  time patches      K  latents per patch      L  RVQ levels
+    V  codes per level      N = P · K tokens per window      D  width
+
+A token is one (patch, latent) pair. Its input is the sum of its L level embeddings (one table per
+level), its latent-index embedding and its window's modality embedding; its time enters through rotary
+positions (the patch index) inside attention, so every latent of a patch shares a time. A masked token
+replaces its code embeddings by a learned mask embedding (it keeps latent index, modality and time:
+the model is asked "what was latent k at time p?"). The head predicts all L levels of every masked
+token; the loss is their cross-entropy.
+
+With ``asymmetric`` the encoder runs on the visible tokens only; a narrow decoder gets the encoder's
+outputs back in place, mask embeddings elsewhere, and predicts the masked codes (MAE). Every window
+of a batch masks the same number of tokens, so visible tokens gather into a dense tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from neurofm.pretrain.config import MODALITY_IDS, PretrainModelConfig
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs of channels of x [B, H, N, Dh] by angles position · 10000^(−2i/Dh); positions [B, N]."""
+    dh = x.shape[-1]
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dh, 2, device=x.device, dtype=torch.float32) / dh))
+    angles = positions[:, None, :, None].float() * inv_freq  # [B, 1, N, Dh/2]
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: rotary self-attention (PyTorch SDPA), then an MLP."""
+
+    def __init__(self, d_model: int, n_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        hidden = int(mlp_ratio * d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, hidden), nn.GELU(), nn.Linear(hidden, d_model))
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        q, k, v = rearrange(self.qkv(self.norm1(x)), "b n (three h d) -> three b h n d", three=3, h=self.n_heads)
+        q, k = rotary(q, positions), rotary(k, positions)
+        x = x + self.proj(rearrange(F.scaled_dot_product_attention(q, k, v), "b h n d -> b n (h d)"))
+        return x + self.mlp(self.norm2(x))
+
+
+class Stack(nn.Module):
+    """Blocks in sequence, with optional activation checkpointing."""
+
+    def __init__(self, d_model: int, n_layers: int, n_heads: int, mlp_ratio: float, checkpointing: bool):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, mlp_ratio) for _ in range(n_layers))
+        self.norm = nn.LayerNorm(d_model)
+        self.checkpointing = checkpointing
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            if self.checkpointing and self.training:
+                x = checkpoint(block, x, positions, use_reentrant=False)
+            else:
+                x = block(x, positions)
+        return self.norm(x)
+
+
+class MaskedCodeModel(nn.Module):
+    """See the module docstring. ``forward`` returns logits [B, N, L, V]; no training logic inside."""
+
+    def __init__(self, cfg: PretrainModelConfig):
+        super().__init__()
+        if not (cfg.n_latents and cfg.levels and cfg.codes_per_level):
+            raise ValueError("n_latents, levels and codes_per_level must be set (from the code shards).")
+        self.cfg = cfg
+        d = cfg.d_model
+        self.code_embeddings = nn.ModuleList(nn.Embedding(cfg.codes_per_level, d) for _ in range(cfg.levels))
+        self.latent_embedding = nn.Embedding(cfg.n_latents, d)
+        self.modality_embedding = nn.Embedding(len(MODALITY_IDS), d)
+        self.mask_embedding = nn.Parameter(torch.randn(d) * 0.02)
+        self.encoder = Stack(d, cfg.n_layers, cfg.n_heads, cfg.mlp_ratio, cfg.activation_checkpointing)
+        if cfg.asymmetric:
+            dd = cfg.decoder_d_model
+            self.decoder_in = nn.Linear(d, dd)
+            self.decoder_mask = nn.Parameter(torch.randn(dd) * 0.02)
+            self.decoder_context = nn.Linear(d, dd)  # latent index + modality, for the mask tokens
+            self.decoder = Stack(dd, cfg.decoder_layers, cfg.n_heads, cfg.mlp_ratio, cfg.activation_checkpointing)
+            head_in = dd
+        else:
+            head_in = d
+        self.head = nn.Linear(head_in, cfg.levels * cfg.codes_per_level)
+
+    def _context(self, b: int, p: int, modality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent-index + modality embedding [B, N, D] and time positions [B, N] of every token."""
+        k = self.cfg.n_latents
+        latent = self.latent_embedding(torch.arange(k, device=modality.device)).repeat(p, 1)  # [N, D]
+        context = latent[None] + self.modality_embedding(modality)[:, None]
+        positions = torch.arange(p, device=modality.device).repeat_interleave(k)[None].expand(b, -1)
+        return context, positions
+
+    def forward(self, codes: torch.Tensor, modality: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """codes [B, P, K, L] (long), modality [B] (long), mask [B, P, K] (True = masked) → logits [B, N, L, V]."""
+        b, p = codes.shape[:2]
+        flat = rearrange(codes, "b p k l -> b (p k) l")
+        masked = rearrange(mask, "b p k -> b (p k)")
+        tokens = sum(table(flat[..., level]) for level, table in enumerate(self.code_embeddings))
+        context, positions = self._context(b, p, modality)
+        if not self.cfg.asymmetric:
+            x = torch.where(masked[..., None], self.mask_embedding.to(tokens.dtype), tokens) + context
+            out = self.encoder(x, positions)
+        else:
+            n_visible = int((~masked[0]).sum())
+            order = torch.argsort(masked.to(torch.int8), dim=1, stable=True)  # visible tokens first
+            visible = order[:, :n_visible]
+            gather = lambda t: torch.gather(t, 1, visible[..., None].expand(-1, -1, t.shape[-1]))  # noqa: E731
+            encoded = self.encoder(gather(tokens + context), torch.gather(positions, 1, visible))
+            full = self.decoder_mask.to(encoded.dtype).expand(b, masked.shape[1], -1) + self.decoder_context(context)
+            full = full.scatter(1, visible[..., None].expand(-1, -1, full.shape[-1]), self.decoder_in(encoded))
+            out = self.decoder(full, positions)
+        return rearrange(self.head(out), "b n (l v) -> b n l v", l=self.cfg.levels)
+
+
+def masked_code_loss(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy over every level at masked tokens; and masked accuracy per level [L].
+
+    logits [B, N, L, V], codes [B, P, K, L], mask [B, P, K].
+    """
+    target = rearrange(codes, "b p k l -> b (p k) l")
+    masked = rearrange(mask, "b p k -> b (p k)")
+    chosen_logits, chosen_target = logits[masked], target[masked]  # [M, L, V], [M, L]
+    loss = F.cross_entropy(chosen_logits.float().flatten(0, 1), chosen_target.flatten())
+    accuracy = (chosen_logits.argmax(-1) == chosen_target).float().mean(0)
+    return loss, accuracy

@@ -1,0 +1,283 @@
+"""``train_pretrain``: masked-code pretraining on DeepSpeed, one process to many nodes.
+
+Run it in one process (``neurofm pretrain train``), under ``torchrun``, or under the ``deepspeed``
+launcher (``neurofm launch pretrain`` renders those). Each rank streams its own share of the code
+shards. Checkpoints are DeepSpeed's own (ZeRO-sharded), one tag per step; before DeepSpeed writes its
+files every rank writes ``neurofm_state_rank{r}.json`` (step, data position and queue, masking RNG,
+torch RNG) into the tag, and DeepSpeed updates ``latest`` only after the whole tag is written, so an
+interrupted save leaves the previous checkpoint as the one resumed from. SIGTERM saves a checkpoint at
+the next step boundary and exits. On success rank 0 writes ``DONE.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neurofm.config import to_dict
+from neurofm.data_shards.dataset import ShardIndex, ShardStream
+from neurofm.errors import NeuroFMError
+from neurofm.pretrain.config import MODALITY_IDS, PretrainConfig
+from neurofm.pretrain.masking import make_mask
+from neurofm.pretrain.model import MaskedCodeModel, masked_code_loss
+from neurofm.tokenizers.config import FAMILY_OF_MODALITY
+from neurofm.tokenizers.data import BatchStream
+
+logger = logging.getLogger("neurofm.pretrain")
+
+#: Dense bf16 peak FLOP/s per device, for MFU (NVIDIA data sheets, SXM parts).
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "V100": 125e12}
+
+
+def collate_codes(samples: list[dict]) -> dict:
+    """Code samples of one bucket → codes [B, P, K, L] (long), modality [B] (long), keys."""
+    codes = torch.stack([torch.from_numpy(s["codes"].astype(np.int64)).permute(1, 0, 2) for s in samples])
+    modality = torch.tensor([MODALITY_IDS[s["meta"]["modality"]] for s in samples])
+    return {"codes": codes, "modality": modality, "keys": [s["__key__"] for s in samples]}
+
+
+def code_bucket(sample: dict) -> str:
+    return f"{FAMILY_OF_MODALITY[sample['meta']['modality']]}-{sample['codes'].shape[1]}"
+
+
+def code_manifest(codes_dir: str | Path) -> dict:
+    index = ShardIndex(codes_dir)
+    if index.manifest.get("kind") != "codes":
+        raise NeuroFMError(f"{codes_dir} holds signal shards, not code shards; run `neurofm tokenizer encode` first.")
+    return index.manifest
+
+
+def fill_model_config(cfg: PretrainConfig, manifest: dict) -> None:
+    """Take K, L, V from the code shards' tokenizer; if the config names them, they must agree."""
+    tok = manifest["tokenizer"]
+    for name, value in (("n_latents", tok["n_latents"]), ("levels", tok["levels"]), ("codes_per_level", tok["codes_per_level"])):
+        given = getattr(cfg.model, name)
+        if given and given != value:
+            raise NeuroFMError(
+                f"model.{name}={given} but the code shards in {cfg.codes} come from a tokenizer with {name}={value} "
+                f"({tok['path']}); remove model.{name} or encode with the matching tokenizer."
+            )
+        setattr(cfg.model, name, value)
+
+
+def _setup_distributed() -> tuple[int, int, int]:
+    """Initialise torch.distributed through DeepSpeed (gloo on CPU, NCCL on GPUs); rank, world, local rank."""
+    import deepspeed
+
+    if "RANK" not in os.environ:  # a plain single process: be rank 0 of 1
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+    return torch.distributed.get_rank(), torch.distributed.get_world_size(), local
+
+
+def deepspeed_config(cfg: PretrainConfig) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_allow_untested_optimizer": True,  # torch's (fused) AdamW, see the issue on FusedAdam
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _lr_factor(step: int, cfg: PretrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def flops_per_token(cfg: PretrainConfig, n_tokens: int) -> float:
+    """PaLM's estimate: 6·params + 12·layers·d·sequence (forward + backward, attention included)."""
+    return 6 * cfg.model.parameter_count() + 12 * cfg.model.n_layers * cfg.model.d_model * n_tokens
+
+
+def _peak_flops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def latest_tag(out: Path) -> str | None:
+    path = out / "latest"
+    return path.read_text().strip() if path.is_file() else None
+
+
+def _check_resume(out: Path, tag: str, cfg: PretrainConfig, manifest: dict) -> None:
+    saved = json.loads((out / tag / "neurofm_config.json").read_text())
+    if saved["model"] != to_dict(cfg.model):
+        diff = {k: (saved["model"].get(k), v) for k, v in to_dict(cfg.model).items() if saved["model"].get(k) != v}
+        raise NeuroFMError(
+            f"{out}/{tag} is a checkpoint of a different model (saved vs now: {diff}); resume with the config it was "
+            "made with, or use another out=…"
+        )
+    if saved["tokenizer_sha256"] != manifest["tokenizer"]["sha256"]:
+        raise NeuroFMError(
+            f"The code shards in {cfg.codes} come from another tokenizer than the ones {out} was trained on; "
+            "resume on the same code shards or start a new run."
+        )
+
+
+def train_pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
+    """Pretrain (or resume) on ``cfg.codes``; returns the final metrics (also in ``out/DONE.json``)."""
+    import deepspeed
+
+    manifest = code_manifest(cfg.codes)
+    fill_model_config(cfg, manifest)
+    rank, world, local = _setup_distributed()
+    device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    out = Path(cfg.out)
+    tag = latest_tag(out)
+    if tag is not None:
+        _check_resume(out, tag, cfg, manifest)
+    torch.manual_seed(cfg.seed)
+    model = MaskedCodeModel(cfg.model)
+    if cfg.compile:
+        model = torch.compile(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
+                                  fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg))
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    step, data_state = 0, {"position": 0, "pending": {}}
+    if tag is not None:
+        engine.load_checkpoint(str(out), tag=tag)
+        state = json.loads((out / tag / f"neurofm_state_rank{rank}.json").read_text())
+        step, data_state = state["step"], state["data"]
+        generator.set_state(torch.tensor(state["mask_generator"], dtype=torch.uint8))
+        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+        if rank == 0:
+            logger.info("resuming %s from %s (step %d)", out, tag, step)
+    stream = ShardStream(cfg.codes, rank=rank, world_size=world, seed=cfg.seed, epochs=None,
+                         modality_weights=cfg.modality_weights, position=data_state["position"])
+    batches = BatchStream(stream, cfg.micro_batch, data_state["pending"], collate_fn=collate_codes, bucket_fn=code_bucket)
+    stop = {"flag": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    writer = _tensorboard(out, cfg) if rank == 0 else None
+    metrics: dict = {}
+    window_start, tokens = time.perf_counter(), 0
+    try:
+        while step < cfg.steps:
+            losses, accuracies = [], []
+            for _ in range(cfg.grad_accum):
+                batch = next(batches)
+                codes, modality = batch["codes"].to(device), batch["modality"].to(device)
+                b, p, k, _ = codes.shape
+                mask = make_mask(b, p, k, cfg.model.mask_ratio, cfg.model.masking, generator).to(device)
+                logits = engine(codes, modality, mask)
+                loss, accuracy = masked_code_loss(logits, codes, mask)
+                engine.backward(loss)
+                engine.step()
+                losses.append(loss.item())
+                accuracies.append(accuracy.detach().cpu().numpy())
+                tokens += b * p * k * world
+            step += 1
+            if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
+                elapsed = time.perf_counter() - window_start
+                tokens_per_s = tokens / elapsed
+                peak = _peak_flops()
+                mfu = tokens_per_s * flops_per_token(cfg, p * k) / (peak * world) if peak else None
+                metrics = {"step": step, "loss": float(np.mean(losses)), "masked_accuracy": np.mean(accuracies, 0).tolist(),
+                           "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s, "mfu": mfu}
+                _log(out, metrics, writer)
+                if progress:
+                    logger.info("step %d loss %.4f acc %s tok/s %.0f", step, metrics["loss"], [round(a, 3) for a in metrics["masked_accuracy"]], tokens_per_s)
+                window_start, tokens = time.perf_counter(), 0
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop["flag"]:
+                save_checkpoint(engine, out, step, cfg, manifest, batches, generator, rank)
+            if stop["flag"]:
+                logger.warning("SIGTERM: checkpoint saved at step %d; exiting", step)
+                break
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if writer is not None:
+            writer.close()
+    if step >= cfg.steps:
+        probe = probe_logits(engine, cfg.codes, device)  # every rank: ZeRO-3 gathers parameters collectively
+        if rank == 0:
+            (out / "DONE.json").write_text(json.dumps({"step": step, "world_size": world, **metrics, "probe": probe}))
+    torch.distributed.barrier()
+    return metrics
+
+
+def probe_logits(model, codes_dir: str | Path, device: torch.device | str = "cpu", n: int = 4) -> list[float]:
+    """Logits of a fixed probe (the first ``n`` windows, a seed-0 random mask), flattened head values.
+
+    Written into ``DONE.json`` at the end of training so a release can be checked against the model
+    that was trained (``neurofm export`` → ``from_pretrained`` must reproduce them).
+    """
+    index = ShardIndex(codes_dir)
+    batch = collate_codes([index[i] for i in range(min(n, len(index)))][:1] * n)
+    codes, modality = batch["codes"].to(device), batch["modality"].to(device)
+    b, p, k, _ = codes.shape
+    mask = make_mask(b, p, k, 0.5, "random", torch.Generator().manual_seed(0)).to(device)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(codes, modality, mask)
+    model.train(was_training)
+    return logits.float().flatten()[:64].cpu().tolist()
+
+
+def save_checkpoint(engine, out: Path, step: int, cfg: PretrainConfig, manifest: dict, batches: BatchStream, generator: torch.Generator, rank: int) -> None:
+    """Our per-rank state into the tag, then DeepSpeed's files (which update ``latest`` last)."""
+    tag = f"step_{step:08d}"
+    (out / tag).mkdir(parents=True, exist_ok=True)
+    state = {"step": step, "data": batches.state(), "mask_generator": generator.get_state().tolist(),
+             "torch_rng": torch.get_rng_state().tolist()}
+    (out / tag / f"neurofm_state_rank{rank}.json").write_text(json.dumps(state))
+    if rank == 0:
+        (out / tag / "neurofm_config.json").write_text(json.dumps({
+            "model": to_dict(cfg.model), "training": to_dict(cfg), "tokenizer_sha256": manifest["tokenizer"]["sha256"],
+            "tokenizer_path": manifest["tokenizer"]["path"], "codes": str(cfg.codes),
+        }))
+    torch.distributed.barrier()
+    engine.save_checkpoint(str(out), tag=tag)
+    if rank == 0:
+        tags = sorted(p.name for p in out.glob("step_*") if p.is_dir())
+        for old in tags[: -cfg.keep_checkpoints]:
+            shutil.rmtree(out / old, ignore_errors=True)
+
+
+def _tensorboard(out: Path, cfg: PretrainConfig):
+    if not cfg.tensorboard:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _log(out: Path, metrics: dict, writer) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "train_log.jsonl", "a") as fh:
+        fh.write(json.dumps(metrics) + "\n")
+    if writer is not None:
+        step = metrics["step"]
+        writer.add_scalar("loss/masked_ce", metrics["loss"], step)
+        for level, acc in enumerate(metrics["masked_accuracy"]):
+            writer.add_scalar(f"masked_accuracy/level_{level}", acc, step)
+        writer.add_scalar("lr", metrics["lr"], step)
+        writer.add_scalar("throughput/tokens_per_s", metrics["tokens_per_s"], step)
+        if metrics["mfu"] is not None:
+            writer.add_scalar("throughput/mfu", metrics["mfu"], step)
