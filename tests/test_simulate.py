@@ -162,3 +162,11 @@ def test_bad_simulation_settings_are_clear_errors(override, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         config = load_config(ShardsConfig, None, ["simulate={hours: 0.01}", override, f"out={tmp_path}"])
         build_shards(config, progress=False)
+
+
+def test_projection_matches_numpy():
+    from neurofm.data_shards.simulate.recordings import project
+
+    rng = np.random.default_rng(0)
+    gain, sources = rng.normal(size=(64, 32)), rng.normal(size=(32, 500))
+    assert np.allclose(project(gain, sources), gain @ sources)

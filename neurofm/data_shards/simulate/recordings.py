@@ -95,6 +95,17 @@ def _head(subject: int, seed: int, spacing_mm: float, n_regions: int) -> geometr
     return geometry.make_head(subject, seed, spacing_mm, n_regions)
 
 
+def project(gain: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """gain [channels, regions] @ sources [regions, time], on a GPU when torch sees one (float64 there
+    too, so results match the CPU's to rounding), else with NumPy."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return gain @ sources
+    g, x = (torch.from_numpy(a).to("cuda") for a in (gain, sources))
+    return (g @ x).cpu().numpy()
+
+
 def _sensor_info(spec: SimulatedSpec, head: geometry.Head, sfreq: float) -> mne.Info:
     if spec.modality == "eeg":
         return geometry.eeg_info(spec.device, head, sfreq)
@@ -157,7 +168,7 @@ def simulate_raw(spec: SimulatedSpec, config: SimulateConfig) -> tuple[mne.io.Ra
         gain = region_gain(info, head, spec.device, config.cache_dir)
         n = int(round(spec.seconds * sfreq))
         scenario = activity.make_scenario(head, rng, spec.seconds)
-        data = gain @ activity.region_activity(head, scenario, sfreq, n, rng)  # [channels, time]
+        data = project(gain, activity.region_activity(head, scenario, sfreq, n, rng))  # [channels, time]
         bad = _add_nuisances(data, info, spec, head, line_freq, rng, scenario)
         with info._unlock():
             info["line_freq"] = line_freq
