@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -27,6 +26,7 @@ import torch
 from neurofm.config import to_dict
 from neurofm.data_shards.dataset import ShardIndex, ShardStream
 from neurofm.errors import NeuroFMError
+from neurofm.schedule import warmup_cosine
 from neurofm.pretrain.config import MODALITY_IDS, PretrainConfig
 from neurofm.pretrain.masking import make_mask
 from neurofm.pretrain.model import MaskedCodeModel, masked_code_loss
@@ -100,13 +100,6 @@ def deepspeed_config(cfg: PretrainConfig) -> dict:
     }
 
 
-def _lr_factor(step: int, cfg: PretrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def flops_per_token(cfg: PretrainConfig, n_tokens: int) -> float:
     """PaLM's estimate: 6·params + 12·layers·d·sequence (forward + backward, attention included)."""
     return 6 * cfg.model.parameter_count() + 12 * cfg.model.n_layers * cfg.model.d_model * n_tokens
@@ -157,7 +150,9 @@ def train_pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
         model = torch.compile(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
                                   fused=device.type == "cuda")
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps, min_ratio=cfg.min_lr_ratio)
+    )
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg))
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     step, data_state = 0, {"position": 0, "pending": {}}

@@ -21,7 +21,7 @@ from neurofm.data_shards.writer import FORMAT_VERSION, MANIFEST, ShardWriter, en
 from neurofm.errors import ShardError
 from neurofm.tokenizers.checkpoint import load_tokenizer
 from neurofm.tokenizers.data import ordered_batches
-from neurofm.tokenizers.train import check_shards_fit, code_usage
+from neurofm.tokenizers.train import check_shards_fit, code_usage, count_codes
 
 
 def encode_shards(checkpoint: str | Path, shards: str | Path, out: str | Path, *, batch_size: int = 32, samples_per_shard: int = 1024, progress: bool = True) -> dict:
@@ -61,8 +61,7 @@ def encode_shards(checkpoint: str | Path, shards: str | Path, out: str | Path, *
             for batch in ordered_batches(index, remaining, batch_size):
                 latents = model.encode(batch.signal, batch.sensors, batch.channel_mask, batch.family)
                 codes = model.quantize(latents)[1].numpy()  # [B, P, K, L]
-                for level in range(model.cfg.levels):
-                    counts[level] += np.bincount(codes[..., level].ravel(), minlength=model.cfg.codes_per_level)
+                count_codes(counts, codes)
                 for i, (key, meta) in enumerate(zip(batch.keys, batch.metas)):
                     c = int(batch.channel_mask[i].sum())
                     writer.write(key, {

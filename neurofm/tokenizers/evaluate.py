@@ -25,7 +25,7 @@ from scipy import signal as sps
 from neurofm.data_shards.dataset import ShardIndex
 from neurofm.tokenizers.checkpoint import load_tokenizer, read_config
 from neurofm.tokenizers.data import ordered_batches, split_indices
-from neurofm.tokenizers.train import check_shards_fit, code_usage
+from neurofm.tokenizers.train import check_shards_fit, code_usage, count_codes
 
 
 def window_metrics(original: np.ndarray, reconstruction: np.ndarray, fs: float, family: str) -> dict:
@@ -71,9 +71,7 @@ def evaluate_tokenizer(checkpoint: str | Path, shards: str | Path, out: str | Pa
     with torch.no_grad():
         for batch in ordered_batches(index, held_out, batch_size):
             result = model(batch.signal, batch.sensors, batch.channel_mask, batch.family)
-            codes = result["codes"].reshape(-1, model.cfg.levels).numpy()
-            for level in range(model.cfg.levels):
-                counts[level] += np.bincount(codes[:, level], minlength=model.cfg.codes_per_level)
+            count_codes(counts, result["codes"].numpy())
             for i, meta in enumerate(batch.metas):
                 c, t = int(batch.channel_mask[i].sum()), int(batch.time_mask[i].sum())
                 original = batch.signal[i, :c, :t].numpy()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from neurofm.config import to_dict
 from neurofm.data_shards.dataset import ShardIndex, ShardStream
 from neurofm.errors import NeuroFMError
+from neurofm.schedule import warmup_cosine
 from neurofm.tokenizers.checkpoint import load_training_state, read_config, save_tokenizer
 from neurofm.tokenizers.config import FAMILY_OF_MODALITY, TokenizerModelConfig, TokenizerTrainConfig
 from neurofm.tokenizers.data import BatchStream, split_indices
@@ -58,11 +58,11 @@ def check_shards_fit(index: ShardIndex, model: TokenizerModelConfig) -> None:
             )
 
 
-def _lr_factor(step: int, cfg: TokenizerTrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def count_codes(counts: np.ndarray, codes: np.ndarray) -> None:
+    """Add the codes [..., L] to per-level counts [L, V] in place."""
+    flat = codes.reshape(-1, counts.shape[0])
+    for level in range(counts.shape[0]):
+        counts[level] += np.bincount(flat[:, level], minlength=counts.shape[1])
 
 
 def channel_dropout(channel_mask: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
@@ -90,7 +90,9 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
     torch.manual_seed(cfg.seed)
     model = SensorTokenizer(cfg.model).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)
+    )
     generator = torch.Generator().manual_seed(cfg.seed)
     step, data_state = 0, {"position": 0, "pending": {}}
     state = load_training_state(out)
@@ -130,9 +132,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
         optimizer.step()
         scheduler.step()
         step += 1
-        codes = result["codes"].reshape(-1, cfg.model.levels).cpu().numpy()
-        for level in range(cfg.model.levels):
-            counts[level] += np.bincount(codes[:, level], minlength=cfg.model.codes_per_level)
+        count_codes(counts, result["codes"].cpu().numpy())
         if step % cfg.log_every == 0 or step == cfg.steps:
             metrics = {
                 "step": step, "loss": loss.item(), **{k: v.item() for k, v in losses.items() if k != "total"},
