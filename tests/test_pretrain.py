@@ -162,3 +162,20 @@ def test_pretrain_presets(preset):
     params = cfg.model.parameter_count()
     expected = {"tiny": (1e5, 5e6), "base": (2e7, 1e8), "large": (2.5e8, 4e8), "xl": (1e9, 2e9)}[preset]
     assert expected[0] <= params <= expected[1]
+
+
+def test_resume_on_another_number_of_ranks_uses_a_universal_checkpoint(code_shards, tmp_path):
+    out = tmp_path / "run"
+    overrides = [f"codes={code_shards}", f"out={out}", *TINY]
+    common = ["--config", str(ROOT / "configs/pretrain_tiny.yaml"), "--quiet", *overrides]
+    train_pretrain(load_config(PretrainConfig, ROOT / "configs/pretrain_tiny.yaml", [*overrides, "steps=3"]), progress=False)
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    result = subprocess.run([torchrun, "--standalone", "--nproc-per-node=2", "-m", "neurofm.cli", "pretrain", "train", *common, "steps=6"],
+                            env=clean_env(), capture_output=True, text=True, timeout=300)
+    done = out / "DONE.json"
+    assert done.is_file(), result.stderr[-3000:]
+    assert json.loads(done.read_text())["world_size"] == 2 and "1 → 2 ranks" in result.stderr
+    assert (out / "step_00000003_universal").is_dir()
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]  # the step count carries on
+    assert {p.name for p in (out / "step_00000006").glob("neurofm_state_rank*.json")} == {"neurofm_state_rank0.json", "neurofm_state_rank1.json"}

@@ -9,11 +9,12 @@ exactly the samples an uninterrupted run would have yielded from there.
 
 Order
 -----
-Without ``modality_weights`` every epoch is a permutation of all samples (or the stored order when
-``shuffle=False``), padded by wrapping so every rank gets ``ceil(N / world_size)`` samples; rank ``r``
-takes items ``r, r + world_size, …``. With ``modality_weights`` the stream is endless: each global
-item draws a modality with those weights, then the next sample of that modality's own permutation
-(reshuffled each time it is used up).
+Finite streams (``epochs`` = n): every epoch is a permutation of all samples (or the stored order
+when ``shuffle=False``), padded by wrapping so every rank gets ``ceil(N / world_size)`` samples; rank
+``r`` takes items ``r, r + world_size, …``. Endless streams (``epochs=None``, or ``modality_weights``):
+one global sequence — epoch permutations back to back, or, with ``modality_weights``, each item
+drawing a modality with those weights and then the next sample of that modality's own permutation —
+dealt out round-robin from a global ``offset``, so a run can continue on another number of ranks.
 
 Workers split a rank's items round-robin (item ``t`` goes to worker ``t % num_workers``), which is
 the order a ``DataLoader`` with ``batch_size=None`` reads them back in; batch after the loader
@@ -142,6 +143,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         Unmixed streams stop after this many epochs (``None``: endless).
     indices : sequence of int | None
         Stream only these global sample indices (e.g. a training split); default all.
+    offset : int
+        Endless streams: global items already dealt out before this run's ranks start (set when a run
+        resumes on a different number of ranks).
     """
 
     def __init__(
@@ -157,6 +161,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         position: int = 0,
         epochs: int | None = 1,
         indices=None,
+        offset: int = 0,
     ):
         super().__init__()
         self.dir = Path(shards_dir)
@@ -170,6 +175,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         if not 0 <= self.rank < self.world_size:
             raise ConfigError(f"rank must be in [0, world_size={self.world_size}); got {self.rank}.")
         self.shuffle, self.seed, self.epoch, self.position, self.epochs = shuffle, seed, epoch, position, epochs
+        self.offset = offset
         self.modality_weights = self._check_weights(modality_weights)
 
     def _check_weights(self, weights: dict[str, float] | None) -> dict[str, float] | None:
@@ -198,40 +204,64 @@ class ShardStream(torch.utils.data.IterableDataset):
         padded = np.resize(order, self.per_rank * self.world_size)  # wrap so every rank gets as many
         return padded[self.rank :: self.world_size]
 
-    def _mixed_items(self, start: int) -> Iterator[int]:
-        """Global sample indices of this rank's mixed stream from item ``start`` on."""
+    def _global_items(self, first: int) -> Iterator[tuple[int, int]]:
+        """``(j, global sample index)`` of the endless global stream from global item ``first`` on.
+
+        Unmixed: the concatenation of per-epoch permutations. Mixed: each item draws a modality with
+        the weights, then the next sample of that modality's own permutation (reshuffled per pass).
+        """
+        if not self.modality_weights:
+            n, j = len(self.indices), first
+            while True:
+                epoch = self.epoch + j // n
+                order = self.indices[np.random.default_rng([self.seed, epoch]).permutation(n)] if self.shuffle else self.indices
+                for within in range(j % n, n):
+                    yield j, int(order[within])
+                    j += 1
         modalities = sorted(self.modality_weights)
         probs = np.array([self.modality_weights[m] for m in modalities])
         members = [self.indices[self.index.modality_of[self.indices] == m] for m in modalities]
         cursors = np.zeros(len(modalities), dtype=np.int64)
         chunk = 0
-        rank_item = 0
         while True:
             choice = np.random.default_rng([self.seed, 1, chunk]).choice(len(modalities), size=_CHUNK, p=probs)
-            for j, m in enumerate(choice):
+            for offset, m in enumerate(choice):
                 c = cursors[m]
                 cursors[m] += 1
-                if (chunk * _CHUNK + j) % self.world_size != self.rank:
-                    continue
-                if rank_item >= start:
+                j = chunk * _CHUNK + offset
+                if j >= first:
                     n = len(members[m])
                     perm = np.random.default_rng([self.seed, 2, m, c // n]).permutation(n) if self.shuffle else np.arange(n)
-                    yield int(members[m][perm[c % n]])
-                rank_item += 1
+                    yield j, int(members[m][perm[c % n]])
             chunk += 1
 
     def items(self, start: int = 0) -> Iterator[tuple[int, int]]:
-        """``(position, global sample index)`` of this rank's stream from ``start`` on (no reading)."""
-        if self.modality_weights:
-            yield from enumerate(self._mixed_items(start), start)
+        """``(position, global sample index)`` of this rank's stream from ``start`` on (no reading).
+
+        Endless streams (mixed, or ``epochs=None``) deal the global stream out round-robin from
+        ``offset``: rank r takes global items offset + r, offset + r + world_size, …; so a run resumed
+        on another number of ranks continues from ``offset + world_size × position`` (see
+        :meth:`consumed`). Finite streams give each rank ``per_rank`` items per epoch.
+        """
+        if self.modality_weights or self.epochs is None:
+            first = self.offset + self.rank + start * self.world_size
+            position = start
+            for j, index in self._global_items(first):
+                if (j - self.offset) % self.world_size == self.rank:
+                    yield position, index
+                    position += 1
             return
         epoch, offset = self.epoch + start // self.per_rank, start % self.per_rank
         position = start
-        while self.epochs is None or epoch < self.epoch + self.epochs:
+        while epoch < self.epoch + self.epochs:
             for index in self._epoch_order(epoch)[offset:]:
                 yield position, int(index)
                 position += 1
             epoch, offset = epoch + 1, 0
+
+    def consumed(self, position: int) -> int:
+        """Global items dealt out once every rank has reached ``position`` (the elastic resume offset)."""
+        return self.offset + self.world_size * position
 
     def __iter__(self) -> Iterator[dict]:
         info = torch.utils.data.get_worker_info()

@@ -7,6 +7,12 @@ files every rank writes ``neurofm_state_rank{r}.json`` (step, data position and 
 torch RNG) into the tag, and DeepSpeed updates ``latest`` only after the whole tag is written, so an
 interrupted save leaves the previous checkpoint as the one resumed from. SIGTERM saves a checkpoint at
 the next step boundary and exits. On success rank 0 writes ``DONE.json``.
+
+Resuming on the same number of ranks continues the same trajectory exactly. Resuming on another
+number converts the tag with DeepSpeed's ``ds_to_universal`` (into ``step_…_universal``) and loads it
+with ``load_universal``; the data stream continues after the furthest rank of the old run (the
+endless stream is dealt out round-robin from a global offset, see ``ShardStream``), old batch queues
+go to rank ``r % world``, and the step count and LR schedule carry on.
 """
 
 from __future__ import annotations
@@ -112,6 +118,21 @@ def _peak_flops() -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
+def to_universal(tag_dir: Path, universal_dir: Path) -> None:
+    """Convert a ZeRO checkpoint tag into DeepSpeed's universal form (loadable on any rank count)."""
+    import subprocess
+    import sys
+
+    tmp = universal_dir.with_name(universal_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    result = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
+                             "--output_folder", str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise NeuroFMError(f"Could not convert {tag_dir} to a universal checkpoint:\n{result.stderr[-2000:]}")
+    tmp.rename(universal_dir)
+
+
 def latest_tag(out: Path) -> str | None:
     path = out / "latest"
     return path.read_text().strip() if path.is_file() else None
@@ -141,9 +162,23 @@ def train_pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
     rank, world, local = _setup_distributed()
     device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     out = Path(cfg.out)
+    if rank == 0:
+        (out / "DONE.json").unlink(missing_ok=True)  # a marker of an earlier, shorter run
     tag = latest_tag(out)
+    ds_config = deepspeed_config(cfg)
+    states: list[dict] = []
     if tag is not None:
         _check_resume(out, tag, cfg, manifest)
+        states = [json.loads((out / tag / f"neurofm_state_rank{r}.json").read_text())
+                  for r in range(len(list((out / tag).glob("neurofm_state_rank*.json"))))]
+    elastic = bool(states) and len(states) != world
+    load_tag = tag
+    if elastic:  # another rank count: load DeepSpeed's universal form of the checkpoint
+        load_tag = f"{tag}_universal"
+        if rank == 0 and not (out / load_tag).is_dir():
+            to_universal(out / tag, out / load_tag)
+        torch.distributed.barrier()
+        ds_config["checkpoint"] = {"load_universal": True}
     torch.manual_seed(cfg.seed)
     model = MaskedCodeModel(cfg.model)
     if cfg.compile:
@@ -153,19 +188,34 @@ def train_pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps, min_ratio=cfg.min_lr_ratio)
     )
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=deepspeed_config(cfg))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-    step, data_state = 0, {"position": 0, "pending": {}}
-    if tag is not None:
-        engine.load_checkpoint(str(out), tag=tag)
-        state = json.loads((out / tag / f"neurofm_state_rank{rank}.json").read_text())
-        step, data_state = state["step"], state["data"]
-        generator.set_state(torch.tensor(state["mask_generator"], dtype=torch.uint8))
-        torch.set_rng_state(torch.tensor(state["torch_rng"], dtype=torch.uint8))
+    step, data_state = 0, {"position": 0, "offset": 0, "pending": {}}
+    if states:
+        engine.load_checkpoint(str(out), tag=load_tag)
+        step = states[0]["step"]
+        if not elastic:
+            data_state = states[rank]["data"]
+        else:
+            # continue the global stream after the furthest rank; old queues go to rank r % world
+            data_state = {
+                "position": 0,
+                "offset": states[0]["data"].get("offset", 0) + len(states) * max(s["data"]["position"] for s in states),
+                "pending": {},
+            }
+            for old_rank, s in enumerate(states):
+                if old_rank % world == rank:
+                    for bucket, indices in s["data"]["pending"].items():
+                        data_state["pending"].setdefault(bucket, []).extend(indices)
+        if rank < len(states):
+            generator.set_state(torch.tensor(states[rank]["mask_generator"], dtype=torch.uint8))
+            torch.set_rng_state(torch.tensor(states[rank]["torch_rng"], dtype=torch.uint8))
         if rank == 0:
-            logger.info("resuming %s from %s (step %d)", out, tag, step)
+            logger.info("resuming %s from %s (step %d%s)", out, load_tag, step,
+                        f", {len(states)} → {world} ranks" if elastic else "")
     stream = ShardStream(cfg.codes, rank=rank, world_size=world, seed=cfg.seed, epochs=None,
-                         modality_weights=cfg.modality_weights, position=data_state["position"])
+                         modality_weights=cfg.modality_weights, position=data_state["position"],
+                         offset=data_state.get("offset", 0))
     batches = BatchStream(stream, cfg.micro_batch, data_state["pending"], collate_fn=collate_codes, bucket_fn=code_bucket)
     stop = {"flag": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
@@ -248,11 +298,13 @@ def save_checkpoint(engine, out: Path, step: int, cfg: PretrainConfig, manifest:
             "tokenizer_path": manifest["tokenizer"]["path"], "codes": str(cfg.codes),
         }))
     torch.distributed.barrier()
-    engine.save_checkpoint(str(out), tag=tag)
+    # universal_checkpoint_info lets DeepSpeed's ds_to_universal convert this tag for another rank count
+    engine.save_checkpoint(str(out), tag=tag, client_state={"universal_checkpoint_info": {"universal_checkpoint_version": 0.2}})
     if rank == 0:
-        tags = sorted(p.name for p in out.glob("step_*") if p.is_dir())
+        tags = sorted(p.name for p in out.glob("step_*") if p.is_dir() and p.name[5:].isdigit())
         for old in tags[: -cfg.keep_checkpoints]:
             shutil.rmtree(out / old, ignore_errors=True)
+            shutil.rmtree(out / f"{old}_universal", ignore_errors=True)
 
 
 def _tensorboard(out: Path, cfg: PretrainConfig):

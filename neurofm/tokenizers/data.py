@@ -108,7 +108,8 @@ class BatchStream:
 
     def state(self) -> dict:
         """Resume point: the next stream position and the queued samples."""
-        return {"position": self.position, "pending": {k: [s["__index__"] for s in v] for k, v in self.buckets.items()}}
+        return {"position": self.position, "offset": self.stream.offset,
+                "pending": {k: [s["__index__"] for s in v] for k, v in self.buckets.items()}}
 
     def __iter__(self) -> Iterator[Batch]:
         return self
