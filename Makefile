@@ -43,6 +43,8 @@ demo: $(STAMP)
 	$(BIN)/neurofm pretrain train --config configs/pretrain_tiny.yaml codes=$(DEMO_OUT)/codes out=$(DEMO_OUT)/pretrain --quiet
 	$(BIN)/neurofm export --run $(DEMO_OUT)/pretrain --out $(DEMO_OUT)/release
 	@ls $(DEMO_OUT)/release
+	@echo "== 4. probing: per-layer linear probes of the release for the simulated conditions (known ground truth)"
+	$(BIN)/neurofm probe --release $(DEMO_OUT)/release --shards $(DEMO_OUT)/shards --out $(DEMO_OUT)/probe --labels auditory,visual,somatosensory
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -126,6 +126,22 @@ def _launch(args: argparse.Namespace) -> int:
     return subprocess.call(command, shell=True)
 
 
+def _probe(args: argparse.Namespace) -> int:
+    from neurofm.finetune.probe import probe_release
+
+    metrics = probe_release(args.release, args.shards, args.out, labels=args.labels.split(",") if args.labels else None,
+                            label_key=args.label_key, n_splits=args.folds, block=args.group_block)
+    chance = metrics["chance"]
+    print(f"{metrics['windows']} windows, classes {metrics['class_counts']}, {metrics['folds']}-fold grouped CV "
+          f"({metrics['grouping']}); chance: balanced accuracy {chance['balanced_accuracy']:.3f}, AUROC 0.5, kappa 0")
+    print(f"{'layer':>5}{'bal.acc':>9}{'AUROC':>7}{'kappa':>7}{'wF1':>7}{'shuffled bal.acc':>18}")
+    for r in metrics["layers"]:
+        print(f"{r['layer']:>5}{r['balanced_accuracy']:>9.3f}{r['auroc']:>7.3f}{r['kappa']:>7.3f}{r['weighted_f1']:>7.3f}"
+              f"{r['shuffled']['balanced_accuracy']:>18.3f}")
+    print(f"metrics and plots: {args.out}")
+    return 0
+
+
 def _shards_inspect(args: argparse.Namespace) -> int:
     from neurofm.data_shards import summarize
     from neurofm.data_shards.verify import format_summary
@@ -266,6 +282,21 @@ def build_parser() -> argparse.ArgumentParser:
     lpre.add_argument("--dry-run", action="store_true", help="print the command (and files) instead of running")
     lpre.add_argument("overrides", nargs="*", help="LaunchConfig dotted.key=value, e.g. hosts=[n1,n2] slurm.partition=gpu")
     lpre.set_defaults(func=_launch)
+
+    probe = stages.add_parser("probe", help="per-layer linear probes of a release", description=(
+        "Embed the labelled windows of signal shards with a release (its tokenizer + encoder, every layer "
+        "mean-pooled), fit logistic-regression probes with grouped cross-validation (groups: blocks of "
+        "consecutive windows of a recording) and report balanced accuracy, AUROC, Cohen's kappa and "
+        "weighted F1 per layer beside chance and a shuffled-label baseline; writes metrics.json, "
+        "layers.png and confusion.png."))
+    probe.add_argument("--release", required=True, help="release directory (`neurofm export`)")
+    probe.add_argument("--shards", required=True, help="signal shard folder")
+    probe.add_argument("--out", required=True, help="folder for metrics.json and plots")
+    probe.add_argument("--labels", help="comma-separated event labels; a window's label is its first such event (e.g. T1,T2)")
+    probe.add_argument("--label-key", help="or: a meta.json field (or labels.* field) as the label, e.g. dataset, event")
+    probe.add_argument("--folds", type=int, default=5, help="cross-validation folds")
+    probe.add_argument("--group-block", type=int, default=10, help="consecutive windows per CV group")
+    probe.set_defaults(func=_probe)
     return parser
 
 

@@ -1,4 +1,8 @@
-"""Finetuning heads, subject adapters and probes on released checkpoints.
+"""Finetuning and probing released checkpoints.
 
-Not built yet: tracked by the "Finetuning released checkpoints" issue.
+Built so far: :class:`~.encoder.BrainEncoder` (a release's tokenizer + encoder: raw windows with their
+sensors → per-layer embeddings) and :func:`~.probe.probe_release` (per-layer linear probes with grouped
+cross-validation, the field's metrics, chance and shuffled-label baselines, plots). Heads for vision,
+text and speech, adapters, LoRA and Accelerate training are still to come (the "Finetuning released
+checkpoints" issue).
 """

@@ -130,6 +130,20 @@ class MaskedCodeModel(nn.Module):
         return rearrange(self.head(out), "b n (l v) -> b n l v", l=self.cfg.levels)
 
 
+def encoder_hidden_states(model: MaskedCodeModel, codes: torch.Tensor, modality: torch.Tensor) -> list[torch.Tensor]:
+    """Every encoder layer's output for unmasked windows: [input, block 1, …, block n (normed)], each [B, N, D]."""
+    b, p = codes.shape[:2]
+    flat = rearrange(codes, "b p k l -> b (p k) l")
+    context, positions = model._context(b, p, modality)
+    x = sum(table(flat[..., level]) for level, table in enumerate(model.code_embeddings)) + context
+    states = [x]
+    for block in model.encoder.blocks:
+        x = block(x, positions)
+        states.append(x)
+    states[-1] = model.encoder.norm(x)
+    return states
+
+
 def masked_code_loss(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy over every level at masked tokens; and masked accuracy per level [L].
 

@@ -1,0 +1,66 @@
+"""Per-layer linear probes of a release, on real windows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from neurofm.cli import main
+from neurofm.config import load_config
+from neurofm.errors import NeuroFMError
+from neurofm.finetune.encoder import BrainEncoder
+from neurofm.finetune.probe import probe_release, window_label
+from neurofm.pretrain.config import PretrainConfig
+from neurofm.pretrain.export import export_release
+from neurofm.pretrain.train import train_pretrain
+from neurofm.tokenizers.data import collate
+
+
+@pytest.fixture(scope="module")
+def release(code_shards, tmp_path_factory):
+    root = tmp_path_factory.mktemp("release")
+    cfg = load_config(PretrainConfig, None, [f"codes={code_shards}", f"out={root / 'run'}", "model.d_model=32", "model.n_layers=2",
+                                             "model.n_heads=2", "micro_batch=4", "steps=2", "tensorboard=false"])
+    train_pretrain(cfg, progress=False)
+    return export_release(root / "run", root / "release")
+
+
+def test_encoder_gives_one_embedding_per_layer(release, shared_shards):
+    from neurofm.data_shards import ShardIndex
+
+    encoder = BrainEncoder.from_pretrained(release)
+    index = ShardIndex(shared_shards)
+    batch = collate([index[0], index[1]])
+    emb = encoder.layer_embeddings(batch.signal, batch.sensors, batch.channel_mask, batch.family, ["eeg", "eeg"])
+    assert emb.shape == (3, 2, 32) and np.isfinite(emb.numpy()).all()
+
+
+def test_window_labels():
+    meta = {"dataset": "x", "labels": {"event": "related"}, "events": [{"label": "blink"}, {"label": "T1"}, {"label": "T2"}]}
+    assert window_label(meta, ["T1", "T2"], None) == "T1"
+    assert window_label(meta, None, "dataset") == "x" and window_label(meta, None, "event") == "related"
+    assert window_label(meta, ["T9"], None) is None
+
+
+def test_probe_finds_what_is_decodable_and_reports_baselines(release, shared_shards, tmp_path, capsys):
+    # the modality of a window is trivially in its embedding (sensor kinds differ): a probe must find it
+    code = main(["probe", "--release", str(release), "--shards", str(shared_shards), "--out", str(tmp_path / "p"),
+                 "--label-key", "modality", "--folds", "3"])
+    assert code == 0 and "shuffled" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "p" / "metrics.json").read_text())
+    assert metrics["classes"] == ["eeg", "fmri", "ieeg", "meg"] and metrics["chance"]["balanced_accuracy"] == 0.25
+    best = max(r["balanced_accuracy"] for r in metrics["layers"])
+    shuffled = max(r["shuffled"]["balanced_accuracy"] for r in metrics["layers"])
+    assert best > 0.8 and shuffled < 0.45
+    for r in metrics["layers"]:
+        assert 0 <= r["auroc"] <= 1 and -1 <= r["kappa"] <= 1 and 0 <= r["weighted_f1"] <= 1
+    assert (tmp_path / "p" / "layers.png").is_file() and (tmp_path / "p" / "confusion.png").is_file()
+
+
+def test_probe_bad_labels(release, shared_shards, tmp_path):
+    with pytest.raises(NeuroFMError, match="carries any of the labels"):
+        probe_release(release, shared_shards, tmp_path, labels=["nope"])
+    with pytest.raises(NeuroFMError, match="has no tokenizer/ directory"):
+        probe_release(tmp_path, shared_shards, tmp_path, label_key="modality")
