@@ -126,6 +126,13 @@ def _launch(args: argparse.Namespace) -> int:
     return subprocess.call(command, shell=True)
 
 
+def _embed(args: argparse.Namespace) -> int:
+    from neurofm.finetune.embed import embed_shards
+
+    print(f"embeddings: {embed_shards(args.release, args.shards, args.out)}")
+    return 0
+
+
 def _probe(args: argparse.Namespace) -> int:
     from neurofm.finetune.probe import probe_release
 
@@ -297,6 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--folds", type=int, default=5, help="cross-validation folds")
     probe.add_argument("--group-block", type=int, default=10, help="consecutive windows per CV group")
     probe.set_defaults(func=_probe)
+
+    embed = stages.add_parser("embed", help="per-layer embeddings of every window of a shard set", description=(
+        "Embed every window of signal shards with a release (tokenized on the fly by its bundled tokenizer): "
+        "embeddings.safetensors with layer_0 … layer_n, each [windows, D] mean-pooled, and index.json "
+        "(key, source, modality, onset, labels, events per row)."))
+    embed.add_argument("--release", required=True, help="release directory (`neurofm export`)")
+    embed.add_argument("--shards", required=True, help="signal shard folder")
+    embed.add_argument("--out", required=True, help="output folder")
+    embed.set_defaults(func=_embed)
     return parser
 
 

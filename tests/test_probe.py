@@ -64,3 +64,21 @@ def test_probe_bad_labels(release, shared_shards, tmp_path):
         probe_release(release, shared_shards, tmp_path, labels=["nope"])
     with pytest.raises(NeuroFMError, match="has no tokenizer/ directory"):
         probe_release(tmp_path, shared_shards, tmp_path, label_key="modality")
+
+
+def test_embed_writes_every_layer_in_stored_order(release, shared_shards, tmp_path):
+    from safetensors.numpy import load_file
+
+    from neurofm.data_shards import ShardIndex
+
+    assert main(["embed", "--release", str(release), "--shards", str(shared_shards), "--out", str(tmp_path / "e")]) == 0
+    tensors = load_file(str(tmp_path / "e" / "embeddings.safetensors"))
+    index = json.loads((tmp_path / "e" / "index.json").read_text())
+    shards = ShardIndex(shared_shards)
+    assert sorted(tensors) == ["layer_0", "layer_1", "layer_2"]
+    assert all(t.shape == (len(shards), 32) for t in tensors.values())
+    assert [r["key"] for r in index[:3]] == [shards[i]["__key__"] for i in range(3)]
+    encoder = BrainEncoder.from_pretrained(release)
+    batch = collate([shards[0]])
+    direct = encoder.layer_embeddings(batch.signal, batch.sensors, batch.channel_mask, batch.family, [index[0]["modality"]])
+    assert np.allclose(direct[:, 0].numpy(), np.stack([tensors[f"layer_{i}"][0] for i in range(3)]), atol=1e-5)
