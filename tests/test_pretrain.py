@@ -179,3 +179,15 @@ def test_resume_on_another_number_of_ranks_uses_a_universal_checkpoint(code_shar
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]  # the step count carries on
     assert {p.name for p in (out / "step_00000006").glob("neurofm_state_rank*.json")} == {"neurofm_state_rank0.json", "neurofm_state_rank1.json"}
+
+
+def test_bf16_asymmetric_checkpointed_time_masking_trains_and_exports(code_shards, tmp_path):
+    run = tmp_path / "run"
+    metrics = train_pretrain(config(code_shards, run, "steps=3", "zero_stage=2", "precision=bf16", "model.asymmetric=true",
+                                    "model.decoder_d_model=16", "model.masking=time", "model.activation_checkpointing=true"),
+                             progress=False)
+    assert np.isfinite(metrics["loss"])
+    model = from_pretrained(export_release(run, tmp_path / "release"))
+    assert model.cfg.asymmetric and hasattr(model, "decoder")
+    probe = probe_logits(model, code_shards)
+    assert np.allclose(probe, json.loads((run / "DONE.json").read_text())["probe"], atol=0.1)  # bf16 engine vs fp32 release
