@@ -84,7 +84,7 @@ def test_zero_stages_train_and_export_reproduces_the_model(code_shards, tmp_path
 
 def test_resume_after_sigterm_continues_the_same_trajectory(code_shards, tmp_path):
     args = [sys.executable, "-m", "neurofm.cli", "pretrain", "train", "--config", str(ROOT / "configs/pretrain_tiny.yaml"), "--quiet",
-            f"codes={code_shards}", *TINY, "steps=14", "checkpoint_every=1000"]
+            f"codes={code_shards}", *TINY, "steps=40", "checkpoint_every=1000"]
     straight = subprocess.run([*args, f"out={tmp_path / 'a'}"], env=clean_env(), capture_output=True, text=True, timeout=300)
     assert (tmp_path / "a" / "DONE.json").is_file(), straight.stderr[-2000:]
     log = tmp_path / "b" / "train_log.jsonl"
@@ -95,12 +95,12 @@ def test_resume_after_sigterm_continues_the_same_trajectory(code_shards, tmp_pat
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
     stopped = int((tmp_path / "b" / "latest").read_text().strip().split("_")[-1])
-    assert 4 <= stopped < 14 and not (tmp_path / "b" / "DONE.json").exists()
+    assert 4 <= stopped < 40 and not (tmp_path / "b" / "DONE.json").exists()
     resumed = subprocess.run([*args, f"out={tmp_path / 'b'}"], env=clean_env(), capture_output=True, text=True, timeout=300)
     assert (tmp_path / "b" / "DONE.json").is_file(), resumed.stderr[-2000:]
     losses = lambda path: {r["step"]: r["loss"] for r in map(json.loads, path.read_text().splitlines())}  # noqa: E731
     a, b = losses(tmp_path / "a" / "train_log.jsonl"), losses(log)
-    tail = range(stopped + 1, 15)
+    tail = range(stopped + 1, 41)
     assert [a[s] for s in tail] == pytest.approx([b[s] for s in tail], rel=1e-6, abs=1e-7)
 
 
