@@ -169,6 +169,20 @@ def _shards_verify(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _config_arguments(parser: argparse.ArgumentParser, config_help: str, overrides_help: str, quiet_help: str) -> None:
+    """--config (repeatable, layered), --quiet and the dotted overrides, shared by the training commands."""
+    parser.add_argument("--config", action="append", required=True, help=config_help)
+    parser.add_argument("--quiet", action="store_true", help=quiet_help)
+    parser.add_argument("overrides", nargs="*", help=overrides_help)
+
+
+def _io_arguments(parser: argparse.ArgumentParser, source: str, source_help: str, out_help: str) -> None:
+    """--<source> (checkpoint or release), --shards and --out, shared by eval/encode/embed/probe."""
+    parser.add_argument(f"--{source}", required=True, help=source_help)
+    parser.add_argument("--shards", required=True, help="signal shard folder")
+    parser.add_argument("--out", required=True, help=out_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neurofm",
@@ -232,25 +246,21 @@ def build_parser() -> argparse.ArgumentParser:
     train = tok.add_parser("train", help="train a tokenizer on signal shards (resumable)", description=(
         "Train a tokenizer on signal shards into a checkpoint directory (config.json, model.safetensors, "
         "training_state.pt). Rerunning with the same settings resumes from the last checkpoint."))
-    train.add_argument("--config", action="append", required=True, help="YAML of TokenizerTrainConfig (configs/tokenizer_tiny.yaml …)")
-    train.add_argument("--quiet", action="store_true", help="no per-step log lines")
-    train.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. shards=runs/demo/shards out=runs/tok steps=500 model.levels=8")
+    _config_arguments(train, "YAML of TokenizerTrainConfig (configs/tokenizer_tiny.yaml …)",
+                      "dotted.key=value overrides, e.g. shards=runs/demo/shards out=runs/tok steps=500 model.levels=8",
+                      "no per-step log lines")
     train.set_defaults(func=_tokenizer_train)
     evaluate = tok.add_parser("eval", help="reconstruction quality on held-out windows", description=(
         "Evaluate a checkpoint on the held-out windows of signal shards (the last eval_fraction of each "
         "recording): per-modality and per-recording PCC, R², spectral error, bits per second, code usage "
         "and perplexity; writes metrics.json and a PNG of original vs reconstruction per modality."))
-    evaluate.add_argument("--checkpoint", required=True, help="tokenizer checkpoint directory")
-    evaluate.add_argument("--shards", required=True, help="signal shard folder")
-    evaluate.add_argument("--out", required=True, help="folder for metrics.json and PNGs")
+    _io_arguments(evaluate, "checkpoint", "tokenizer checkpoint directory", "folder for metrics.json and PNGs")
     evaluate.add_argument("--max-windows", type=int, help="evaluate at most this many held-out windows")
     evaluate.set_defaults(func=_tokenizer_eval)
     encode = tok.add_parser("encode", help="signal shards → code shards", description=(
         "Encode every window of signal shards into code shards (codes.npy int16, latent × time patch × "
         "level, with sensors.npy and meta.json) plus a manifest naming the tokenizer. Resumable."))
-    encode.add_argument("--checkpoint", required=True, help="tokenizer checkpoint directory")
-    encode.add_argument("--shards", required=True, help="signal shard folder")
-    encode.add_argument("--out", required=True, help="output folder for code shards")
+    _io_arguments(encode, "checkpoint", "tokenizer checkpoint directory", "output folder for code shards")
     encode.add_argument("--quiet", action="store_true", help="no progress bar")
     encode.set_defaults(func=_tokenizer_encode)
 
@@ -262,9 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     ptrain = ptr.add_parser("train", help="train (or resume) a pretraining run", description=(
         "Train on code shards; checkpoints (DeepSpeed tags step_NNNNNNNN, 'latest' = last complete) every "
         "checkpoint_every steps and on SIGTERM; rerunning resumes the same trajectory."))
-    ptrain.add_argument("--config", action="append", required=True, help="YAML of PretrainConfig (configs/pretrain_*.yaml)")
-    ptrain.add_argument("--quiet", action="store_true", help="no per-step log lines")
-    ptrain.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. codes=runs/demo/codes out=runs/pt zero_stage=2")
+    _config_arguments(ptrain, "YAML of PretrainConfig (configs/pretrain_*.yaml)",
+                      "dotted.key=value, e.g. codes=runs/demo/codes out=runs/pt zero_stage=2", "no per-step log lines")
     ptrain.set_defaults(func=_pretrain_train)
 
     export = stages.add_parser("export", help="pretraining checkpoint → release directory", description=(
@@ -296,9 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         "consecutive windows of a recording) and report balanced accuracy, AUROC, Cohen's kappa and "
         "weighted F1 per layer beside chance and a shuffled-label baseline; writes metrics.json, "
         "layers.png and confusion.png."))
-    probe.add_argument("--release", required=True, help="release directory (`neurofm export`)")
-    probe.add_argument("--shards", required=True, help="signal shard folder")
-    probe.add_argument("--out", required=True, help="folder for metrics.json and plots")
+    _io_arguments(probe, "release", "release directory (`neurofm export`)", "folder for metrics.json and plots")
     probe.add_argument("--labels", help="comma-separated event labels; a window's label is its first such event (e.g. T1,T2)")
     probe.add_argument("--label-key", help="or: a meta.json field (or labels.* field) as the label, e.g. dataset, event")
     probe.add_argument("--folds", type=int, default=5, help="cross-validation folds")
@@ -309,9 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Embed every window of signal shards with a release (tokenized on the fly by its bundled tokenizer): "
         "embeddings.safetensors with layer_0 … layer_n, each [windows, D] mean-pooled, and index.json "
         "(key, source, modality, onset, labels, events per row)."))
-    embed.add_argument("--release", required=True, help="release directory (`neurofm export`)")
-    embed.add_argument("--shards", required=True, help="signal shard folder")
-    embed.add_argument("--out", required=True, help="output folder")
+    _io_arguments(embed, "release", "release directory (`neurofm export`)", "output folder")
     embed.set_defaults(func=_embed)
     return parser
 
