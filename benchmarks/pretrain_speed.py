@@ -9,7 +9,9 @@ loader's margin, in one run on one device.
 - "loader": windows/s and tokens/s the code-shard batch stream delivers on its own.
 MFU uses PaLM's 6·N + 12·L·d·T FLOPs per token and the device's dense bf16 peak (GPU only).
 
-Usage (GPU): python benchmarks/pretrain_speed.py --codes runs/demo/codes --preset large --steps 30 --compile
+Usage (GPU): python benchmarks/pretrain_speed.py --codes runs/demo/codes --synthetic 32x32 --preset large --steps 30 --compile
+  (``--synthetic KxP`` writes random code shards of K latents × P patches per window, i.e. a sequence of
+  K·P tokens, with the template's sensors and metadata: the demo codes' windows are only 8×8 = 64 tokens.)
 Usage (CPU smoke): OMP_NUM_THREADS=2 python benchmarks/pretrain_speed.py --codes runs/demo/codes --preset tiny
 """
 
@@ -21,17 +23,42 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from neurofm.config import load_config
-from neurofm.data_shards.dataset import ShardStream
+from neurofm.data_shards.dataset import ShardIndex, ShardStream
+from neurofm.data_shards.writer import ShardWriter, encode_npy, write_json_atomic
 from neurofm.pretrain.config import PretrainConfig
 from neurofm.pretrain.model import Stack
 from neurofm.pretrain.train import PEAK_FLOPS, code_bucket, collate_codes, flops_per_token
 from neurofm.tokenizers.data import BatchStream
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def synthetic_codes(template: str, out: Path, n_latents: int, patches: int, windows: int = 2048, seed: int = 0) -> str:
+    """Random code shards [K, P, L] in the real format, every window an EEG window of the template."""
+    index = ShardIndex(template)
+    first = next(i for i in range(len(index)) if index.modality_of[i] == "eeg")
+    sample = index[first]
+    manifest = {**index.manifest, "shards": [], "complete": False,
+                "tokenizer": {**index.manifest["tokenizer"], "n_latents": n_latents, "path": "synthetic"},
+                "recordings": [{"source": "synthetic", "dataset": "synthetic", "modality": "eeg", "first_sample": 0,
+                                "n_windows": windows}]}
+    levels, vocab = manifest["tokenizer"]["levels"], manifest["tokenizer"]["codes_per_level"]
+    out.mkdir(parents=True)
+    writer = ShardWriter(out, 512, manifest)
+    rng = np.random.default_rng(seed)
+    for i in range(windows):
+        writer.write(f"synthetic-{i:06d}", {"codes.npy": encode_npy(rng.integers(0, vocab, (n_latents, patches, levels), dtype=np.int16)),
+                                            "sensors.npy": encode_npy(sample["sensors"]),
+                                            "meta.json": json.dumps(sample["meta"]).encode()})
+    writer.close_shard()
+    manifest["complete"] = True
+    write_json_atomic(out / "manifest.json", manifest)
+    return str(out)
 
 
 def loader_speed(codes: str, micro_batch: int, batches: int = 50) -> tuple[float, float]:
@@ -82,7 +109,8 @@ def main() -> None:
     parser.add_argument("--codes", required=True)
     parser.add_argument("--preset", default="tiny", choices=["tiny", "base", "large", "xl"])
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also time compiled variants (torch.compile)")
+    parser.add_argument("--synthetic", metavar="KxP", help="random code shards of K latents x P patches per window")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -91,22 +119,32 @@ def main() -> None:
     from neurofm.pretrain.train import code_manifest, fill_model_config, train_pretrain
 
     with tempfile.TemporaryDirectory() as tmp:
+        if args.synthetic:
+            k, p = (int(v) for v in args.synthetic.lower().split("x"))
+            args.codes = synthetic_codes(args.codes, Path(tmp) / "codes", k, p)
         cfg = load_config(PretrainConfig, ROOT / f"configs/pretrain_{args.preset}.yaml",
-                          [f"codes={args.codes}", f"out={tmp}/run", f"steps={args.steps}", f"log_every={args.steps}",
+                          [f"codes={args.codes}", f"out={tmp}/run", f"steps={args.steps}", f"log_every={args.steps // 2}",
                            f"checkpoint_every={10 * args.steps}", "tensorboard=false",
                            *(["precision=fp32"] if device == "cpu" else []), *args.overrides])
         fill_model_config(cfg, code_manifest(args.codes))
-        manifest = json.loads((Path(args.codes) / "manifest.json").read_text())
-        patches = max(8, int(round(2.0 / manifest["tokenizer"]["patch_seconds"]["electro"])))
-        seq = patches * cfg.model.n_latents
+        codes = ShardIndex(args.codes)[0]["codes"]
+        seq = codes.shape[0] * codes.shape[1]
         windows_s, tokens_s = loader_speed(args.codes, cfg.micro_batch)
-        print(f"loader: {windows_s:,.0f} windows/s, {tokens_s:,.0f} tokens/s")
-        metrics = train_pretrain(cfg, progress=False)
-        neurofm_tokens = metrics["tokens_per_s"]
+        print(f"loader: {windows_s:,.0f} windows/s, {tokens_s:,.0f} tokens/s (sequence {seq} tokens)")
         peak = next((v for k, v in PEAK_FLOPS.items() if k in card), None)
         mfu = lambda t: f"{t * flops_per_token(cfg, seq) / peak:.3f}" if peak else "n/a"  # noqa: E731
-        print(f"neurofm ({args.preset}, ZeRO-{cfg.zero_stage}, {cfg.precision}, asymmetric={cfg.model.asymmetric}): "
-              f"{neurofm_tokens:,.0f} tokens/s, MFU {mfu(neurofm_tokens)}; loader margin {tokens_s / neurofm_tokens:.1f}x")
+        visible = 1 - cfg.model.mask_ratio if cfg.model.asymmetric else 1.0
+        # the encoder's own MFU: it runs on the visible tokens only when the model is asymmetric
+        encoder_mfu = lambda t: (f"{t * visible * flops_per_token(cfg, int(seq * visible)) / peak:.3f}"  # noqa: E731
+                                 if peak else "n/a")
+        neurofm_tokens = 0.0
+        for compiled in ([False, True] if args.compile else [False]):
+            cfg.compile, cfg.out = compiled, f"{tmp}/run-{int(compiled)}"
+            # tokens/s of the second half of the steps: warm-up and compilation stay out
+            neurofm_tokens = train_pretrain(cfg, progress=False)["tokens_per_s"]
+            print(f"neurofm ({args.preset}, ZeRO-{cfg.zero_stage}, {cfg.precision}, asymmetric={cfg.model.asymmetric}, "
+                  f"{'compiled' if compiled else 'eager'}, micro-batch {cfg.micro_batch}): {neurofm_tokens:,.0f} signal tokens/s, "
+                  f"full-sequence-equivalent MFU {mfu(neurofm_tokens)}, encoder MFU {encoder_mfu(neurofm_tokens)}; loader margin {tokens_s / neurofm_tokens:.1f}x", flush=True)
         for compiled in ([False, True] if args.compile else [False]):
             ref = reference_speed(cfg, seq, cfg.micro_batch, args.steps, compiled, device)
             print(f"reference encoder ({'compiled' if compiled else 'eager'}, seq {seq}): {ref:,.0f} tokens/s, MFU {mfu(ref)}; "
