@@ -99,6 +99,25 @@ class BadChannelDetection:
 
 
 @dataclass(kw_only=True)
+class EventEpochs:
+    """One window per event of a continuous recording, instead of fixed windows.
+
+    Parameters
+    ----------
+    events : list of str
+        Annotation descriptions to epoch on (e.g. ``[T1, T2]`` or ``[face, house]``); each window's
+        ``labels.event`` is its event's description.
+    tmin, tmax : float
+        Window start and end relative to the event, in seconds (cut after filtering and resampling;
+        windows longer than the modality's ``window_seconds`` are cropped to it).
+    """
+
+    events: list[str]
+    tmin: float = -0.2
+    tmax: float = 0.8
+
+
+@dataclass(kw_only=True)
 class InputSpec:
     """One recording, folder, glob or BIDS root, and how to read it.
 
@@ -133,6 +152,8 @@ class InputSpec:
         Overrides of this modality's preprocessing for these files only (e.g. ``{h_freq: 20}``).
     dataset : str | None
         Name recorded in every sample's ``meta.json`` (default: the parent folder's name).
+    epochs : EventEpochs | None
+        Cut continuous recordings into event-locked windows (see :class:`EventEpochs`).
     """
 
     path: str
@@ -147,6 +168,7 @@ class InputSpec:
     tr_seconds: float | None = None
     preprocess: dict[str, Any] = field(default_factory=dict)
     dataset: str | None = None
+    epochs: EventEpochs | None = None
 
 
 SIMULATED_MODALITIES = ("eeg", "meg", "seeg", "ecog", "fmri")

@@ -20,7 +20,7 @@ import mne
 import numpy as np
 
 from neurofm.config import from_dict, to_dict
-from neurofm.data_shards.config import BadChannelDetection, ElectrophysiologyPreprocess, FmriPreprocess, ShardsConfig
+from neurofm.data_shards.config import BadChannelDetection, EventEpochs, ElectrophysiologyPreprocess, FmriPreprocess, ShardsConfig
 from neurofm.data_shards.readers import Recording
 from neurofm.data_shards.sensors import SensorTable, sensor_table
 from neurofm.errors import RecordingError
@@ -123,6 +123,20 @@ def detect_bad_channels(data: np.ndarray, kinds: list[str], config: BadChannelDe
     return bad
 
 
+def _event_epochs(raw, spec: EventEpochs, source: Path):
+    """Filtered continuous recording → ``mne.Epochs`` around the annotations named in ``spec.events``."""
+    present = sorted(set(raw.annotations.description))
+    event_id = {name: i + 1 for i, name in enumerate(spec.events) if name in present}
+    if not event_id:
+        raise RecordingError(
+            f"{source}: none of the epoch events {spec.events} is among its annotations {present[:20]}; "
+            "fix inputs[].epochs.events."
+        )
+    events, _ = mne.events_from_annotations(raw, event_id=event_id, verbose="error")
+    return mne.Epochs(raw, events, event_id, tmin=spec.tmin, tmax=spec.tmax, baseline=None, preload=True,
+                      reject_by_annotation=False, on_missing="ignore", verbose="error")
+
+
 def _constant_channels(recording: Recording) -> list[int]:
     """Indices of channels whose raw samples never change."""
     insts = recording.inst if isinstance(recording.inst, list) else [recording.inst]
@@ -156,6 +170,8 @@ def prepare(recording: Recording, config: ShardsConfig, input_index: int = 0) ->
         insts, arrays, info = [inst], [inst.get_data()], inst.info
     else:
         inst = _filter_resample(recording.inst, settings, source, modality)
+        if recording.spec is not None and recording.spec.epochs is not None and recording.layout == "continuous":
+            recording.inst = inst = _event_epochs(inst, recording.spec.epochs, source)
         insts = [inst]
         arrays = list(inst.get_data()) if recording.layout == "epochs" else [inst.get_data()]
         info = inst.info
