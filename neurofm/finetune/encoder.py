@@ -1,7 +1,11 @@
 """``BrainEncoder``: a release as a feature extractor for raw windows of any montage.
 
-Windows are tokenized on the fly by the release's bundled tokenizer; the masked-code encoder runs with
-nothing masked; every layer's token states are mean-pooled into one embedding per window.
+Windows are tokenized on the fly by the release's bundled tokenizer (always frozen, in eval mode: its
+codes are discrete, and training mode would move its codebooks); the masked-code encoder then runs
+with nothing masked. ``forward`` gives one layer's token states with gradients (for finetuning);
+``layer_embeddings`` gives every layer's pooled embedding without them (for probing).
+
+Token order: time patch major, latent minor (N = P · K tokens), as in pretraining.
 """
 
 from __future__ import annotations
@@ -9,22 +13,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from einops import rearrange
+from torch import nn
 
 from neurofm.errors import NeuroFMError
 from neurofm.pretrain.config import MODALITY_IDS
 from neurofm.pretrain.export import from_pretrained
-from neurofm.pretrain.model import encoder_hidden_states
+from neurofm.pretrain.model import MaskedCodeModel
 from neurofm.tokenizers.checkpoint import load_tokenizer
 
 
-class BrainEncoder:
-    """Tokenizer + encoder of a release directory (see :func:`from_pretrained`)."""
+class BrainEncoder(nn.Module):
+    """Tokenizer + encoder of a release directory (see :meth:`from_pretrained`)."""
 
-    def __init__(self, tokenizer, model):
-        self.tokenizer, self.model = tokenizer.eval(), model.eval()
+    def __init__(self, tokenizer, model: MaskedCodeModel):
+        super().__init__()
         cfg = model.cfg
         if (tokenizer.cfg.n_latents, tokenizer.cfg.levels, tokenizer.cfg.codes_per_level) != (cfg.n_latents, cfg.levels, cfg.codes_per_level):
             raise NeuroFMError("The release's tokenizer does not match its model (latents, levels or codebook differ).")
+        self.tokenizer = tokenizer.eval().requires_grad_(False)
+        self.model = model.eval()
 
     @classmethod
     def from_pretrained(cls, release: str | Path) -> BrainEncoder:
@@ -33,14 +41,63 @@ class BrainEncoder:
             raise NeuroFMError(f"{release} has no tokenizer/ directory; export the release with `neurofm export`.")
         return cls(load_tokenizer(release / "tokenizer"), from_pretrained(release))
 
+    def train(self, mode: bool = True) -> BrainEncoder:
+        super().train(mode)
+        self.tokenizer.eval()
+        return self
+
     @property
     def n_layers(self) -> int:
         """Embeddings per window: the input embedding and every block's output."""
         return self.model.cfg.n_layers + 1
 
+    @property
+    def d_model(self) -> int:
+        return self.model.cfg.d_model
+
+    @torch.no_grad()
+    def codes(self, signal, sensors, channel_mask, family: str) -> torch.Tensor:
+        """signal [B, C, T], sensors [B, C, 12], channel_mask [B, C] → codes [B, P, K, L] (long)."""
+        return self.tokenizer.quantize(self.tokenizer.encode(signal, sensors, channel_mask, family))[1]
+
+    def valid_tokens(self, codes: torch.Tensor, n_valid_samples: torch.Tensor, window_samples: int) -> torch.Tensor:
+        """Tokens whose time patch holds recorded signal (not zero padding): [B, N] bool."""
+        p, k = codes.shape[1], codes.shape[2]
+        patch = window_samples / p
+        valid_patches = torch.ceil(n_valid_samples.float() / patch).clamp(1, p)
+        return rearrange((torch.arange(p)[None] < valid_patches[:, None])[..., None].expand(-1, -1, k), "b p k -> b (p k)")
+
+    def hidden_states(self, codes: torch.Tensor, modality: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
+        """[input, block 1, …] token states [B, N, D] up to layer ``upto`` (default: all; the last
+        layer, ``n_layers − 1``, is the final normed output)."""
+        model = self.model
+        last = self.n_layers - 1 if upto is None else upto
+        b, p = codes.shape[:2]
+        flat = rearrange(codes, "b p k l -> b (p k) l")
+        context, positions = model._context(b, p, modality)
+        x = sum(table(flat[..., level]) for level, table in enumerate(model.code_embeddings)) + context
+        states = [x]
+        for block in model.encoder.blocks[:last]:
+            x = block(x, positions)
+            states.append(x)
+        if last == self.n_layers - 1:
+            states[-1] = model.encoder.norm(x)
+        return states
+
+    def forward(self, codes: torch.Tensor, modality: torch.Tensor, layer: int = -1) -> torch.Tensor:
+        """codes [B, P, K, L], modality [B] → token states of ``layer`` [B, N, D] (−1: the last)."""
+        layer = layer % self.n_layers
+        return self.hidden_states(codes, modality, layer)[layer]
+
+    @staticmethod
+    def modality_ids(modalities: list[str]) -> torch.Tensor:
+        return torch.tensor([MODALITY_IDS[m] for m in modalities])
+
     @torch.no_grad()
     def layer_embeddings(self, signal, sensors, channel_mask, family: str, modalities: list[str]) -> torch.Tensor:
         """signal [B, C, T], sensors [B, C, 12], channel_mask [B, C] → embeddings [layers, B, D] (mean over tokens)."""
-        codes = self.tokenizer.quantize(self.tokenizer.encode(signal, sensors, channel_mask, family))[1]
-        modality = torch.tensor([MODALITY_IDS[m] for m in modalities])
-        return torch.stack([h.mean(dim=1) for h in encoder_hidden_states(self.model, codes, modality)])
+        codes = self.codes(signal, sensors, channel_mask, family)
+        return torch.stack([h.mean(dim=1) for h in self.hidden_states(codes, self.modality_ids(modalities))])
+
+
+__all__ = ["BrainEncoder"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, confusion_matrix, f1_score, roc_auc_score
+from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -23,6 +23,7 @@ from sklearn.preprocessing import StandardScaler
 from neurofm.data_shards.dataset import ShardIndex
 from neurofm.errors import NeuroFMError
 from neurofm.finetune.encoder import BrainEncoder
+from neurofm.finetune.metrics import classification_metrics
 from neurofm.tokenizers.data import ordered_batches
 
 
@@ -64,16 +65,7 @@ def _cv_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_splits: int) 
         clf.fit(x[train], y[train])
         predicted[test] = clf.predict(x[test])
         proba[np.ix_(test, np.searchsorted(classes, clf.classes_))] = clf.predict_proba(x[test])
-    if len(classes) == 2:
-        auroc = roc_auc_score(y == classes[1], proba[:, 1])
-    else:
-        auroc = roc_auc_score(y, proba, multi_class="ovr", labels=classes)
-    return {
-        "balanced_accuracy": float(balanced_accuracy_score(y, predicted)),
-        "auroc": float(auroc),
-        "kappa": float(cohen_kappa_score(y, predicted)),
-        "weighted_f1": float(f1_score(y, predicted, average="weighted")),
-    }, predicted
+    return classification_metrics(y, predicted, proba, classes), predicted
 
 
 def probe_release(release: str | Path, shards: str | Path, out: str | Path, *, labels: list[str] | None = None,

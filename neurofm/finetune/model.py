@@ -1,0 +1,193 @@
+"""Finetuning model: encoder (frozen, last-k, full or LoRA) → pooling → subject adapters → head.
+
+Heads end in a layer named ``final_layer`` and can be re-sized with ``reset_head(n_outputs)``.
+
+- :class:`ClassificationHead`: dropout, ``final_layer`` Linear(D → classes); cross-entropy.
+- :class:`ContrastiveHead` (vision, text, speech): optional MLP, ``final_layer`` Linear(→ target
+  dimension), and a learned logit scale s = log(1/τ) (τ initial temperature; logits = exp(s) · cosine,
+  s ≤ log 100). Loss: symmetric InfoNCE between brain and target embeddings, negatives gathered across
+  processes; an optional MSE term.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neurofm.errors import ConfigError, NeuroFMError
+from neurofm.finetune.config import FinetuneConfig
+from neurofm.finetune.encoder import BrainEncoder
+
+
+class Pooling(nn.Module):
+    """Token states [B, N, D] and valid-token mask [B, N] → [B, D]."""
+
+    def __init__(self, kind: str, d: int, n_heads: int = 4):
+        super().__init__()
+        self.kind = kind
+        if kind == "query":
+            self.query = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+            self.attention = nn.MultiheadAttention(d, math.gcd(n_heads, d), batch_first=True)
+        elif kind == "attention":
+            self.score = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1))
+
+    def forward(self, tokens: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        if self.kind == "mean":
+            w = valid[..., None].to(tokens.dtype)
+            return (tokens * w).sum(1) / w.sum(1).clamp(min=1)
+        if self.kind == "query":
+            out, _ = self.attention(self.query.expand(len(tokens), -1, -1), tokens, tokens, key_padding_mask=~valid)
+            return out[:, 0]
+        scores = self.score(tokens)[..., 0].masked_fill(~valid, float("-inf"))
+        return (scores.softmax(dim=1)[..., None] * tokens).sum(1)
+
+
+class SubjectAdapters(nn.Module):
+    """One D × D linear layer per subject, identity at start, applied to the pooled embedding."""
+
+    def __init__(self, subjects: list[str], d: int):
+        super().__init__()
+        self.d = d
+        self.names: list[str] = []
+        self.layers = nn.ModuleList()
+        for s in subjects:
+            self.add_subject(s)
+
+    def add_subject(self, name: str) -> None:
+        if name in self.names:
+            return
+        layer = nn.Linear(self.d, self.d)
+        with torch.no_grad():
+            layer.weight.copy_(torch.eye(self.d))
+            layer.bias.zero_()
+        self.names.append(name)
+        self.layers.append(layer)
+
+    def forward(self, x: torch.Tensor, subjects: list[str]) -> torch.Tensor:
+        unknown = sorted(set(subjects) - set(self.names))
+        if unknown:
+            raise NeuroFMError(f"Subject(s) {unknown[:5]} have no adapter (known: {self.names[:10]}); add them with "
+                               "adapters.train_only=[...] and init_from=<this run>, or disable adapters.")
+        index = {n: i for i, n in enumerate(self.names)}
+        out = torch.empty_like(x)
+        for name in set(subjects):
+            rows = torch.tensor([i for i, s in enumerate(subjects) if s == name], device=x.device)
+            out[rows] = self.layers[index[name]](x[rows])
+        return out
+
+
+class ClassificationHead(nn.Module):
+    def __init__(self, d: int, n_classes: int, dropout: float = 0.1):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.final_layer = nn.Linear(d, n_classes)
+
+    def reset_head(self, n_outputs: int) -> None:
+        self.final_layer = nn.Linear(self.final_layer.in_features, n_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.final_layer(self.dropout(x))
+
+
+class ContrastiveHead(nn.Module):
+    def __init__(self, d: int, target_dim: int, hidden: int = 0, dropout: float = 0.1, temperature: float = 0.07,
+                 learn_temperature: bool = True):
+        super().__init__()
+        self.body = nn.Sequential(nn.Dropout(dropout), nn.Linear(d, hidden), nn.GELU()) if hidden else nn.Dropout(dropout)
+        self.final_layer = nn.Linear(hidden or d, target_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / temperature)), requires_grad=learn_temperature)
+
+    def reset_head(self, n_outputs: int) -> None:
+        self.final_layer = nn.Linear(self.final_layer.in_features, n_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.final_layer(self.body(x))
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` over all processes, gradients flowing back to each process's own rows."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x))
+
+
+def clip_loss(brain: torch.Tensor, target: torch.Tensor, ids: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE. brain, target [B, D]; ids [B] stimulus ids (rows of one stimulus are all
+    positives of each other, so repeated category-level targets are not treated as negatives)."""
+    brain, target, ids = gather_with_grad(brain), gather_with_grad(target), gather_with_grad(ids)
+    logits = logit_scale.clamp(max=math.log(100)).exp() * F.normalize(brain, dim=-1) @ F.normalize(target, dim=-1).T
+    positives = (ids[:, None] == ids[None, :]).float()
+    positives = positives / positives.sum(1, keepdim=True)
+    return 0.5 * (F.cross_entropy(logits, positives) + F.cross_entropy(logits.T, positives))
+
+
+class FinetuneModel(nn.Module):
+    """codes → encoder layer → pooling → (adapters) → head output."""
+
+    def __init__(self, encoder: BrainEncoder, cfg: FinetuneConfig, n_outputs: int, subjects: list[str]):
+        super().__init__()
+        self.encoder, self.cfg = encoder, cfg
+        d = encoder.d_model
+        self.pooling = Pooling(cfg.pooling, d)
+        self.adapters = SubjectAdapters(subjects, d) if cfg.adapters.enabled else None
+        if cfg.task == "classification":
+            self.head: nn.Module = ClassificationHead(d, n_outputs, cfg.dropout)
+        else:
+            self.head = ContrastiveHead(d, n_outputs, cfg.head_hidden, cfg.dropout, cfg.temperature, cfg.learn_temperature)
+        set_trainable(self, cfg)
+
+    def embed(self, codes, modality, valid, subjects: list[str] | None = None) -> torch.Tensor:
+        """Pooled (and adapted) brain embedding [B, D]."""
+        frozen = self.cfg.mode == "frozen"
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            tokens = self.encoder(codes, modality, self.cfg.layer)
+        x = self.pooling(tokens.float(), valid)
+        if self.adapters is not None:
+            x = self.adapters(x, subjects)
+        return x
+
+    def forward(self, codes, modality, valid, subjects: list[str] | None = None) -> torch.Tensor:
+        return self.head(self.embed(codes, modality, valid, subjects))
+
+
+def set_trainable(model: FinetuneModel, cfg: FinetuneConfig) -> None:
+    """Freeze / unfreeze per ``cfg.mode`` (LoRA layers are injected here) and ``adapters.train_only``."""
+    encoder = model.encoder.model
+    encoder.requires_grad_(cfg.mode == "full")
+    if cfg.mode == "last_k":
+        blocks = encoder.encoder.blocks
+        if not 1 <= cfg.last_k <= len(blocks):
+            raise ConfigError(f"last_k={cfg.last_k} but the encoder has {len(blocks)} blocks; choose 1 … {len(blocks)}.")
+        for block in blocks[len(blocks) - cfg.last_k :]:
+            block.requires_grad_(True)
+        encoder.encoder.norm.requires_grad_(True)
+    elif cfg.mode == "lora":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        lora = LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                          target_modules=cfg.lora.target_modules)
+        inject_adapter_in_model(lora, encoder.encoder)
+        for name, p in encoder.named_parameters():
+            p.requires_grad_("lora_" in name)
+    if cfg.adapters.train_only:
+        if model.adapters is None:
+            raise ConfigError("adapters.train_only is set but adapters.enabled is false.")
+        model.requires_grad_(False)
+        for name in cfg.adapters.train_only:
+            model.adapters.add_subject(name)
+            model.adapters.layers[model.adapters.names.index(name)].requires_grad_(True)
+
+
+def trainable_state(model: FinetuneModel) -> dict[str, torch.Tensor]:
+    """Everything finetuning may change: head, pooling, adapters and the encoder's trainable tensors."""
+    keep = {n for n, p in model.named_parameters() if p.requires_grad}
+    keep |= {n for n, _ in model.named_parameters() if n.startswith(("head.", "pooling.", "adapters.")) or "lora_" in n}
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if n in keep}
+
+
+__all__ = ["ClassificationHead", "ContrastiveHead", "FinetuneModel", "Pooling", "SubjectAdapters", "clip_loss", "set_trainable"]

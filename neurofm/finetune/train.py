@@ -1,0 +1,320 @@
+"""``neurofm finetune``: train a head (and optionally adapters, LoRA or encoder blocks) with Accelerate.
+
+One command trains the model and its baselines on the same grouped split and writes, into ``out``:
+
+- ``metrics.json``: test metrics of the model and of each baseline with chance levels, the split
+  (groups, window counts), epochs run, best validation loss;
+- ``head.safetensors``: the finetuned tensors (head, pooling, adapters, LoRA / unfrozen encoder
+  weights) and ``config.json`` (the finetune config, classes or target info) — load with
+  :func:`load_finetuned`;
+- ``train_log.jsonl`` (loss per epoch), ``curves.png`` and ``confusion.png`` (classification) or
+  ``similarity.png`` (retrieval).
+
+Multi-GPU: launch with ``accelerate launch -m neurofm.cli finetune …`` (or torchrun); batches are
+split across processes and the InfoNCE negatives are gathered from all of them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from neurofm.config import from_dict, to_dict
+from neurofm.errors import ConfigError, NeuroFMError
+from neurofm.finetune.config import FinetuneConfig
+from neurofm.finetune.data import Windows, grouped_split, load_windows
+from neurofm.finetune.encoder import BrainEncoder
+from neurofm.finetune.metrics import classification_chance, classification_metrics, k_way_retrieval, segment_identification
+from neurofm.finetune.model import FinetuneModel, clip_loss, trainable_state
+from neurofm.finetune.targets import load_targets
+from neurofm.pretrain.model import MaskedCodeModel
+
+logger = logging.getLogger("neurofm.finetune")
+KNOWN_BASELINES = ("shuffled", "random_encoder")
+
+
+def _encoder(cfg: FinetuneConfig, random_weights: bool = False) -> BrainEncoder:
+    encoder = BrainEncoder.from_pretrained(cfg.release)
+    if random_weights:
+        torch.manual_seed(cfg.seed + 1)
+        encoder = BrainEncoder(encoder.tokenizer, MaskedCodeModel(encoder.model.cfg).eval())
+    return encoder
+
+
+class Task:
+    """What the head predicts: class indices, or rows of a target-embedding table."""
+
+    def __init__(self, cfg: FinetuneConfig, windows: Windows):
+        self.cfg = cfg
+        if cfg.task == "classification":
+            self.classes = np.unique(windows.y)
+            self.index = np.searchsorted(self.classes, windows.y)
+            self.n_outputs = len(self.classes)
+            self.target_info: dict = {}
+        else:
+            ids, embeddings, info = load_targets(cfg.targets)
+            expected = {"vision": "image", "text": "text", "speech": "speech"}[cfg.task]
+            if info.get("kind") != expected:
+                raise ConfigError(f"task {cfg.task} needs {expected} targets but {cfg.targets} holds {info.get('kind')} targets.")
+            row = {t: i for i, t in enumerate(ids)}
+            missing = sorted(set(windows.y) - set(row))
+            if missing:
+                raise NeuroFMError(f"{len(missing)} target id(s) of the windows are not in {cfg.targets} (e.g. {missing[:5]}); "
+                                   f"compute targets for them or check target_key={cfg.target_key}.")
+            self.index = np.array([row[t] for t in windows.y])
+            self.embeddings = embeddings.float()
+            self.n_outputs = embeddings.shape[1]
+            self.target_info = {k: info.get(k) for k in ("kind", "model", "layer", "dim")}
+
+    def loss(self, model, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if self.cfg.task == "classification":
+            return F.cross_entropy(out.float(), rows)
+        target = self.embeddings.to(out.device)[rows]
+        loss = clip_loss(out.float(), target, rows, model.head.logit_scale)
+        if self.cfg.mse_weight:
+            loss = loss + self.cfg.mse_weight * F.mse_loss(out.float(), target)
+        return loss
+
+
+def _batches(indices: np.ndarray, size: int, rng: np.random.Generator | None):
+    order = rng.permutation(indices) if rng is not None else indices
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
+def _forward(model, windows: Windows, idx: np.ndarray, device) -> torch.Tensor:
+    return model(windows.codes[idx].to(device), windows.modality[idx].to(device), windows.valid[idx].to(device),
+                 list(windows.subjects[idx]))
+
+
+def train_one(cfg: FinetuneConfig, encoder: BrainEncoder, windows: Windows, task: Task, split, rows: np.ndarray,
+              accelerator, init: dict | None = None) -> tuple[FinetuneModel, list[dict]]:
+    """Train one model on ``split``'s training windows, early-stopped on its validation windows."""
+    from accelerate.utils import set_seed
+
+    train, val, _ = split
+    set_seed(cfg.seed)
+    model = FinetuneModel(encoder, cfg, task.n_outputs, sorted(set(windows.subjects[train])))
+    if init:
+        names = dict(model.named_parameters())
+        for name, value in init.items():
+            if name in names and names[name].shape == value.shape:
+                with torch.no_grad():
+                    names[name].copy_(value)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("Nothing to train: every parameter is frozen (check mode and adapters.train_only).")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    inner = accelerator.unwrap_model(model)
+    rows_t = torch.as_tensor(rows)
+    rng = np.random.default_rng(cfg.seed)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    history, best, best_loss, waited = [], None, float("inf"), 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        losses = []
+        for batch in _batches(train, cfg.batch_size * world, rng):
+            mine = batch[rank::world]
+            if len(batch) < 2 or len(mine) == 0:
+                continue
+            with accelerator.autocast():
+                out = _forward(model, windows, mine, accelerator.device)
+                loss = task.loss(inner, out, rows_t[mine].to(accelerator.device))
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        val_loss = evaluate_loss(inner, windows, task, val, rows_t, cfg.batch_size, accelerator)
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None, "val_loss": val_loss})
+        if val_loss < best_loss - 1e-6:
+            best, best_loss, waited = copy.deepcopy(trainable_state(inner)), val_loss, 0
+        else:
+            waited += 1
+            if waited >= cfg.patience:
+                break
+    if best is not None:
+        inner.load_state_dict(best, strict=False)
+    inner.eval()
+    return inner, history
+
+
+@torch.no_grad()
+def evaluate_loss(model, windows, task, idx, rows_t, batch_size, accelerator) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for batch in _batches(idx, max(batch_size, len(idx)), None):
+        with accelerator.autocast():
+            out = _forward(model, windows, batch, accelerator.device)
+            total += task.loss(model, out, rows_t[batch].to(accelerator.device)).item() * len(batch)
+        count += len(batch)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def predict(model, windows: Windows, idx: np.ndarray, batch_size: int = 64) -> torch.Tensor:
+    device = next(model.parameters()).device
+    model.eval()
+    return torch.cat([_forward(model, windows, b, device).float().cpu() for b in _batches(idx, batch_size, None)])
+
+
+def test_metrics(model, windows: Windows, task: Task, test: np.ndarray, cfg: FinetuneConfig) -> tuple[dict, np.ndarray]:
+    """The field's metrics on the test windows (see :mod:`neurofm.finetune.metrics`), and the matrix to plot."""
+    out = predict(model, windows, test)
+    y = windows.y[test]
+    if cfg.task == "classification":
+        proba = out.softmax(-1).numpy()
+        predicted = task.classes[proba.argmax(1)]
+        from sklearn.metrics import confusion_matrix
+
+        return classification_metrics(y, predicted, proba, task.classes), confusion_matrix(y, predicted, labels=task.classes)
+    brain = F.normalize(out, dim=-1)
+    stimuli, first, truth = np.unique(y, return_index=True, return_inverse=True)
+    targets = F.normalize(task.embeddings[task.index[test][first]], dim=-1)  # one row per distinct test stimulus
+    sim = (brain @ targets.T).numpy()  # [segments, stimuli]
+    proba = torch.from_numpy(sim * 10).softmax(-1).numpy()
+    metrics = {
+        "k_way_retrieval": k_way_retrieval(sim, truth, cfg.k_way, seed=cfg.seed),
+        "segment_identification": segment_identification(sim, truth),
+        "stimulus_classification": classification_metrics(y, stimuli[sim.argmax(1)], proba, stimuli),
+    }
+    return metrics, sim
+
+
+def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
+    """Train the model and its baselines; write the run folder; return ``metrics.json``'s content."""
+    from accelerate import Accelerator
+
+    unknown = sorted(set(cfg.baselines) - set(KNOWN_BASELINES))
+    if unknown:
+        raise ConfigError(f"baselines {unknown} are unknown; choose from {list(KNOWN_BASELINES)}.")
+    if cfg.adapters.enabled and cfg.group_by == "subject":
+        raise ConfigError("adapters need the test subjects in training: use group_by other than 'subject' with adapters.")
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    encoder = _encoder(cfg)
+    windows = load_windows(encoder, cfg)
+    task = Task(cfg, windows)
+    split = grouped_split(windows, cfg)
+    init = _init_state(cfg) if cfg.init_from else None
+    model, history = train_one(cfg, encoder, windows, task, split, task.index, accelerator, init)
+    metrics, matrix = test_metrics(model, windows, task, split[2], cfg)
+    results = {"model": {**metrics, "epochs": len(history), "best_val_loss": min(h["val_loss"] for h in history)}}
+    for name in cfg.baselines:
+        rows = task.index.copy()
+        if name == "shuffled":  # permute labels / targets among the training windows only
+            rows[split[0]] = np.random.default_rng(cfg.seed + 7).permutation(rows[split[0]])
+        baseline, _ = train_one(cfg, _encoder(cfg, random_weights=name == "random_encoder"), windows, task, split, rows, accelerator, init)
+        results[name] = test_metrics(baseline, windows, task, split[2], cfg)[0]
+        if progress:
+            logger.info("baseline %s done", name)
+    if not accelerator.is_main_process:
+        return results
+    chance = (classification_chance(windows.y[split[2]], task.classes) if cfg.task == "classification" else None)
+    report = {
+        "task": cfg.task, "release": cfg.release, "shards": cfg.shards, "mode": cfg.mode, "layer": cfg.layer,
+        "pooling": cfg.pooling, "windows": len(windows),
+        "split": {"group_by": cfg.group_by, **{n: {"windows": int(len(s)), "groups": int(len(np.unique(windows.groups[s])))}
+                                               for n, s in zip(("train", "val", "test"), split)}},
+        "classes": task.classes.tolist() if cfg.task == "classification" else None,
+        "class_counts": {str(c): int((windows.y == c).sum()) for c in np.unique(windows.y)} if cfg.task == "classification" else None,
+        "targets": task.target_info or None, "chance": chance, **results,
+        "temperature": None if cfg.task == "classification" else float(torch.exp(-model.head.logit_scale.detach())),
+    }
+    _write_run(cfg, model, task, report, history, matrix, windows, split)
+    return report
+
+
+def _init_state(cfg: FinetuneConfig) -> dict:
+    path = Path(cfg.init_from) / "head.safetensors"
+    if not path.is_file():
+        raise NeuroFMError(f"init_from={cfg.init_from} holds no head.safetensors; give a finished `neurofm finetune` run.")
+    return load_file(str(path))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_run(cfg, model, task, report, history, matrix, windows, split) -> None:
+    out = Path(cfg.out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = trainable_state(model)
+    save_file(state, str(tmp / "head.safetensors"))
+    config = {"finetune": to_dict(cfg), "classes": report["classes"], "targets": report["targets"],
+              "subjects": model.adapters.names if model.adapters is not None else None, "n_outputs": task.n_outputs}
+    _atomic_write(tmp / "config.json", json.dumps(config, indent=1))
+    _atomic_write(tmp / "train_log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    _atomic_write(tmp / "metrics.json", json.dumps(report, indent=1, default=float))
+    _plots(tmp, cfg, history, matrix, report, windows.y[split[2]])
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def _plots(out: Path, cfg, history, matrix, report, y_test) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], label="train")
+    ax.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=90)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(3.8, 3.2))
+    if cfg.task == "classification":
+        ax.imshow(matrix, cmap="Blues")
+        classes = report["classes"]
+        ax.set_xticks(range(len(classes)), classes, rotation=45, fontsize=7)
+        ax.set_yticks(range(len(classes)), classes, fontsize=7)
+        for (i, j), v in np.ndenumerate(matrix):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        name = "confusion.png"
+    else:
+        order = np.argsort(y_test, kind="stable")
+        im = ax.imshow(matrix[order], cmap="viridis", aspect="auto", interpolation="nearest")
+        fig.colorbar(im, ax=ax)
+        ax.set_xlabel("test stimulus (target)")
+        ax.set_ylabel("test segment (by stimulus)")
+        name = "similarity.png"
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=90)
+    plt.close(fig)
+
+
+def load_finetuned(run: str | Path) -> FinetuneModel:
+    """A finished finetune run as a model (release + the run's tensors), in eval mode."""
+    run = Path(run)
+    if not (run / "config.json").is_file() or not (run / "head.safetensors").is_file():
+        raise NeuroFMError(f"{run} is not a finished `neurofm finetune` run (needs config.json and head.safetensors).")
+    saved = json.loads((run / "config.json").read_text())
+    cfg = from_dict(FinetuneConfig, saved["finetune"])
+    model = FinetuneModel(BrainEncoder.from_pretrained(cfg.release), cfg, saved["n_outputs"], saved["subjects"] or [])
+    state = load_file(str(run / "head.safetensors"))
+    missing = set(state) - {n for n, _ in model.named_parameters()}
+    if missing:
+        raise NeuroFMError(f"{run}/head.safetensors holds tensors this model lacks ({sorted(missing)[:3]}); was the release changed?")
+    model.load_state_dict(state, strict=False)
+    return model.eval()
+
+
+__all__ = ["finetune", "load_finetuned"]
