@@ -177,6 +177,16 @@ def _targets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate_speech(args: argparse.Namespace) -> int:
+    from neurofm.finetune.speech_synthetic import synthesize_speech_set
+
+    truth = synthesize_speech_set(args.background, args.out, n_stimuli=args.stimuli, repeats=args.repeats,
+                                  amplitude=args.amplitude, seed=args.seed)
+    print(json.dumps(truth["oracle"]))
+    print(f"synthetic speech set: {args.out}/shards, audio in {args.out}/audio, ground truth in {args.out}/ground_truth.json")
+    return 0
+
+
 def _shards_inspect(args: argparse.Namespace) -> int:
     from neurofm.data_shards import summarize
     from neurofm.data_shards.verify import format_summary
@@ -362,6 +372,20 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--layer", type=int, help="hidden layer to pool (default: the model's output embedding)")
     targets.add_argument("--average-by", choices=["parent"], help="average the items of each folder into one target")
     targets.set_defaults(func=_targets)
+
+    speech = stages.add_parser("simulate-speech", help="a labelled synthetic speech-locked set for the speech head",
+                               description=(
+        "Synthesize speech-like utterances (WAV), project their log-mel band envelopes through a fixed "
+        "forward model onto the sensors of real background EEG windows, and write signal shards plus the "
+        "accuracy an oracle that knows the forward model reaches (ground_truth.json). Synthetic: say so "
+        "wherever its numbers are shown."))
+    speech.add_argument("--background", required=True, help="signal shards whose EEG windows (≥ 16 channels) are the background")
+    speech.add_argument("--out", required=True, help="output folder (audio/, shards/, ground_truth.json)")
+    speech.add_argument("--stimuli", type=int, default=40, help="distinct utterances")
+    speech.add_argument("--repeats", type=int, default=6, help="trials per utterance")
+    speech.add_argument("--amplitude", type=float, default=1.0, help="projected response, in units of the background's robust scale")
+    speech.add_argument("--seed", type=int, default=0)
+    speech.set_defaults(func=_simulate_speech)
 
     tune = stages.add_parser("finetune", help="train a classification / vision / text / speech head on a release",
                              description=(

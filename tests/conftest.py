@@ -73,3 +73,18 @@ def code_shards(shared_shards, tmp_path_factory) -> Path:
     train_tokenizer(cfg, progress=False)
     encode_shards(root / "tokenizer", shared_shards, root / "codes", progress=False)
     return root / "codes"
+
+
+@pytest.fixture(scope="session")
+def release(code_shards, tmp_path_factory) -> Path:
+    """A release of a tiny masked-code model trained for two steps on ``code_shards``."""
+    from neurofm.config import load_config
+    from neurofm.pretrain.config import PretrainConfig
+    from neurofm.pretrain.export import export_release
+    from neurofm.pretrain.train import train_pretrain
+
+    root = tmp_path_factory.mktemp("release")
+    cfg = load_config(PretrainConfig, None, [f"codes={code_shards}", f"out={root / 'run'}", "model.d_model=32", "model.n_layers=2",
+                                             "model.n_heads=2", "micro_batch=4", "steps=2", "tensorboard=false"])
+    train_pretrain(cfg, progress=False)
+    return export_release(root / "run", root / "release")

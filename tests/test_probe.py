@@ -8,23 +8,10 @@ import numpy as np
 import pytest
 
 from neurofm.cli import main
-from neurofm.config import load_config
 from neurofm.errors import NeuroFMError
 from neurofm.finetune.encoder import BrainEncoder
 from neurofm.finetune.probe import probe_release, window_label
-from neurofm.pretrain.config import PretrainConfig
-from neurofm.pretrain.export import export_release
-from neurofm.pretrain.train import train_pretrain
 from neurofm.tokenizers.data import collate
-
-
-@pytest.fixture(scope="module")
-def release(code_shards, tmp_path_factory):
-    root = tmp_path_factory.mktemp("release")
-    cfg = load_config(PretrainConfig, None, [f"codes={code_shards}", f"out={root / 'run'}", "model.d_model=32", "model.n_layers=2",
-                                             "model.n_heads=2", "micro_batch=4", "steps=2", "tensorboard=false"])
-    train_pretrain(cfg, progress=False)
-    return export_release(root / "run", root / "release")
 
 
 def test_encoder_gives_one_embedding_per_layer(release, shared_shards):

@@ -23,19 +23,36 @@ from neurofm.tokenizers.data import ordered_batches
 
 @dataclass
 class Windows:
-    """``codes`` [n, P, K, L] long, ``modality`` [n] long, ``valid`` [n, N] bool (tokens holding
-    signal), ``y`` [n] (class name or target id), ``subjects`` [n], ``groups`` [n], ``keys`` [n]."""
+    """Per window: ``codes`` [P, K, L] long and ``valid`` [N] bool (tokens holding signal), whose
+    sizes differ between families (fMRI windows have fewer time patches); ``modality`` [n] long,
+    ``y`` [n] (class name or target id), ``subjects`` [n], ``groups`` [n], ``keys`` [n] and
+    ``shape_id`` [n] (windows of one code shape batch together)."""
 
-    codes: torch.Tensor
+    codes: list[torch.Tensor]
     modality: torch.Tensor
-    valid: torch.Tensor
+    valid: list[torch.Tensor]
     y: np.ndarray
     subjects: np.ndarray
     groups: np.ndarray
     keys: list[str]
+    shape_id: np.ndarray
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def batch(self, idx: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+        """codes [B, P, K, L], modality [B], valid [B, N] and subjects of windows ``idx`` (one shape)."""
+        return (torch.stack([self.codes[i] for i in idx]).to(device), self.modality[idx].to(device),
+                torch.stack([self.valid[i] for i in idx]).to(device), [str(s) for s in self.subjects[idx]])
+
+    def batches(self, idx: np.ndarray, size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
+        """``idx`` cut into batches of at most ``size`` windows of one code shape (shuffled with ``rng``)."""
+        out = []
+        for shape in np.unique(self.shape_id[idx]):
+            part = idx[self.shape_id[idx] == shape]
+            part = rng.permutation(part) if rng is not None else part
+            out += [part[i : i + size] for i in range(0, len(part), size)]
+        return [out[i] for i in rng.permutation(len(out))] if rng is not None else out
 
 
 def _onsets(index: ShardIndex, event: str) -> dict[str, float]:
@@ -90,9 +107,9 @@ def load_windows(encoder: BrainEncoder, cfg: FinetuneConfig, batch_size: int = 3
         metas = [batch.metas[i] for i in keep]
         c = encoder.codes(batch.signal[keep], batch.sensors[keep], batch.channel_mask[keep], batch.family)
         n_valid = torch.tensor([m.get("n_valid_samples", m["window_samples"]) for m in metas])
-        codes.append(c)
+        codes += list(c)
         modality.append(encoder.modality_ids([m["modality"] for m in metas]))
-        valid.append(encoder.valid_tokens(c, n_valid, metas[0]["window_samples"]))
+        valid += list(encoder.valid_tokens(c, n_valid, metas[0]["window_samples"]))
         for m in metas:
             y = window_y(m, cfg, onsets)
             subject = f"{m.get('dataset')}/{m.get(cfg.adapters.subject_key, m.get('labels', {}).get(cfg.adapters.subject_key))}"
@@ -106,12 +123,10 @@ def load_windows(encoder: BrainEncoder, cfg: FinetuneConfig, batch_size: int = 3
     if not ys:
         what = cfg.label_key or cfg.labels or cfg.onset_event if cfg.task == "classification" else cfg.target_key
         raise NeuroFMError(f"No window of {cfg.shards} carries a label for '{what}'; check the label / target settings.")
-    shapes = {tuple(c.shape[1:]) for c in codes}
-    if len(shapes) > 1:
-        raise NeuroFMError(f"The labelled windows of {cfg.shards} have different code shapes {sorted(shapes)} (window lengths "
-                           "or modality families differ); finetune on one kind of window at a time.")
-    return Windows(torch.cat(codes), torch.cat(modality), torch.cat(valid), np.asarray(ys), np.asarray(subjects),
-                   np.asarray(groups), keys)
+    shapes = [tuple(c.shape) for c in codes]
+    shape_ids = {shape: i for i, shape in enumerate(sorted(set(shapes)))}
+    return Windows(codes, torch.cat(modality), valid, np.asarray(ys), np.asarray(subjects), np.asarray(groups), keys,
+                   np.array([shape_ids[s] for s in shapes]))
 
 
 def grouped_split(windows: Windows, cfg: FinetuneConfig, attempts: int = 50) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

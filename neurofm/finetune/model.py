@@ -116,11 +116,12 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x))
 
 
-def clip_loss(brain: torch.Tensor, target: torch.Tensor, ids: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE. brain, target [B, D]; ids [B] stimulus ids (rows of one stimulus are all
-    positives of each other, so repeated category-level targets are not treated as negatives)."""
+def clip_loss(brain: torch.Tensor, target: torch.Tensor, ids: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE with logits = scale · cosine. brain, target [B, D]; ids [B] stimulus ids
+    (rows of one stimulus are all positives of each other, so repeated category-level targets are not
+    treated as negatives)."""
     brain, target, ids = gather_with_grad(brain), gather_with_grad(target), gather_with_grad(ids)
-    logits = logit_scale.clamp(max=math.log(100)).exp() * F.normalize(brain, dim=-1) @ F.normalize(target, dim=-1).T
+    logits = scale * F.normalize(brain, dim=-1) @ F.normalize(target, dim=-1).T
     positives = (ids[:, None] == ids[None, :]).float()
     positives = positives / positives.sum(1, keepdim=True)
     return 0.5 * (F.cross_entropy(logits, positives) + F.cross_entropy(logits.T, positives))
@@ -151,8 +152,13 @@ class FinetuneModel(nn.Module):
             x = self.adapters(x, subjects)
         return x
 
-    def forward(self, codes, modality, valid, subjects: list[str] | None = None) -> torch.Tensor:
-        return self.head(self.embed(codes, modality, valid, subjects))
+    def forward(self, codes, modality, valid, subjects: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Head output [B, outputs] and, for contrastive heads, exp(s) (s ≤ log 100), computed in
+        ``forward`` so that DDP sees the parameter used inside the model."""
+        out = self.head(self.embed(codes, modality, valid, subjects))
+        if not isinstance(self.head, ContrastiveHead):
+            return out, None
+        return out, self.head.logit_scale.clamp(max=math.log(100)).exp()
 
 
 def set_trainable(model: FinetuneModel, cfg: FinetuneConfig) -> None:

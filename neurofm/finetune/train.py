@@ -75,24 +75,19 @@ class Task:
             self.n_outputs = embeddings.shape[1]
             self.target_info = {k: info.get(k) for k in ("kind", "model", "layer", "dim")}
 
-    def loss(self, model, out: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def loss(self, output: tuple[torch.Tensor, torch.Tensor | None], rows: torch.Tensor) -> torch.Tensor:
+        out, logit_scale = output
         if self.cfg.task == "classification":
             return F.cross_entropy(out.float(), rows)
         target = self.embeddings.to(out.device)[rows]
-        loss = clip_loss(out.float(), target, rows, model.head.logit_scale)
+        loss = clip_loss(out.float(), target, rows, logit_scale)
         if self.cfg.mse_weight:
             loss = loss + self.cfg.mse_weight * F.mse_loss(out.float(), target)
         return loss
 
 
-def _batches(indices: np.ndarray, size: int, rng: np.random.Generator | None):
-    order = rng.permutation(indices) if rng is not None else indices
-    return [order[i : i + size] for i in range(0, len(order), size)]
-
-
 def _forward(model, windows: Windows, idx: np.ndarray, device) -> torch.Tensor:
-    return model(windows.codes[idx].to(device), windows.modality[idx].to(device), windows.valid[idx].to(device),
-                 list(windows.subjects[idx]))
+    return model(*windows.batch(idx, device))
 
 
 def train_one(cfg: FinetuneConfig, encoder: BrainEncoder, windows: Windows, task: Task, split, rows: np.ndarray,
@@ -101,8 +96,15 @@ def train_one(cfg: FinetuneConfig, encoder: BrainEncoder, windows: Windows, task
     from accelerate.utils import set_seed
 
     train, val, _ = split
+    if cfg.adapters.train_only:  # only the new subjects' windows can move their adapters
+        own = lambda idx: idx[np.isin(windows.subjects[idx], cfg.adapters.train_only)]  # noqa: E731
+        if not len(own(train)):
+            raise NeuroFMError(f"No training window belongs to adapters.train_only={cfg.adapters.train_only}; check the subject names "
+                               f"(e.g. {sorted(set(windows.subjects))[:3]}).")
+        train, val = own(train), (own(val) if len(own(val)) else val)
     set_seed(cfg.seed)
-    model = FinetuneModel(encoder, cfg, task.n_outputs, sorted(set(windows.subjects[train])))
+    # adapters for every subject of the data; one without training windows keeps the identity
+    model = FinetuneModel(encoder, cfg, task.n_outputs, sorted({str(s) for s in windows.subjects}))
     if init:
         names = dict(model.named_parameters())
         for name, value in init.items():
@@ -122,13 +124,13 @@ def train_one(cfg: FinetuneConfig, encoder: BrainEncoder, windows: Windows, task
     for epoch in range(cfg.epochs):
         model.train()
         losses = []
-        for batch in _batches(train, cfg.batch_size * world, rng):
+        for batch in windows.batches(train, cfg.batch_size * world, rng):
             mine = batch[rank::world]
             if len(batch) < 2 or len(mine) == 0:
                 continue
             with accelerator.autocast():
                 out = _forward(model, windows, mine, accelerator.device)
-                loss = task.loss(inner, out, rows_t[mine].to(accelerator.device))
+                loss = task.loss(out, rows_t[mine].to(accelerator.device))
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -151,10 +153,10 @@ def train_one(cfg: FinetuneConfig, encoder: BrainEncoder, windows: Windows, task
 def evaluate_loss(model, windows, task, idx, rows_t, batch_size, accelerator) -> float:
     model.eval()
     total, count = 0.0, 0
-    for batch in _batches(idx, max(batch_size, len(idx)), None):
+    for batch in windows.batches(idx, max(batch_size, len(idx)), None):
         with accelerator.autocast():
             out = _forward(model, windows, batch, accelerator.device)
-            total += task.loss(model, out, rows_t[batch].to(accelerator.device)).item() * len(batch)
+            total += task.loss(out, rows_t[batch].to(accelerator.device)).item() * len(batch)
         count += len(batch)
     return total / max(count, 1)
 
@@ -163,7 +165,10 @@ def evaluate_loss(model, windows, task, idx, rows_t, batch_size, accelerator) ->
 def predict(model, windows: Windows, idx: np.ndarray, batch_size: int = 64) -> torch.Tensor:
     device = next(model.parameters()).device
     model.eval()
-    return torch.cat([_forward(model, windows, b, device).float().cpu() for b in _batches(idx, batch_size, None)])
+    batches = windows.batches(idx, batch_size, None)
+    out = torch.cat([_forward(model, windows, b, device)[0].float().cpu() for b in batches])
+    position = {w: i for i, w in enumerate(np.concatenate(batches))}
+    return out[[position[w] for w in idx]]  # back in the order of idx
 
 
 def test_metrics(model, windows: Windows, task: Task, test: np.ndarray, cfg: FinetuneConfig) -> tuple[dict, np.ndarray]:
@@ -192,21 +197,27 @@ def test_metrics(model, windows: Windows, task: Task, test: np.ndarray, cfg: Fin
 def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     """Train the model and its baselines; write the run folder; return ``metrics.json``'s content."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
     unknown = sorted(set(cfg.baselines) - set(KNOWN_BASELINES))
     if unknown:
         raise ConfigError(f"baselines {unknown} are unknown; choose from {list(KNOWN_BASELINES)}.")
     if cfg.adapters.enabled and cfg.group_by == "subject":
         raise ConfigError("adapters need the test subjects in training: use group_by other than 'subject' with adapters.")
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    # the pretraining model's decoder, mask embedding and head take no part in finetuning: DDP must allow that
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available(),
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     encoder = _encoder(cfg)
     windows = load_windows(encoder, cfg)
     task = Task(cfg, windows)
     split = grouped_split(windows, cfg)
-    init = _init_state(cfg) if cfg.init_from else None
+    init = _init_state(cfg, task.n_outputs) if cfg.init_from else None
     model, history = train_one(cfg, encoder, windows, task, split, task.index, accelerator, init)
     metrics, matrix = test_metrics(model, windows, task, split[2], cfg)
     results = {"model": {**metrics, "epochs": len(history), "best_val_loss": min(h["val_loss"] for h in history)}}
+    untrained = sorted({str(s) for s in windows.subjects} - {str(s) for s in windows.subjects[split[0]]})
+    if cfg.adapters.enabled and untrained:
+        logger.warning("%d subject(s) have no training window; their adapters stay the identity: %s", len(untrained), untrained[:5])
     for name in cfg.baselines:
         rows = task.index.copy()
         if name == "shuffled":  # permute labels / targets among the training windows only
@@ -232,11 +243,16 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     return report
 
 
-def _init_state(cfg: FinetuneConfig) -> dict:
+def _init_state(cfg: FinetuneConfig, n_outputs: int) -> dict:
     path = Path(cfg.init_from) / "head.safetensors"
     if not path.is_file():
         raise NeuroFMError(f"init_from={cfg.init_from} holds no head.safetensors; give a finished `neurofm finetune` run.")
-    return load_file(str(path))
+    state = load_file(str(path))
+    saved = state.get("head.final_layer.weight")
+    if saved is not None and saved.shape[0] != n_outputs:
+        raise NeuroFMError(f"init_from={cfg.init_from} has a head of {saved.shape[0]} outputs but this run needs {n_outputs} "
+                           "(targets of another dimension, or other classes); use matching targets or drop init_from.")
+    return state
 
 
 def _atomic_write(path: Path, text: str) -> None:

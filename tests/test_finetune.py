@@ -1,0 +1,254 @@
+"""Finetuning: targets, heads, adapters, LoRA, metrics, baselines and bad input — on a tiny release."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from neurofm.cli import main
+from neurofm.config import load_config
+from neurofm.errors import ConfigError, NeuroFMError
+from neurofm.finetune.config import FinetuneConfig
+from neurofm.finetune.encoder import BrainEncoder
+from neurofm.finetune.metrics import classification_metrics, k_way_retrieval, segment_identification
+from neurofm.finetune.model import FinetuneModel, SubjectAdapters
+from neurofm.finetune.targets import compute_targets, load_targets
+from neurofm.finetune.train import finetune, load_finetuned
+
+QUICK = ["epochs=4", "patience=10", "batch_size=16", "baselines=[]", "lr=3e-3"]
+
+
+def config(release, shards, out, *extra) -> FinetuneConfig:
+    return load_config(FinetuneConfig, None, [f"release={release}", f"shards={shards}", f"out={out}", *QUICK, *extra])
+
+
+def train_losses(run) -> list[float]:
+    return [json.loads(line)["train_loss"] for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def muse_shards(shared, tmp_path_factory):
+    """Face / house event-locked windows of the Muse recordings (about 5 s)."""
+    from neurofm.data_shards import build_shards
+    from neurofm.data_shards.config import ShardsConfig
+
+    out = tmp_path_factory.mktemp("muse")
+    build_shards(load_config(ShardsConfig, "configs/examples/muse_face_house.yaml", [f"root={shared}", f"out={out}"]), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def speech_set(shared_shards, tmp_path_factory):
+    from neurofm.finetune.speech_synthetic import synthesize_speech_set
+
+    out = tmp_path_factory.mktemp("speech")
+    truth = synthesize_speech_set(shared_shards, out / "set", n_stimuli=12, repeats=4, amplitude=3.0)
+    compute_targets("speech", [str(out / "set" / "audio")], out / "targets")
+    return out, truth
+
+
+def test_encoder_is_deterministic(release, shared_shards):
+    from neurofm.data_shards import ShardIndex
+    from neurofm.tokenizers.data import collate
+
+    batch = collate([ShardIndex(shared_shards)[i] for i in range(3)])
+    runs = [BrainEncoder.from_pretrained(release).layer_embeddings(batch.signal, batch.sensors, batch.channel_mask, batch.family, ["eeg"] * 3)
+            for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_event_locked_windows(muse_shards):
+    from neurofm.data_shards import ShardIndex
+
+    index = ShardIndex(muse_shards)
+    metas = [index[i]["meta"] for i in range(len(index))]
+    assert len(index) > 1000 and {m["labels"]["event"] for m in metas} == {"face", "house"}
+    assert all(m["layout"] == "epochs" and m["window_onset"] == pytest.approx(-0.1, abs=1 / 256) for m in metas[:20])
+    assert abs(metas[0]["n_valid_samples"] - 0.7 * 256) <= 2  # -0.1 … 0.6 s at 256 Hz, on the sample grid
+
+
+def test_classification_head_trains_and_reports_baselines(release, shared_shards, tmp_path):
+    cfg = config(release, shared_shards, tmp_path / "run", "label_key=modality", "epochs=6", "baselines=[shuffled,random_encoder]")
+    report = finetune(cfg, progress=False)
+    losses = train_losses(tmp_path / "run")
+    assert min(losses[1:]) < losses[0]
+    assert report["chance"]["balanced_accuracy"] == pytest.approx(1 / len(report["classes"]))
+    for name in ("model", "shuffled", "random_encoder"):
+        assert 0 <= report[name]["balanced_accuracy"] <= 1 and -1 <= report[name]["kappa"] <= 1
+    assert report["model"]["balanced_accuracy"] > 0.6  # the modality is in the sensors: easy to decode
+    for png in ("curves.png", "confusion.png"):
+        assert (tmp_path / "run" / png).stat().st_size > 1000
+    # the saved run reproduces the model's test predictions
+    model = load_finetuned(tmp_path / "run")
+    assert model.head.final_layer.out_features == len(report["classes"])
+
+
+def test_split_never_shares_a_group(release, shared_shards, tmp_path):
+    from neurofm.finetune.data import grouped_split, load_windows
+
+    cfg = config(release, shared_shards, tmp_path, "label_key=modality", "group_by=recording")
+    windows = load_windows(BrainEncoder.from_pretrained(release), cfg)
+    train, val, test = grouped_split(windows, cfg)
+    groups = [set(windows.groups[s]) for s in (train, val, test)]
+    assert not (groups[0] & groups[1]) and not (groups[0] & groups[2]) and not (groups[1] & groups[2])
+    assert len(train) + len(val) + len(test) == len(windows)
+
+
+def test_text_head_trains(release, shared_shards, tmp_path):
+    targets = compute_targets("text", ["eeg", "meg", "ieeg", "fmri"], tmp_path / "targets")
+    ids, emb, info = load_targets(targets)
+    assert ids == ["eeg", "meg", "ieeg", "fmri"] and emb.shape == (4, 384) and info["model"] == "all-MiniLM-L6-v2"
+    mtime = (targets / "targets.safetensors").stat().st_mtime_ns
+    compute_targets("text", ["eeg", "meg", "ieeg", "fmri"], tmp_path / "targets")  # cached: not rewritten
+    assert (targets / "targets.safetensors").stat().st_mtime_ns == mtime
+    cfg = config(release, shared_shards, tmp_path / "run", "task=text", f"targets={targets}", "target_key=modality",
+                 "epochs=6", "pooling=attention")
+    report = finetune(cfg, progress=False)
+    losses = train_losses(tmp_path / "run")
+    assert min(losses[1:]) < losses[0]
+    assert report["model"]["k_way_retrieval"]["k"] >= 2 and report["targets"]["dim"] == 384
+
+
+def test_vision_head_on_face_house(release, muse_shards, shared, tmp_path):
+    targets = compute_targets("image", [str(shared / "images")], tmp_path / "img", average_by="parent")
+    ids, emb, _ = load_targets(targets)
+    assert ids == ["face", "house"] and emb.shape == (2, 1280)
+    cfg = config(release, muse_shards, tmp_path / "run", "task=vision", f"targets={targets}", "target_key=event", "group_by=run",
+                 "pooling=query", "epochs=3")
+    report = finetune(cfg, progress=False)
+    assert report["model"]["k_way_retrieval"]["k"] == 2 and report["model"]["k_way_retrieval"]["top1_chance"] == 0.5
+    assert (tmp_path / "run" / "similarity.png").is_file()
+
+
+def test_speech_head_on_the_synthetic_set(release, speech_set, tmp_path):
+    root, truth = speech_set
+    assert truth["oracle"]["identification_top1"] > 0.9  # at this amplitude the responses are identifiable
+    cfg = config(release, root / "set" / "shards", tmp_path / "run", "task=speech", f"targets={root / 'targets'}",
+                 "target_key=stimulus", "group_by=stimulus", "epochs=6", "mse_weight=0.1", "mode=full")
+    report = finetune(cfg, progress=False)
+    losses = train_losses(tmp_path / "run")
+    assert min(losses[1:]) < losses[0]
+    assert report["split"]["test"]["groups"] >= 1 and report["temperature"] > 0
+
+
+def test_lora_changes_only_lora_and_head(release, shared_shards, tmp_path):
+    cfg = config(release, shared_shards, tmp_path / "run", "label_key=modality", "mode=lora", "lora.rank=2", "epochs=2")
+    report = finetune(cfg, progress=False)
+    assert report["mode"] == "lora"
+    model = load_finetuned(tmp_path / "run")
+    base = BrainEncoder.from_pretrained(release).model.state_dict()
+    tuned = {n.replace(".base_layer", ""): p for n, p in model.encoder.model.state_dict().items() if "lora_" not in n}
+    assert all(torch.equal(base[n], tuned[n]) for n in base)
+    lora = {n: p for n, p in model.encoder.model.state_dict().items() if "lora_B" in n}
+    assert lora and any(p.abs().sum() > 0 for p in lora.values())  # B starts at zero: training moved it
+    trainable = {n for n, p in FinetuneModel(BrainEncoder.from_pretrained(release), cfg, 4, []).named_parameters() if p.requires_grad}
+    assert all("lora_" in n or n.startswith(("head.", "pooling.")) for n in trainable)
+
+
+def test_last_k_and_frozen_modes(release):
+    for mode, expect in (("frozen", 0), ("last_k", 1), ("full", 2)):
+        cfg = load_config(FinetuneConfig, None, ["release=x", "shards=y", f"mode={mode}", "last_k=1"])
+        model = FinetuneModel(BrainEncoder.from_pretrained(release), cfg, 3, [])
+        blocks = {n.split(".")[2] for n, p in model.encoder.model.named_parameters() if p.requires_grad and n.startswith("encoder.blocks")}
+        assert len(blocks) == expect
+
+
+def test_adapters_new_subject_trains_alone(release, shared_shards, tmp_path):
+    first = config(release, shared_shards, tmp_path / "a", "label_key=modality", "adapters.enabled=true")
+    finetune(first, progress=False)
+    before = load_finetuned(tmp_path / "a")
+    subjects = before.adapters.names
+    new = subjects[0]  # retrain one subject's adapter alone, everything else frozen
+    second = config(release, shared_shards, tmp_path / "b", "label_key=modality", "adapters.enabled=true",
+                    f"init_from={tmp_path / 'a'}", f"adapters.train_only=[{json.dumps(new)}]", "epochs=2")
+    finetune(second, progress=False)
+    after = load_finetuned(tmp_path / "b")
+    a, b = dict(before.named_parameters()), dict(after.named_parameters())
+    changed = {n for n in a if not torch.equal(a[n], b[n])}
+    index = subjects.index(new)
+    assert changed and all(n.startswith(f"adapters.layers.{index}.") for n in changed)
+
+
+def test_unknown_subject_is_refused():
+    adapters = SubjectAdapters(["ds/1", "ds/2"], 4)
+    assert torch.equal(adapters(torch.ones(2, 4), ["ds/1", "ds/2"]), torch.ones(2, 4))  # identity at start
+    with pytest.raises(NeuroFMError, match="have no adapter"):
+        adapters(torch.ones(1, 4), ["ds/9"])
+
+
+def test_retrieval_metrics_by_hand():
+    sim = np.array([[0.9, 0.1, 0.2, 0.3],
+                    [0.5, 0.4, 0.6, 0.0],   # truth 1 ranks 3rd (0.6 and 0.5 beat it)
+                    [0.1, 0.2, 0.3, 0.0],   # truth 2 ranks 1st
+                    [0.8, 0.1, 0.2, 0.7]])  # truth 3 ranks 2nd
+    truth = np.array([0, 1, 2, 3])
+    ident = segment_identification(sim, truth, tops=(1, 2, 3))
+    assert ident["top1"] == 0.5 and ident["top2"] == 0.75 and ident["top3"] == 1.0
+    assert ident["top1_chance"] == 0.25 and ident["top2_chance"] == 0.5
+    kway = k_way_retrieval(sim, truth, k=4, tops=(1, 2))  # k = all: the same as identification
+    assert kway["k"] == 4 and kway["top1"] == 0.5 and kway["top2"] == 0.75 and kway["top1_chance"] == 0.25
+    two = k_way_retrieval(sim, truth, k=2, tops=(1,), repeats=200, seed=1)
+    # 2-way: query 0 and 2 always right; query 1 right only against distractor 3; query 3 right unless distractor 0
+    assert two["top1"] == pytest.approx((1 + 1 / 3 + 1 + 2 / 3) / 4, abs=0.05)
+    classes = np.array(["a", "b"])
+    m = classification_metrics(np.array(["a", "a", "b", "b"]), np.array(["a", "b", "b", "b"]),
+                               np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.3, 0.7]]), classes)
+    assert m["balanced_accuracy"] == 0.75 and m["auroc"] == 1.0 and m["kappa"] == 0.5
+
+
+def test_probe_recovers_a_planted_signal_and_not_shuffled_labels():
+    from neurofm.finetune.probe import _cv_scores
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(["a", "b"], 100)
+    x = rng.normal(size=(200, 16))
+    x[:, 3] += np.where(y == "a", 1.5, -1.5)
+    groups = np.arange(200) // 10
+    planted, _ = _cv_scores(x, y, groups, 5)
+    shuffled, _ = _cv_scores(x, rng.permutation(y), groups, 5)
+    assert planted["balanced_accuracy"] > 0.85 and abs(shuffled["balanced_accuracy"] - 0.5) < 0.15
+
+
+def test_bad_input(release, shared_shards, tmp_path):
+    with pytest.raises(NeuroFMError, match="carries a label"):
+        finetune(config(release, shared_shards, tmp_path / "r", "label_key=no_such_field"), progress=False)
+    with pytest.raises(ConfigError, match="exactly one of"):
+        finetune(config(release, shared_shards, tmp_path / "r"), progress=False)
+    with pytest.raises(ConfigError, match="Did you mean .label_key."):
+        config(release, shared_shards, tmp_path / "r", "labl_key=modality")
+    # a release of another format version
+    other = tmp_path / "other_release"
+    shutil.copytree(release, other)
+    cfg_path = other / "config.json"
+    cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "version": 99}))
+    with pytest.raises(NeuroFMError, match="v99"):
+        finetune(config(other, shared_shards, tmp_path / "r", "label_key=modality"), progress=False)
+    # targets that do not cover the windows, targets of the wrong kind, and a head of the wrong dimension
+    words = compute_targets("text", ["eeg", "meg"], tmp_path / "two")
+    with pytest.raises(NeuroFMError, match="not in"):
+        finetune(config(release, shared_shards, tmp_path / "r", "task=text", f"targets={words}", "target_key=modality"), progress=False)
+    with pytest.raises(ConfigError, match="needs image targets"):
+        finetune(config(release, shared_shards, tmp_path / "r", "task=vision", f"targets={words}", "target_key=modality"), progress=False)
+    four = compute_targets("text", ["eeg", "meg", "ieeg", "fmri"], tmp_path / "four")
+    finetune(config(release, shared_shards, tmp_path / "cls", "label_key=modality", "epochs=1"), progress=False)
+    with pytest.raises(NeuroFMError, match="outputs but this run needs 384"):
+        finetune(config(release, shared_shards, tmp_path / "r", "task=text", f"targets={four}", "target_key=modality",
+                        f"init_from={tmp_path / 'cls'}"), progress=False)
+    (four / "targets.json").write_text(json.dumps({**json.loads((four / "targets.json").read_text()), "ids": ["eeg"]}))
+    with pytest.raises(NeuroFMError, match="recompute"):
+        load_targets(four)
+
+
+def test_cli_targets_and_finetune(release, shared_shards, tmp_path, capsys):
+    assert main(["targets", "--kind", "text", "--inputs", "eeg", "meg", "ieeg", "fmri", "--out", str(tmp_path / "t")]) == 0
+    assert main(["finetune", f"release={release}", f"shards={shared_shards}", f"out={tmp_path / 'run'}", "task=text",
+                 f"targets={tmp_path / 't'}", "target_key=modality", *QUICK]) == 0
+    out = capsys.readouterr().out
+    assert "-way top-1" in out and "chance" in out
+    assert main(["targets", "--kind", "image", "--inputs", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    assert os.path.isfile(tmp_path / "run" / "metrics.json")
