@@ -16,7 +16,7 @@ PYTEST_ARGS ?= -n 2
 export OMP_NUM_THREADS ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: install demo test test-slow clean
+.PHONY: install demo examples test test-slow clean
 
 install: $(STAMP)
 
@@ -45,6 +45,42 @@ demo: $(STAMP)
 	@ls $(DEMO_OUT)/release
 	@echo "== 4. probing: per-layer linear probes of the release for the simulated conditions (known ground truth)"
 	$(BIN)/neurofm probe --release $(DEMO_OUT)/release --shards $(DEMO_OUT)/shards --out $(DEMO_OUT)/probe --labels auditory,visual,somatosensory
+	@echo "== 5. finetuning examples, short form ($(DEMO_EPOCHS) epochs; \`make examples\` runs them in full)"
+	$(MAKE) --no-print-directory examples RELEASE=$(DEMO_OUT)/release EX_OUT=$(DEMO_OUT)/examples EX_EPOCHS=$(DEMO_EPOCHS)
+
+# Finetuning examples on a release (default: the demo's). Each prints its test metrics beside chance and
+# the shuffled-label and random-encoder baselines; run folders hold metrics.json and plots.
+RELEASE ?= $(DEMO_OUT)/release
+EX_OUT ?= runs/examples
+EX_EPOCHS ?= 50
+DEMO_EPOCHS ?= 8
+FINETUNE = $(BIN)/neurofm finetune release=$(RELEASE) epochs=$(EX_EPOCHS) --quiet
+
+examples: $(STAMP)
+	@test -f $(RELEASE)/config.json || { echo "no release at $(RELEASE): run 'make demo' first, or set RELEASE=<release dir>"; exit 1; }
+	@echo "-- SYNTHETIC speech set: speech-like utterances projected onto the demo shards' EEG windows"
+	$(BIN)/neurofm simulate-speech --background $(DEMO_OUT)/shards --out $(EX_OUT)/speech
+	$(BIN)/neurofm targets --kind speech --inputs $(EX_OUT)/speech/audio --out $(EX_OUT)/targets/speech_logmel
+	$(FINETUNE) --config configs/examples/finetune_speech.yaml shards=$(EX_OUT)/speech/shards targets=$(EX_OUT)/targets/speech_logmel out=$(EX_OUT)/speech/run
+	@echo "-- simulated evoked conditions (auditory / visual / somatosensory), classification head with LoRA"
+	$(FINETUNE) --config configs/examples/finetune_simulated_conditions.yaml shards=$(DEMO_OUT)/shards out=$(EX_OUT)/conditions
+ifneq ($(wildcard $(SHARED_DATA)),)
+	@echo "-- motor imagery, fists vs feet (eegmmidb S088R10)"
+	$(BIN)/neurofm shards build --config configs/examples/eegmmidb_motor.yaml root=$(SHARED_DATA) --out $(EX_OUT)/motor/shards --quiet > /dev/null
+	$(FINETUNE) --config configs/examples/finetune_motor.yaml shards=$(EX_OUT)/motor/shards out=$(EX_OUT)/motor/run
+	@echo "-- face vs house (Muse), vision head onto EfficientNet-Lite0 embeddings of the Haxby images"
+	$(BIN)/neurofm shards build --config configs/examples/muse_face_house.yaml root=$(SHARED_DATA) --out $(EX_OUT)/muse/shards --quiet > /dev/null
+	$(BIN)/neurofm targets --kind image --inputs $(SHARED_DATA)/images --average-by parent --out $(EX_OUT)/targets/haxby_efficientnet
+	$(FINETUNE) --config configs/examples/finetune_face_house.yaml shards=$(EX_OUT)/muse/shards targets=$(EX_OUT)/targets/haxby_efficientnet out=$(EX_OUT)/muse/run
+	@echo "-- N400 word pairs: text head onto MiniLM embeddings of the words; related vs unrelated classifier"
+	$(BIN)/neurofm shards build --config configs/examples/n400_words.yaml root=$(SHARED_DATA) --out $(EX_OUT)/n400/shards --quiet > /dev/null
+	$(BIN)/neurofm targets --kind text --from-shards $(EX_OUT)/n400/shards --key association --out $(EX_OUT)/targets/n400_minilm
+	$(FINETUNE) --config configs/examples/finetune_n400_words.yaml shards=$(EX_OUT)/n400/shards targets=$(EX_OUT)/targets/n400_minilm out=$(EX_OUT)/n400/text
+	$(FINETUNE) --config configs/examples/finetune_n400_related.yaml shards=$(EX_OUT)/n400/shards out=$(EX_OUT)/n400/related
+	@echo "-- seizure onset (ECoG clip): before vs after the annotated onset"
+	$(BIN)/neurofm shards build --config configs/examples/ecog_seizure.yaml root=$(SHARED_DATA) --out $(EX_OUT)/seizure/shards --quiet > /dev/null
+	$(FINETUNE) --config configs/examples/finetune_seizure.yaml shards=$(EX_OUT)/seizure/shards out=$(EX_OUT)/seizure/run
+endif
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
