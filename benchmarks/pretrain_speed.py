@@ -110,6 +110,8 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny", choices=["tiny", "base", "large", "xl"])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--compile", action="store_true", help="also time compiled variants (torch.compile)")
+    parser.add_argument("--no-reference", action="store_true", help="time NeuroFM only")
+    parser.add_argument("--profile", action="store_true", help="profile a few eager NeuroFM steps: top kernels by device time")
     parser.add_argument("--synthetic", metavar="KxP", help="random code shards of K latents x P patches per window")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -145,7 +147,16 @@ def main() -> None:
             print(f"neurofm ({args.preset}, ZeRO-{cfg.zero_stage}, {cfg.precision}, asymmetric={cfg.model.asymmetric}, "
                   f"{'compiled' if compiled else 'eager'}, micro-batch {cfg.micro_batch}): {neurofm_tokens:,.0f} signal tokens/s, "
                   f"full-sequence-equivalent MFU {mfu(neurofm_tokens)}, encoder MFU {encoder_mfu(neurofm_tokens)}; loader margin {tokens_s / neurofm_tokens:.1f}x", flush=True)
-        for compiled in ([False, True] if args.compile else [False]):
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            cfg.compile, cfg.out, cfg.steps = False, f"{tmp}/run-profile", 6
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+            with profile(activities=activities) as prof:
+                train_pretrain(cfg, progress=False)
+            sort = "cuda_time_total" if device == "cuda" else "cpu_time_total"
+            print(prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=60))
+        for compiled in ([False, True] if args.compile and not args.no_reference else [] if args.no_reference else [False]):
             ref = reference_speed(cfg, seq, cfg.micro_batch, args.steps, compiled, device)
             print(f"reference encoder ({'compiled' if compiled else 'eager'}, seq {seq}): {ref:,.0f} tokens/s, MFU {mfu(ref)}; "
                   f"neurofm / reference = {neurofm_tokens / ref:.2f}")

@@ -18,7 +18,7 @@ from neurofm.errors import ConfigError, NeuroFMError
 from neurofm.launch import LaunchConfig, render_launch
 from neurofm.pretrain.config import PretrainConfig, PretrainModelConfig
 from neurofm.pretrain.export import export_release, from_pretrained
-from neurofm.pretrain.masking import make_mask
+from neurofm.pretrain.masking import make_mask, masked_tokens
 from neurofm.pretrain.model import MaskedCodeModel, masked_code_loss
 from neurofm.pretrain.train import probe_logits, train_pretrain
 from tests.conftest import ROOT
@@ -42,6 +42,7 @@ def test_masks_hide_the_same_number_of_tokens_per_window(strategy):
     mask = make_mask(5, 8, 4, 0.5, strategy, torch.Generator().manual_seed(0))
     counts = mask.flatten(1).sum(1)
     assert mask.shape == (5, 8, 4) and (counts == counts[0]).all() and counts[0] == 16
+    assert masked_tokens(8, 4, 0.5, strategy) == counts[0]
     if strategy == "time":
         assert (mask.all(dim=2) | ~mask.any(dim=2)).all()  # whole patches
     if strategy == "latent":
@@ -58,6 +59,13 @@ def test_model_predicts_every_level_of_masked_tokens(asymmetric):
     assert logits.shape == (2, 32, 3, 10)
     loss, accuracy = masked_code_loss(logits, codes, mask)
     assert loss.item() == pytest.approx(np.log(10), rel=0.3) and accuracy.shape == (3,)
+    # the sync-free paths (counts known up front) give the same logits, loss and accuracy
+    n_masked = masked_tokens(8, 4, 0.5, "random")
+    torch.manual_seed(0)
+    same_logits = model(codes, torch.tensor([0, 3]), mask, 32 - n_masked)
+    assert torch.allclose(same_logits, logits, atol=1e-6)
+    fast_loss, fast_accuracy = masked_code_loss(logits, codes, mask, n_masked)
+    assert torch.allclose(fast_loss, loss) and torch.equal(fast_accuracy, accuracy)
     loss.backward()
     # a masked token's prediction must not depend on its own (hidden) code
     changed = codes.clone()

@@ -10,6 +10,15 @@ from __future__ import annotations
 import torch
 
 
+def masked_tokens(patches: int, latents: int, ratio: float, strategy: str) -> int:
+    """Tokens :func:`make_mask` masks per window (known without looking at the mask: no device sync)."""
+    units = {"random": patches * latents, "time": patches, "latent": latents}.get(strategy)
+    if units is None:
+        raise ValueError(f"unknown masking strategy {strategy!r}")
+    n_units = min(units - 1, max(1, round(ratio * units)))
+    return n_units * {"random": 1, "time": latents, "latent": patches}[strategy]
+
+
 def make_mask(batch: int, patches: int, latents: int, ratio: float, strategy: str, generator: torch.Generator) -> torch.Tensor:
     """Boolean mask [B, P, K], True = masked.
 

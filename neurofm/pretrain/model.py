@@ -108,8 +108,12 @@ class MaskedCodeModel(nn.Module):
         positions = torch.arange(p, device=modality.device).repeat_interleave(k)[None].expand(b, -1)
         return context, positions
 
-    def forward(self, codes: torch.Tensor, modality: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """codes [B, P, K, L] (long), modality [B] (long), mask [B, P, K] (True = masked) → logits [B, N, L, V]."""
+    def forward(self, codes: torch.Tensor, modality: torch.Tensor, mask: torch.Tensor, n_visible: int | None = None) -> torch.Tensor:
+        """codes [B, P, K, L] (long), modality [B] (long), mask [B, P, K] (True = masked) → logits [B, N, L, V].
+
+        ``n_visible``: unmasked tokens per window, when the caller knows it (``masking.masked_tokens``);
+        otherwise it is read off the mask, which costs a device sync (and a graph break when compiled).
+        """
         b, p = codes.shape[:2]
         flat = rearrange(codes, "b p k l -> b (p k) l")
         masked = rearrange(mask, "b p k -> b (p k)")
@@ -119,7 +123,8 @@ class MaskedCodeModel(nn.Module):
             x = torch.where(masked[..., None], self.mask_embedding.to(tokens.dtype), tokens) + context
             out = self.encoder(x, positions)
         else:
-            n_visible = int((~masked[0]).sum())
+            if n_visible is None:
+                n_visible = int((~masked[0]).sum())
             order = torch.argsort(masked.to(torch.int8), dim=1, stable=True)  # visible tokens first
             visible = order[:, :n_visible]
             gather = lambda t: torch.gather(t, 1, visible[..., None].expand(-1, -1, t.shape[-1]))  # noqa: E731
@@ -144,14 +149,21 @@ def encoder_hidden_states(model: MaskedCodeModel, codes: torch.Tensor, modality:
     return states
 
 
-def masked_code_loss(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_code_loss(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor, n_masked: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy over every level at masked tokens; and masked accuracy per level [L].
 
-    logits [B, N, L, V], codes [B, P, K, L], mask [B, P, K].
+    logits [B, N, L, V], codes [B, P, K, L], mask [B, P, K]. With ``n_masked`` (masked tokens per
+    window, the same for every window) the masked tokens are gathered without a device sync; the
+    result is the same.
     """
     target = rearrange(codes, "b p k l -> b (p k) l")
     masked = rearrange(mask, "b p k -> b (p k)")
-    chosen_logits, chosen_target = logits[masked], target[masked]  # [M, L, V], [M, L]
+    if n_masked is None:
+        chosen_logits, chosen_target = logits[masked], target[masked]  # [M, L, V], [M, L]
+    else:  # masked positions first, in token order (a stable sort): the order boolean indexing gives
+        index = torch.argsort(masked.to(torch.int8), dim=1, descending=True, stable=True)[:, :n_masked]
+        chosen_logits = torch.gather(logits, 1, index[..., None, None].expand(-1, -1, *logits.shape[2:])).flatten(0, 1)
+        chosen_target = torch.gather(target, 1, index[..., None].expand(-1, -1, target.shape[-1])).flatten(0, 1)
     loss = F.cross_entropy(chosen_logits.float().flatten(0, 1), chosen_target.flatten())
     accuracy = (chosen_logits.argmax(-1) == chosen_target).float().mean(0)
     return loss, accuracy

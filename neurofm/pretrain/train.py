@@ -34,7 +34,7 @@ from neurofm.data_shards.dataset import ShardIndex, ShardStream
 from neurofm.errors import NeuroFMError
 from neurofm.schedule import warmup_cosine
 from neurofm.pretrain.config import MODALITY_IDS, PretrainConfig
-from neurofm.pretrain.masking import make_mask
+from neurofm.pretrain.masking import make_mask, masked_tokens
 from neurofm.pretrain.model import MaskedCodeModel, masked_code_loss
 from neurofm.tokenizers.config import FAMILY_OF_MODALITY
 from neurofm.tokenizers.data import BatchStream
@@ -230,20 +230,24 @@ def train_pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
                 codes, modality = batch["codes"].to(device), batch["modality"].to(device)
                 b, p, k, _ = codes.shape
                 mask = make_mask(b, p, k, cfg.model.mask_ratio, cfg.model.masking, generator).to(device)
-                logits = engine(codes, modality, mask)
-                loss, accuracy = masked_code_loss(logits, codes, mask)
+                n_masked = masked_tokens(p, k, cfg.model.mask_ratio, cfg.model.masking)
+                logits = engine(codes, modality, mask, p * k - n_masked)
+                loss, accuracy = masked_code_loss(logits, codes, mask, n_masked)
                 engine.backward(loss)
                 engine.step()
-                losses.append(loss.item())
-                accuracies.append(accuracy.detach().cpu().numpy())
+                losses.append(loss.detach())  # no host sync per step: read at log time
+                accuracies.append(accuracy.detach())
                 tokens += b * p * k * world
             step += 1
             if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
                 elapsed = time.perf_counter() - window_start
                 tokens_per_s = tokens / elapsed
                 peak = _peak_flops()
                 mfu = tokens_per_s * flops_per_token(cfg, p * k) / (peak * world) if peak else None
-                metrics = {"step": step, "loss": float(np.mean(losses)), "masked_accuracy": np.mean(accuracies, 0).tolist(),
+                metrics = {"step": step, "loss": float(torch.stack(losses).mean()),
+                           "masked_accuracy": torch.stack(accuracies).float().mean(0).cpu().tolist(),
                            "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s, "mfu": mfu}
                 _log(out, metrics, writer)
                 if progress:
