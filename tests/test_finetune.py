@@ -252,3 +252,32 @@ def test_cli_targets_and_finetune(release, shared_shards, tmp_path, capsys):
     assert "-way top-1" in out and "chance" in out
     assert main(["targets", "--kind", "image", "--inputs", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
     assert os.path.isfile(tmp_path / "run" / "metrics.json")
+
+
+def test_interrupted_finetune_resumes_where_it_stopped(release, shared_shards, tmp_path, monkeypatch):
+    import neurofm.finetune.train as train_module
+
+    extra = ["label_key=modality", "epochs=5", "baselines=[shuffled]", "dropout=0.3"]
+    whole = finetune(config(release, shared_shards, tmp_path / "whole", *extra), progress=False)
+    real, calls = train_module.evaluate_loss, {"n": 0}
+
+    def interrupted(*args, **kwargs):  # the 7th validation: epoch 2 of the shuffled baseline
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate_loss", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config(release, shared_shards, tmp_path / "cut", *extra), progress=False)
+    progress = tmp_path / "cut.progress"
+    assert json.loads((progress / "model" / "state.json").read_text())["done"]
+    assert json.loads((progress / "shuffled" / "state.json").read_text())["epoch"] == 1
+    with pytest.raises(NeuroFMError, match="other settings"):
+        finetune(config(release, shared_shards, tmp_path / "cut", *extra[:-1], "dropout=0.2"), progress=False)
+    monkeypatch.setattr(train_module, "evaluate_loss", real)
+    resumed = finetune(config(release, shared_shards, tmp_path / "cut", *extra), progress=False)
+    assert not progress.exists()
+    assert train_losses(tmp_path / "cut") == train_losses(tmp_path / "whole")
+    for name in ("model", "shuffled"):
+        assert resumed[name]["balanced_accuracy"] == whole[name]["balanced_accuracy"]

@@ -35,6 +35,7 @@ from neurofm.finetune.data import Windows, grouped_split, load_windows
 from neurofm.finetune.encoder import BrainEncoder
 from neurofm.finetune.metrics import classification_chance, classification_metrics, k_way_retrieval, segment_identification
 from neurofm.finetune.model import FinetuneModel, clip_loss, trainable_state
+from neurofm.finetune.progress import TrainingProgress, check_config, progress_root
 from neurofm.finetune.targets import load_targets
 from neurofm.pretrain.model import MaskedCodeModel
 
@@ -91,8 +92,9 @@ def _forward(model, windows: Windows, idx: np.ndarray, device) -> torch.Tensor:
 
 
 def train_one(cfg: FinetuneConfig, encoder: BrainEncoder, windows: Windows, task: Task, split, rows: np.ndarray,
-              accelerator, init: dict | None = None) -> tuple[FinetuneModel, list[dict]]:
-    """Train one model on ``split``'s training windows, early-stopped on its validation windows."""
+              accelerator, init: dict | None = None, progress: TrainingProgress | None = None) -> tuple[FinetuneModel, list[dict]]:
+    """Train one model on ``split``'s training windows, early-stopped on its validation windows;
+    with ``progress``, checkpoint every epoch and resume from the last one."""
     from accelerate.utils import set_seed
 
     train, val, _ = split
@@ -120,8 +122,17 @@ def train_one(cfg: FinetuneConfig, encoder: BrainEncoder, windows: Windows, task
     rows_t = torch.as_tensor(rows)
     rng = np.random.default_rng(cfg.seed)
     world, rank = accelerator.num_processes, accelerator.process_index
-    history, best, best_loss, waited = [], None, float("inf"), 0
-    for epoch in range(cfg.epochs):
+    history, best, best_loss, waited, first_epoch, done = [], None, float("inf"), 0, 0, False
+    saved = progress.state() if progress is not None else None
+    if saved is not None:  # resume: weights, optimizer, RNG states and counters of the last finished epoch
+        inner.load_state_dict(progress.tensors(saved, "last.safetensors"), strict=False)
+        optimizer.load_state_dict(progress.optimizer(saved))
+        best = progress.tensors(saved, "best.safetensors")
+        history, best_loss, waited, first_epoch, done = saved["history"], saved["best_loss"], saved["waited"], saved["epoch"], saved["done"]
+        rng.bit_generator.state = saved["rng"]
+        torch.set_rng_state(progress.tensors(saved, "rng.safetensors")["torch"])
+        logger.info("resuming %s after epoch %d", progress.dir, first_epoch)
+    for epoch in range(first_epoch, 0 if done else cfg.epochs):
         model.train()
         losses = []
         for batch in windows.batches(train, cfg.batch_size * world, rng):
@@ -141,8 +152,12 @@ def train_one(cfg: FinetuneConfig, encoder: BrainEncoder, windows: Windows, task
             best, best_loss, waited = copy.deepcopy(trainable_state(inner)), val_loss, 0
         else:
             waited += 1
-            if waited >= cfg.patience:
-                break
+        stop = waited >= cfg.patience or epoch + 1 == cfg.epochs
+        if progress is not None:
+            progress.save({"epoch": epoch + 1, "history": history, "best_loss": best_loss, "waited": waited,
+                           "rng": rng.bit_generator.state, "done": stop}, trainable_state(inner), best, optimizer.state_dict())
+        if stop:
+            break
     if best is not None:
         inner.load_state_dict(best, strict=False)
     inner.eval()
@@ -212,7 +227,10 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     task = Task(cfg, windows)
     split = grouped_split(windows, cfg)
     init = _init_state(cfg, task.n_outputs) if cfg.init_from else None
-    model, history = train_one(cfg, encoder, windows, task, split, task.index, accelerator, init)
+    root = progress_root(cfg.out)
+    check_config(root, to_dict(cfg))
+    track = lambda name: TrainingProgress(root, name, enabled=accelerator.is_main_process)  # noqa: E731
+    model, history = train_one(cfg, encoder, windows, task, split, task.index, accelerator, init, track("model"))
     metrics, matrix = test_metrics(model, windows, task, split[2], cfg)
     results = {"model": {**metrics, "epochs": len(history), "best_val_loss": min(h["val_loss"] for h in history)}}
     untrained = sorted({str(s) for s in windows.subjects} - {str(s) for s in windows.subjects[split[0]]})
@@ -222,7 +240,8 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
         rows = task.index.copy()
         if name == "shuffled":  # permute labels / targets among the training windows only
             rows[split[0]] = np.random.default_rng(cfg.seed + 7).permutation(rows[split[0]])
-        baseline, _ = train_one(cfg, _encoder(cfg, random_weights=name == "random_encoder"), windows, task, split, rows, accelerator, init)
+        baseline, _ = train_one(cfg, _encoder(cfg, random_weights=name == "random_encoder"), windows, task, split, rows,
+                                accelerator, init, track(name))
         results[name] = test_metrics(baseline, windows, task, split[2], cfg)[0]
         if progress:
             logger.info("baseline %s done", name)
@@ -240,6 +259,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
         "temperature": None if cfg.task == "classification" else float(torch.exp(-model.head.logit_scale.detach())),
     }
     _write_run(cfg, model, task, report, history, matrix, windows, split)
+    shutil.rmtree(root, ignore_errors=True)
     return report
 
 

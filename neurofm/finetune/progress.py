@@ -1,0 +1,84 @@
+"""Epoch checkpoints of a finetune run, so an interrupted ``neurofm finetune`` resumes where it stopped.
+
+Layout: ``<out>.progress/config.json`` (the run's config; a different config refuses to resume) and
+one folder per training (``model``, ``shuffled``, ``random_encoder``) holding ``state.json`` — epoch,
+loss history, best validation loss, patience count, the data-order RNG state, ``done`` — and the
+folder it names, ``epoch-NNNN/``: ``last.safetensors`` and ``best.safetensors`` (the trainable
+tensors), ``optimizer.pt`` (plain tensors, loaded with ``weights_only=True``) and ``rng.safetensors``
+(torch's RNG state). The epoch folder is complete before ``state.json`` (written atomically) points
+at it, so a crash mid-write leaves the previous epoch in force. The progress folder is removed once
+the run folder is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from neurofm.errors import NeuroFMError
+
+
+def progress_root(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".progress")
+
+
+def check_config(root: Path, config: dict) -> None:
+    """Create ``root`` for ``config``, or check that an existing one was made with the same config."""
+    path = root / "config.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != json.loads(json.dumps(config)):
+            changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+            raise NeuroFMError(f"{root} holds an interrupted run with other settings ({changed[:5]}); rerun with the same "
+                               f"settings to resume it, or delete {root} to start over.")
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("config.json.partial")
+    tmp.write_text(json.dumps(config, indent=1))
+    os.replace(tmp, path)
+
+
+class TrainingProgress:
+    """The epoch checkpoints of one training (see module docstring)."""
+
+    def __init__(self, root: Path, name: str, enabled: bool = True):
+        self.dir, self.enabled = root / name, enabled
+
+    def state(self) -> dict | None:
+        path = self.dir / "state.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def tensors(self, state: dict, name: str) -> dict[str, torch.Tensor] | None:
+        path = self.dir / state["folder"] / name
+        return load_file(str(path)) if path.is_file() else None
+
+    def optimizer(self, state: dict) -> dict:
+        return torch.load(self.dir / state["folder"] / "optimizer.pt", map_location="cpu", weights_only=True)
+
+    def save(self, state: dict, last: dict, best: dict | None, optimizer: dict) -> None:
+        if not self.enabled:
+            return
+        folder = f"epoch-{state['epoch']:04d}"
+        work = self.dir / folder
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        save_file(last, str(work / "last.safetensors"))
+        if best is not None:
+            save_file(best, str(work / "best.safetensors"))
+        torch.save(optimizer, work / "optimizer.pt")
+        save_file({"torch": torch.get_rng_state()}, str(work / "rng.safetensors"))
+        tmp = self.dir / "state.json.partial"
+        tmp.write_text(json.dumps({**state, "folder": folder}))
+        os.replace(tmp, self.dir / "state.json")
+        for old in self.dir.glob("epoch-*"):
+            if old.name != folder:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = ["TrainingProgress", "check_config", "progress_root"]
