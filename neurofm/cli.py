@@ -137,7 +137,14 @@ def _probe(args: argparse.Namespace) -> int:
     from neurofm.finetune.probe import probe_release
 
     metrics = probe_release(args.release, args.shards, args.out, labels=args.labels.split(",") if args.labels else None,
-                            label_key=args.label_key, n_splits=args.folds, block=args.group_block)
+                            label_key=args.label_key, n_splits=args.folds, block=args.group_block, ridge=args.ridge)
+    if args.ridge:
+        print(f"{metrics['windows']} windows, ridge probes of '{metrics['target']}', {metrics['folds']}-fold grouped CV; chance R² 0")
+        print(f"{'layer':>5}{'R²':>9}{'r':>7}{'shuffled R²':>13}")
+        for r in metrics["layers"]:
+            print(f"{r['layer']:>5}{r['r2']:>9.3f}{r['pearson_r']:>7.3f}{r['shuffled']['r2']:>13.3f}")
+        print(f"metrics and plots: {args.out}")
+        return 0
     chance = metrics["chance"]
     print(f"{metrics['windows']} windows, classes {metrics['class_counts']}, {metrics['folds']}-fold grouped CV "
           f"({metrics['grouping']}); chance: balanced accuracy {chance['balanced_accuracy']:.3f}, AUROC 0.5, kappa 0")
@@ -346,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     _io_arguments(probe, "release", "release directory (`neurofm export`)", "folder for metrics.json and plots")
     probe.add_argument("--labels", help="comma-separated event labels; a window's label is its first such event (e.g. T1,T2)")
     probe.add_argument("--label-key", help="or: a meta.json field (or labels.* field) as the label, e.g. dataset, event")
+    probe.add_argument("--ridge", action="store_true", help="ridge probes of a numeric --label-key (R², Pearson r) instead of classes")
     probe.add_argument("--folds", type=int, default=5, help="cross-validation folds")
     probe.add_argument("--group-block", type=int, default=10, help="consecutive windows per CV group")
     probe.set_defaults(func=_probe)

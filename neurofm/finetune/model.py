@@ -140,6 +140,13 @@ class FinetuneModel(nn.Module):
             self.head: nn.Module = ClassificationHead(d, n_outputs, cfg.dropout)
         else:
             self.head = ContrastiveHead(d, n_outputs, cfg.head_hidden, cfg.dropout, cfg.temperature, cfg.learn_temperature)
+        self.prefix_lm = None
+        if cfg.lm:
+            if cfg.task != "text":
+                raise ConfigError(f"lm (text generation) goes with task=text, not task={cfg.task}.")
+            from neurofm.finetune.prefix_lm import BrainPrefixLM
+
+            self.prefix_lm = BrainPrefixLM(cfg.lm, d, cfg.lm_prefix_tokens)
         set_trainable(self, cfg)
 
     def embed(self, codes, modality, valid, subjects: list[str] | None = None) -> torch.Tensor:
@@ -152,13 +159,15 @@ class FinetuneModel(nn.Module):
             x = self.adapters(x, subjects)
         return x
 
-    def forward(self, codes, modality, valid, subjects: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Head output [B, outputs] and, for contrastive heads, exp(s) (s ≤ log 100), computed in
-        ``forward`` so that DDP sees the parameter used inside the model."""
-        out = self.head(self.embed(codes, modality, valid, subjects))
-        if not isinstance(self.head, ContrastiveHead):
-            return out, None
-        return out, self.head.logit_scale.clamp(max=math.log(100)).exp()
+    def forward(self, codes, modality, valid, subjects: list[str] | None = None, texts: list[str] | None = None):
+        """Head output [B, outputs]; for contrastive heads exp(s) (s ≤ log 100), else None; with
+        ``texts`` and a prefix LM, the LM loss of the texts, else None. Everything is computed in
+        ``forward`` so that DDP sees every parameter used inside the model."""
+        embedding = self.embed(codes, modality, valid, subjects)
+        out = self.head(embedding)
+        scale = self.head.logit_scale.clamp(max=math.log(100)).exp() if isinstance(self.head, ContrastiveHead) else None
+        lm_loss = self.prefix_lm.loss(embedding, texts) if self.prefix_lm is not None and texts is not None else None
+        return out, scale, lm_loss
 
 
 def set_trainable(model: FinetuneModel, cfg: FinetuneConfig) -> None:
@@ -192,7 +201,7 @@ def set_trainable(model: FinetuneModel, cfg: FinetuneConfig) -> None:
 def trainable_state(model: FinetuneModel) -> dict[str, torch.Tensor]:
     """Everything finetuning may change: head, pooling, adapters and the encoder's trainable tensors."""
     keep = {n for n, p in model.named_parameters() if p.requires_grad}
-    keep |= {n for n, _ in model.named_parameters() if n.startswith(("head.", "pooling.", "adapters.")) or "lora_" in n}
+    keep |= {n for n, _ in model.named_parameters() if n.startswith(("head.", "pooling.", "adapters.", "prefix_lm.project.")) or "lora_" in n}
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if n in keep}
 
 

@@ -76,19 +76,21 @@ class Task:
             self.n_outputs = embeddings.shape[1]
             self.target_info = {k: info.get(k) for k in ("kind", "model", "layer", "dim")}
 
-    def loss(self, output: tuple[torch.Tensor, torch.Tensor | None], rows: torch.Tensor) -> torch.Tensor:
-        out, logit_scale = output
+    def loss(self, output: tuple, rows: torch.Tensor) -> torch.Tensor:
+        out, logit_scale, lm_loss = output
         if self.cfg.task == "classification":
             return F.cross_entropy(out.float(), rows)
         target = self.embeddings.to(out.device)[rows]
         loss = clip_loss(out.float(), target, rows, logit_scale)
         if self.cfg.mse_weight:
             loss = loss + self.cfg.mse_weight * F.mse_loss(out.float(), target)
+        if lm_loss is not None:
+            loss = loss + self.cfg.lm_weight * lm_loss
         return loss
 
 
-def _forward(model, windows: Windows, idx: np.ndarray, device) -> torch.Tensor:
-    return model(*windows.batch(idx, device))
+def _forward(model, windows: Windows, idx: np.ndarray, device, texts: bool = False):
+    return model(*windows.batch(idx, device), [str(t) for t in windows.y[idx]] if texts else None)
 
 
 def train_one(cfg: FinetuneConfig, encoder: BrainEncoder, windows: Windows, task: Task, split, rows: np.ndarray,
@@ -140,7 +142,7 @@ def train_one(cfg: FinetuneConfig, encoder: BrainEncoder, windows: Windows, task
             if len(batch) < 2 or len(mine) == 0:
                 continue
             with accelerator.autocast():
-                out = _forward(model, windows, mine, accelerator.device)
+                out = _forward(model, windows, mine, accelerator.device, texts=bool(cfg.lm))
                 loss = task.loss(out, rows_t[mine].to(accelerator.device))
             accelerator.backward(loss)
             optimizer.step()
@@ -170,7 +172,7 @@ def evaluate_loss(model, windows, task, idx, rows_t, batch_size, accelerator) ->
     total, count = 0.0, 0
     for batch in windows.batches(idx, max(batch_size, len(idx)), None):
         with accelerator.autocast():
-            out = _forward(model, windows, batch, accelerator.device)
+            out = _forward(model, windows, batch, accelerator.device, texts=model.prefix_lm is not None)
             total += task.loss(out, rows_t[batch].to(accelerator.device)).item() * len(batch)
         count += len(batch)
     return total / max(count, 1)
@@ -206,7 +208,28 @@ def test_metrics(model, windows: Windows, task: Task, test: np.ndarray, cfg: Fin
         "segment_identification": segment_identification(sim, truth),
         "stimulus_classification": classification_metrics(y, stimuli[sim.argmax(1)], proba, stimuli),
     }
+    if model.prefix_lm is not None:
+        metrics["generation"] = generation_metrics(model, windows, test, cfg)
     return metrics, sim
+
+
+@torch.no_grad()
+def generation_metrics(model, windows: Windows, test: np.ndarray, cfg: FinetuneConfig) -> dict:
+    """Greedy generations for the test windows: exact-match rate (case-insensitive), first-word match,
+    and the rate of the most frequent test text (what always answering it would score)."""
+    device = next(model.parameters()).device
+    texts = []
+    for batch in windows.batches(test, 32, None):
+        texts += model.prefix_lm.generate(model.embed(*windows.batch(batch, device)), cfg.generate_tokens)
+    order = np.concatenate(windows.batches(test, 32, None))
+    truth = [str(t) for t in windows.y[order]]
+    norm = lambda t: " ".join(t.lower().split())  # noqa: E731
+    first = lambda t: (norm(t).split() or [""])[0]  # noqa: E731
+    _, counts = np.unique([norm(t) for t in truth], return_counts=True)
+    return {"exact_match": float(np.mean([norm(a) == norm(b) for a, b in zip(texts, truth)])),
+            "first_word_match": float(np.mean([first(a) == first(b) for a, b in zip(texts, truth)])),
+            "majority_rate": float(counts.max() / len(truth)),
+            "samples": [{"truth": b, "generated": a} for a, b in zip(texts[:20], truth[:20])]}
 
 
 def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
