@@ -104,6 +104,44 @@ def reference_speed(cfg: PretrainConfig, seq: int, batch: int, steps: int, compi
     return batch * seq * steps / (time.perf_counter() - start)
 
 
+def plain_model_speed(cfg: PretrainConfig, patches: int, batch: int, steps: int, compile_: bool, device: str) -> float:
+    """NeuroFM's own MaskedCodeModel (same masking, loss) in a bare PyTorch loop: no DeepSpeed, random
+    codes already on the device. Signal tokens/s; the gap to the DeepSpeed step is the engine's cost."""
+    from neurofm.pretrain.masking import make_mask, masked_tokens
+    from neurofm.pretrain.model import MaskedCodeModel, masked_code_loss
+
+    m = cfg.model
+    model = MaskedCodeModel(m).to(device)
+    dtype = torch.bfloat16 if cfg.precision == "bf16" and device == "cuda" else torch.float32
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+    forward = torch.compile(model) if compile_ else model
+    n_masked = masked_tokens(patches, m.n_latents, m.mask_ratio, m.masking)
+    codes = torch.randint(0, m.codes_per_level, (batch, patches, m.n_latents, m.levels), device=device)
+    modality = torch.zeros(batch, dtype=torch.long, device=device)
+    generator = torch.Generator().manual_seed(0)
+
+    def step():
+        mask = make_mask(batch, patches, m.n_latents, m.mask_ratio, m.masking, generator).to(device)
+        with torch.autocast(device_type=device, dtype=dtype, enabled=dtype == torch.bfloat16):
+            logits = forward(codes, modality, mask, patches * m.n_latents - n_masked)
+        loss, _ = masked_code_loss(logits, codes, mask, n_masked)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return batch * patches * m.n_latents * steps / (time.perf_counter() - start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--codes", required=True)
@@ -111,6 +149,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--compile", action="store_true", help="also time compiled variants (torch.compile)")
     parser.add_argument("--no-reference", action="store_true", help="time NeuroFM only")
+    parser.add_argument("--no-deepspeed", action="store_true", help="skip NeuroFM's DeepSpeed step (time the bare-model loop only)")
+    parser.add_argument("--plain-model", action="store_true", help="also time NeuroFM's model in a bare PyTorch loop (no DeepSpeed)")
     parser.add_argument("--profile", action="store_true", help="profile a few eager NeuroFM steps: top kernels by device time")
     parser.add_argument("--synthetic", metavar="KxP", help="random code shards of K latents x P patches per window")
     parser.add_argument("overrides", nargs="*")
@@ -140,7 +180,12 @@ def main() -> None:
         encoder_mfu = lambda t: (f"{t * visible * flops_per_token(cfg, int(seq * visible)) / peak:.3f}"  # noqa: E731
                                  if peak else "n/a")
         neurofm_tokens = 0.0
-        for compiled in ([False, True] if args.compile else [False]):
+        if args.plain_model:
+            for compiled in ([False, True] if args.compile else [False]):
+                plain = plain_model_speed(cfg, codes.shape[1], cfg.micro_batch, args.steps, compiled, device)
+                print(f"neurofm model, bare PyTorch loop ({'compiled' if compiled else 'eager'}): {plain:,.0f} signal tokens/s, "
+                      f"full-sequence-equivalent MFU {mfu(plain)}, encoder MFU {encoder_mfu(plain)}", flush=True)
+        for compiled in ([False, True] if args.compile and not args.no_deepspeed else [] if args.no_deepspeed else [False]):
             cfg.compile, cfg.out = compiled, f"{tmp}/run-{int(compiled)}"
             # tokens/s of the second half of the steps: warm-up and compilation stay out
             neurofm_tokens = train_pretrain(cfg, progress=False)["tokens_per_s"]
