@@ -66,6 +66,8 @@ def test_model_predicts_every_level_of_masked_tokens(asymmetric):
     assert torch.allclose(same_logits, logits, atol=1e-6)
     fast_loss, fast_accuracy = masked_code_loss(logits, codes, mask, n_masked)
     assert torch.allclose(fast_loss, loss) and torch.equal(fast_accuracy, accuracy)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 weights under autocast (no DeepSpeed) work too
+        assert model(codes, torch.tensor([0, 3]), mask, 32 - n_masked).shape == logits.shape
     loss.backward()
     # a masked token's prediction must not depend on its own (hidden) code
     changed = codes.clone()

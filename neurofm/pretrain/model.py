@@ -130,7 +130,7 @@ class MaskedCodeModel(nn.Module):
             gather = lambda t: torch.gather(t, 1, visible[..., None].expand(-1, -1, t.shape[-1]))  # noqa: E731
             encoded = self.encoder(gather(tokens + context), torch.gather(positions, 1, visible))
             full = self.decoder_mask.to(encoded.dtype).expand(b, masked.shape[1], -1) + self.decoder_context(context)
-            full = full.scatter(1, visible[..., None].expand(-1, -1, full.shape[-1]), self.decoder_in(encoded))
+            full = full.scatter(1, visible[..., None].expand(-1, -1, full.shape[-1]), self.decoder_in(encoded).to(full.dtype))
             out = self.decoder(full, positions)
         return rearrange(self.head(out), "b n (l v) -> b n l v", l=self.cfg.levels)
 
