@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from neurofm.errors import NeuroFMError
@@ -163,8 +164,10 @@ def _finetune(args: argparse.Namespace) -> int:
     from neurofm.finetune.train import finetune
 
     config = load_config(FinetuneConfig, args.config, args.overrides)
-    print(format_report(finetune(config, progress=not args.quiet)))
-    print(f"run folder: {config.out}")
+    report = finetune(config, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) == 0:  # one report when launched on several processes
+        print(format_report(report))
+        print(f"run folder: {config.out}")
     return 0
 
 

@@ -331,3 +331,20 @@ def test_ridge_probe_cli(release, shared, tmp_path, capsys):
     assert main(["probe", "--release", str(release), "--shards", str(shards), "--out", str(tmp_path / "q"),
                  "--label-key", "event", "--ridge"]) == 2
     assert "numeric label" in capsys.readouterr().err
+
+
+def test_two_process_finetune_gathers_negatives(release, speech_set, tmp_path):
+    import subprocess
+    import sys
+
+    root, _ = speech_set
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    result = subprocess.run([torchrun, "--standalone", "--nproc-per-node=2", "-m", "neurofm.cli", "finetune", "--quiet",
+                             f"release={release}", f"shards={root / 'set' / 'shards'}", f"out={tmp_path / 'run'}", "task=speech",
+                             f"targets={root / 'targets'}", "target_key=stimulus", "group_by=stimulus", *QUICK, "epochs=2"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("run folder:") == 1
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["processes"] == 2

@@ -138,9 +138,12 @@ def train_one(cfg: FinetuneConfig, encoder: BrainEncoder, windows: Windows, task
         model.train()
         losses = []
         for batch in windows.batches(train, cfg.batch_size * world, rng):
-            mine = batch[rank::world]
-            if len(batch) < 2 or len(mine) == 0:
+            # every process takes an equal slice of the same global batch (same RNG everywhere), so the
+            # gathered InfoNCE negatives have equal shapes; the few windows left over wait for another epoch
+            batch = batch[: len(batch) - len(batch) % world]
+            if len(batch) < 2 * world:
                 continue
+            mine = batch[rank::world]
             with accelerator.autocast():
                 out = _forward(model, windows, mine, accelerator.device, texts=bool(cfg.lm))
                 loss = task.loss(out, rows_t[mine].to(accelerator.device))
@@ -268,8 +271,6 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
         results[name] = test_metrics(baseline, windows, task, split[2], cfg)[0]
         if progress:
             logger.info("baseline %s done", name)
-    if not accelerator.is_main_process:
-        return results
     chance = (classification_chance(windows.y[split[2]], task.classes) if cfg.task == "classification" else None)
     report = {
         "task": cfg.task, "release": cfg.release, "shards": cfg.shards, "mode": cfg.mode, "layer": cfg.layer,
@@ -281,8 +282,12 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
         "targets": task.target_info or None, "chance": chance, **results,
         "temperature": None if cfg.task == "classification" else float(torch.exp(-model.head.logit_scale.detach())),
     }
-    _write_run(cfg, model, task, report, history, matrix, windows, split)
-    shutil.rmtree(root, ignore_errors=True)
+    report["processes"] = accelerator.num_processes
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _write_run(cfg, model, task, report, history, matrix, windows, split)
+        shutil.rmtree(root, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return report
 
 
