@@ -1,8 +1,12 @@
 """Finetuning and probing released checkpoints.
 
-Built so far: :class:`~.encoder.BrainEncoder` (a release's tokenizer + encoder: raw windows with their
-sensors → per-layer embeddings) and :func:`~.probe.probe_release` (per-layer linear probes with grouped
-cross-validation, the field's metrics, chance and shuffled-label baselines, plots). Heads for vision,
-text and speech, adapters, LoRA and Accelerate training are still to come (the "Finetuning released
-checkpoints" issue).
+- :class:`~.encoder.BrainEncoder`: a release's frozen tokenizer + encoder (raw windows of any montage →
+  token states of any layer, or every layer's pooled embedding);
+- :mod:`~.targets`: image / text / speech target embeddings from local models, cached;
+- :mod:`~.model`: pooling, per-subject adapters, classification and contrastive heads, frozen /
+  last-k / full / LoRA modes; :mod:`~.prefix_lm`: text generation through a local causal LM;
+- :mod:`~.data`: labelled windows and grouped splits; :mod:`~.train`: the Accelerate loop with early
+  stopping, baselines, resumable epochs and the run folder; :mod:`~.metrics`: the field's metrics;
+- :mod:`~.probe`: per-layer logistic / ridge probes; :mod:`~.embed`: embeddings to disk;
+- :mod:`~.speech_synthetic`: the synthetic speech-locked set.
 """
