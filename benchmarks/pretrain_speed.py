@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--compile", action="store_true", help="also time compiled variants (torch.compile)")
     parser.add_argument("--no-reference", action="store_true", help="time NeuroFM only")
+    parser.add_argument("--only-compiled", action="store_true", help="with --compile: skip the eager variants")
     parser.add_argument("--no-deepspeed", action="store_true", help="skip NeuroFM's DeepSpeed step (time the bare-model loop only)")
     parser.add_argument("--plain-model", action="store_true", help="also time NeuroFM's model in a bare PyTorch loop (no DeepSpeed)")
     parser.add_argument("--profile", action="store_true", help="profile a few eager NeuroFM steps: top kernels by device time")
@@ -185,7 +186,8 @@ def main() -> None:
                 plain = plain_model_speed(cfg, codes.shape[1], cfg.micro_batch, args.steps, compiled, device)
                 print(f"neurofm model, bare PyTorch loop ({'compiled' if compiled else 'eager'}): {plain:,.0f} signal tokens/s, "
                       f"full-sequence-equivalent MFU {mfu(plain)}, encoder MFU {encoder_mfu(plain)}", flush=True)
-        for compiled in ([False, True] if args.compile and not args.no_deepspeed else [] if args.no_deepspeed else [False]):
+        variants = [] if args.no_deepspeed else ([True] if args.only_compiled else [False, True]) if args.compile else [False]
+        for compiled in variants:
             cfg.compile, cfg.out = compiled, f"{tmp}/run-{int(compiled)}"
             # tokens/s of the second half of the steps: warm-up and compilation stay out
             neurofm_tokens = train_pretrain(cfg, progress=False)["tokens_per_s"]

@@ -73,8 +73,11 @@ class PretrainConfig:
     micro_batch, grad_accum : int
         Windows per rank per micro-step; micro-steps per optimizer step.
     zero_stage : int
-        DeepSpeed ZeRO stage (1–3).
-    precision : 'bf16' | 'fp32'
+        DeepSpeed ZeRO stage (0–3; 0 = plain data parallelism, e.g. for one GPU).
+    precision : 'bf16' | 'autocast_bf16' | 'fp32'
+        ``bf16``: DeepSpeed's bf16 mode (bf16 weights, fp32 master copy in the optimizer);
+        ``autocast_bf16``: fp32 weights with ``torch.autocast`` to bf16 (DeepSpeed's ``torch_autocast``);
+        ``fp32``: no mixed precision (CPU runs).
     compile : bool
         ``torch.compile`` the model.
     modality_weights : dict | None
@@ -93,7 +96,7 @@ class PretrainConfig:
     warmup_steps: int = 20
     grad_clip: float = 1.0
     zero_stage: int = 1
-    precision: Literal["bf16", "fp32"] = "fp32"
+    precision: Literal["bf16", "autocast_bf16", "fp32"] = "fp32"
     compile: bool = False
     modality_weights: dict[str, float] | None = None
     log_every: int = 10
@@ -103,7 +106,7 @@ class PretrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
-        if not 1 <= self.zero_stage <= 3:
-            raise ValueError(f"zero_stage must be 1, 2 or 3; got {self.zero_stage}.")
+        if not 0 <= self.zero_stage <= 3:
+            raise ValueError(f"zero_stage must be 0, 1, 2 or 3; got {self.zero_stage}.")
         if self.steps < 1 or self.micro_batch < 1 or self.grad_accum < 1:
             raise ValueError("steps, micro_batch and grad_accum must be at least 1.")

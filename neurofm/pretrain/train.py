@@ -101,6 +101,7 @@ def deepspeed_config(cfg: PretrainConfig) -> dict:
         "zero_optimization": {"stage": cfg.zero_stage},
         "zero_allow_untested_optimizer": True,  # torch's (fused) AdamW, see the issue on FusedAdam
         "bf16": {"enabled": cfg.precision == "bf16"},
+        "torch_autocast": {"enabled": cfg.precision == "autocast_bf16", "dtype": "bfloat16"},
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
