@@ -221,6 +221,10 @@ def test_bad_input(release, shared_shards, tmp_path):
         finetune(config(release, shared_shards, tmp_path / "r"), progress=False)
     with pytest.raises(ConfigError, match="Did you mean .label_key."):
         config(release, shared_shards, tmp_path / "r", "labl_key=modality")
+    with pytest.raises(ConfigError, match="test_fraction must be in"):
+        config(release, shared_shards, tmp_path / "r", "test_fraction=1.5")
+    with pytest.raises(ConfigError, match="lora.rank must be at least 1"):
+        config(release, shared_shards, tmp_path / "r", "lora.rank=0")
     # a release of another format version
     other = tmp_path / "other_release"
     shutil.copytree(release, other)

@@ -28,6 +28,12 @@ class LoraSettings:
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["qkv", "proj", "mlp.0", "mlp.2"])
 
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"rank must be at least 1; got {self.rank}.")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}.")
+
 
 @dataclass(kw_only=True)
 class AdapterSettings:
@@ -162,3 +168,19 @@ class FinetuneConfig:
     generate_tokens: int = 8
     init_from: str | None = None
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("epochs", self.epochs >= 1, "at least 1"), ("batch_size", self.batch_size >= 2, "at least 2"),
+            ("patience", self.patience >= 1, "at least 1"), ("last_k", self.last_k >= 1, "at least 1"),
+            ("block", self.block >= 1, "at least 1"), ("k_way", self.k_way >= 2, "at least 2"),
+            ("temperature", self.temperature > 0, "positive"), ("lr", self.lr > 0, "positive"),
+            ("val_fraction", 0 < self.val_fraction < 1, "in (0, 1)"), ("test_fraction", 0 < self.test_fraction < 1, "in (0, 1)"),
+            ("lm_prefix_tokens", self.lm_prefix_tokens >= 1, "at least 1"), ("mse_weight", self.mse_weight >= 0, "≥ 0"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {rule}; got {getattr(self, name)}.")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(f"val_fraction + test_fraction must leave at least 10 % for training; got "
+                             f"{self.val_fraction} + {self.test_fraction}.")

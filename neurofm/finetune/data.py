@@ -8,7 +8,6 @@ the encoder (or nothing of it, when frozen) on cached codes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
