@@ -10,3 +10,6 @@ for variant in "zero_stage=2 precision=bf16" "zero_stage=1 precision=bf16" "zero
     python3 benchmarks/pretrain_speed.py --codes runs/demo/codes --synthetic 32x32 --preset large --steps 30 --compile \
         --only-compiled --no-reference micro_batch=32 $variant 2>&1 | grep -E "^neurofm|Error" | tee -a $OUT/sweep.log
 done
+echo "== profile: 3 eager DeepSpeed steps (ZeRO-2, bf16), checkpoint save excluded"
+python3 benchmarks/pretrain_speed.py --codes runs/demo/codes --synthetic 32x32 --preset large --steps 4 --no-reference \
+    --no-deepspeed --profile micro_batch=32 2>&1 | grep -v -i -E "warn|rank0" | tail -32 | tee -a $OUT/sweep.log

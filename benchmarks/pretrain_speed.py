@@ -12,7 +12,7 @@ MFU uses PaLM's 6·N + 12·L·d·T FLOPs per token and the device's dense bf16 p
 Usage (GPU): python benchmarks/pretrain_speed.py --codes runs/demo/codes --synthetic 32x32 --preset large --steps 30 --compile
   (``--synthetic KxP`` writes random code shards of K latents × P patches per window, i.e. a sequence of
   K·P tokens, with the template's sensors and metadata: the demo codes' windows are only 8×8 = 64 tokens.)
-Usage (CPU smoke): OMP_NUM_THREADS=2 python benchmarks/pretrain_speed.py --codes runs/demo/codes --preset tiny
+Usage (CPU smoke): OMP_NUM_THREADS=2 python benchmarks/pretrain_speed.py --codes runs/demo/codes --synthetic 8x16 --preset tiny
 """
 
 from __future__ import annotations
@@ -194,15 +194,15 @@ def main() -> None:
             print(f"neurofm ({args.preset}, ZeRO-{cfg.zero_stage}, {cfg.precision}, asymmetric={cfg.model.asymmetric}, "
                   f"{'compiled' if compiled else 'eager'}, micro-batch {cfg.micro_batch}): {neurofm_tokens:,.0f} signal tokens/s, "
                   f"full-sequence-equivalent MFU {mfu(neurofm_tokens)}, encoder MFU {encoder_mfu(neurofm_tokens)}; loader margin {tokens_s / neurofm_tokens:.1f}x", flush=True)
-        if args.profile:
-            from torch.profiler import ProfilerActivity, profile
+        if args.profile:  # 3 eager steps after 3 of warm-up; the final checkpoint save stays outside
+            from torch.profiler import ProfilerActivity, profile, schedule
 
-            cfg.compile, cfg.out, cfg.steps = False, f"{tmp}/run-profile", 6
+            cfg.compile, cfg.out, cfg.steps = False, f"{tmp}/run-profile", 8
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-            with profile(activities=activities) as prof:
-                train_pretrain(cfg, progress=False)
+            with profile(activities=activities, schedule=schedule(wait=1, warmup=2, active=3, repeat=1)) as prof:
+                train_pretrain(cfg, progress=False, on_step=lambda _: prof.step())
             sort = "cuda_time_total" if device == "cuda" else "cpu_time_total"
-            print(prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=60))
+            print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
         for compiled in ([False, True] if args.compile and not args.no_reference else [] if args.no_reference else [False]):
             ref = reference_speed(cfg, seq, cfg.micro_batch, args.steps, compiled, device)
             print(f"reference encoder ({'compiled' if compiled else 'eager'}, seq {seq}): {ref:,.0f} tokens/s, MFU {mfu(ref)}; "

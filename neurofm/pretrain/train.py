@@ -154,8 +154,9 @@ def _check_resume(out: Path, tag: str, cfg: PretrainConfig, manifest: dict) -> N
         )
 
 
-def train_pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
-    """Pretrain (or resume) on ``cfg.codes``; returns the final metrics (also in ``out/DONE.json``)."""
+def train_pretrain(cfg: PretrainConfig, progress: bool = True, on_step=None) -> dict:
+    """Pretrain (or resume) on ``cfg.codes``; returns the final metrics (also in ``out/DONE.json``).
+    ``on_step(step)``, if given, is called after every optimizer step (e.g. a profiler's ``step``)."""
     import deepspeed
 
     manifest = code_manifest(cfg.codes)
@@ -240,6 +241,8 @@ def train_pretrain(cfg: PretrainConfig, progress: bool = True) -> dict:
                 accuracies.append(accuracy.detach())
                 tokens += b * p * k * world
             step += 1
+            if on_step is not None:
+                on_step(step)
             if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
                 if device.type == "cuda":
                     torch.cuda.synchronize()
