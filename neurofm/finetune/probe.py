@@ -24,6 +24,7 @@ from neurofm.data_shards.dataset import ShardIndex
 from neurofm.errors import NeuroFMError
 from neurofm.finetune.encoder import BrainEncoder
 from neurofm.finetune.metrics import classification_metrics
+from neurofm.finetune.plots import save_confusion
 from neurofm.tokenizers.data import ordered_batches
 
 
@@ -167,19 +168,6 @@ def _plots(metrics: dict, confusion: np.ndarray | None, out: Path, key: str, lab
         fig.savefig(out / "scatter.png", dpi=90)
         plt.close(fig)
         return
-    fig, ax = plt.subplots(figsize=(3.5, 3))
-    ax.imshow(confusion, cmap="Blues")
-    classes = metrics["classes"]
-    ax.set_xticks(range(len(classes)), classes, rotation=45, fontsize=7)
-    ax.set_yticks(range(len(classes)), classes, fontsize=7)
-    for (i, j), v in np.ndenumerate(confusion):
-        ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"layer {metrics['best_layer']}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "confusion.png", dpi=90)
-    plt.close(fig)
-
+    save_confusion(confusion, metrics["classes"], out / "confusion.png", f"layer {metrics['best_layer']}")
 
 __all__ = ["probe_release"]

@@ -35,6 +35,7 @@ from neurofm.finetune.data import Windows, grouped_split, load_windows
 from neurofm.finetune.encoder import BrainEncoder
 from neurofm.finetune.metrics import classification_chance, classification_metrics, k_way_retrieval, segment_identification
 from neurofm.finetune.model import FinetuneModel, clip_loss, trainable_state
+from neurofm.finetune.plots import save_confusion
 from neurofm.finetune.progress import TrainingProgress, check_config, progress_root
 from neurofm.finetune.targets import load_targets
 from neurofm.pretrain.model import MaskedCodeModel
@@ -342,26 +343,17 @@ def _plots(out: Path, cfg, history, matrix, report, y_test) -> None:
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=90)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(3.8, 3.2))
     if cfg.task == "classification":
-        ax.imshow(matrix, cmap="Blues")
-        classes = report["classes"]
-        ax.set_xticks(range(len(classes)), classes, rotation=45, fontsize=7)
-        ax.set_yticks(range(len(classes)), classes, fontsize=7)
-        for (i, j), v in np.ndenumerate(matrix):
-            ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        name = "confusion.png"
-    else:
-        order = np.argsort(y_test, kind="stable")
-        im = ax.imshow(matrix[order], cmap="viridis", aspect="auto", interpolation="nearest")
-        fig.colorbar(im, ax=ax)
-        ax.set_xlabel("test stimulus (target)")
-        ax.set_ylabel("test segment (by stimulus)")
-        name = "similarity.png"
+        save_confusion(matrix, report["classes"], out / "confusion.png")
+        return
+    fig, ax = plt.subplots(figsize=(3.8, 3.2))
+    order = np.argsort(y_test, kind="stable")
+    im = ax.imshow(matrix[order], cmap="viridis", aspect="auto", interpolation="nearest")
+    fig.colorbar(im, ax=ax)
+    ax.set_xlabel("test stimulus (target)")
+    ax.set_ylabel("test segment (by stimulus)")
     fig.tight_layout()
-    fig.savefig(out / name, dpi=90)
+    fig.savefig(out / "similarity.png", dpi=90)
     plt.close(fig)
 
 
