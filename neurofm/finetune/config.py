@@ -122,7 +122,7 @@ class FinetuneConfig:
         Text task only: a local causal-LM directory (``transformers``); the pooled brain embedding
         becomes ``lm_prefix_tokens`` soft-prompt vectors and the frozen LM learns to continue with the
         window's text (loss weight ``lm_weight``); test windows get greedy generations
-        (``generations.json``, exact-match rate).
+        (``generation`` in metrics.json: exact-match rate, samples).
     init_from : str | None
         A finetune run whose head, pooling and adapters to start from (e.g. to add new subjects).
     seed : int
