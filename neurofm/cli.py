@@ -217,9 +217,10 @@ def _shards_verify(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _config_arguments(parser: argparse.ArgumentParser, config_help: str, overrides_help: str, quiet_help: str) -> None:
+def _config_arguments(parser: argparse.ArgumentParser, config_help: str, overrides_help: str, quiet_help: str,
+                      required: bool = True) -> None:
     """--config (repeatable, layered), --quiet and the dotted overrides, shared by the training commands."""
-    parser.add_argument("--config", action="append", required=True, help=config_help)
+    parser.add_argument("--config", action="append", required=required, help=config_help)
     parser.add_argument("--quiet", action="store_true", help=quiet_help)
     parser.add_argument("overrides", nargs="*", help=overrides_help)
 
@@ -313,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     encode.set_defaults(func=_tokenizer_encode)
 
     pretrain = stages.add_parser("pretrain", help="masked-code pretraining with DeepSpeed", description=(
-        "Pretrain the masked-code transformer on code shards with DeepSpeed (ZeRO 1-3, bf16/fp32, "
+        "Pretrain the masked-code transformer on code shards with DeepSpeed (ZeRO 0-3, bf16/fp32, "
         "gradient accumulation, activation checkpointing, exact resume). Run it directly for one "
         "process, or through `neurofm launch pretrain` for torchrun / deepspeed / SLURM."))
     ptr = pretrain.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -404,9 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(InfoNCE) head onto target embeddings, with frozen / last-k / full / LoRA encoder, pooling and "
         "per-subject adapters; early stopping on a grouped validation split; test metrics beside chance "
         "and shuffled-label and random-encoder baselines. See configs/finetune_*.yaml."))
-    tune.add_argument("--config", action="append", help="YAML of FinetuneConfig; repeat to layer several")
-    tune.add_argument("--quiet", action="store_true", help="less logging")
-    tune.add_argument("overrides", nargs="*", help="dotted overrides, e.g. release=runs/demo/release mode=lora lora.rank=4")
+    _config_arguments(tune, "YAML of FinetuneConfig (configs/examples/finetune_*.yaml); repeat to layer several",
+                      "dotted overrides, e.g. release=runs/demo/release mode=lora lora.rank=4", "less logging", required=False)
     tune.set_defaults(func=_finetune)
     return parser
 

@@ -19,7 +19,7 @@ from torch import nn
 from neurofm.errors import NeuroFMError
 from neurofm.pretrain.config import MODALITY_IDS
 from neurofm.pretrain.export import from_pretrained
-from neurofm.pretrain.model import MaskedCodeModel
+from neurofm.pretrain.model import MaskedCodeModel, encoder_hidden_states
 from neurofm.tokenizers.checkpoint import load_tokenizer
 
 
@@ -70,19 +70,7 @@ class BrainEncoder(nn.Module):
     def hidden_states(self, codes: torch.Tensor, modality: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
         """[input, block 1, …] token states [B, N, D] up to layer ``upto`` (default: all; the last
         layer, ``n_layers − 1``, is the final normed output)."""
-        model = self.model
-        last = self.n_layers - 1 if upto is None else upto
-        b, p = codes.shape[:2]
-        flat = rearrange(codes, "b p k l -> b (p k) l")
-        context, positions = model._context(b, p, modality)
-        x = sum(table(flat[..., level]) for level, table in enumerate(model.code_embeddings)) + context
-        states = [x]
-        for block in model.encoder.blocks[:last]:
-            x = block(x, positions)
-            states.append(x)
-        if last == self.n_layers - 1:
-            states[-1] = model.encoder.norm(x)
-        return states
+        return encoder_hidden_states(self.model, codes, modality, upto)
 
     def forward(self, codes: torch.Tensor, modality: torch.Tensor, layer: int = -1) -> torch.Tensor:
         """codes [B, P, K, L], modality [B] → token states of ``layer`` [B, N, D] (−1: the last)."""

@@ -13,13 +13,13 @@ the run folder is written.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from neurofm.data_shards.writer import write_json_atomic
 from neurofm.errors import NeuroFMError
 
 
@@ -39,9 +39,7 @@ def check_config(root: Path, config: dict) -> None:
                                f"settings to resume it, or delete {root} to start over.")
         return
     root.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("config.json.partial")
-    tmp.write_text(json.dumps(config, indent=1))
-    os.replace(tmp, path)
+    write_json_atomic(path, config)
 
 
 class TrainingProgress:
@@ -73,9 +71,7 @@ class TrainingProgress:
             save_file(best, str(work / "best.safetensors"))
         torch.save(optimizer, work / "optimizer.pt")
         save_file({"torch": torch.get_rng_state()}, str(work / "rng.safetensors"))
-        tmp = self.dir / "state.json.partial"
-        tmp.write_text(json.dumps({**state, "folder": folder}))
-        os.replace(tmp, self.dir / "state.json")
+        write_json_atomic(self.dir / "state.json", {**state, "folder": folder})
         for old in self.dir.glob("epoch-*"):
             if old.name != folder:
                 shutil.rmtree(old, ignore_errors=True)

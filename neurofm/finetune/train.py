@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -304,12 +303,6 @@ def _init_state(cfg: FinetuneConfig, n_outputs: int) -> dict:
     return state
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_run(cfg, model, task, report, history, matrix, windows, split) -> None:
     out = Path(cfg.out)
     tmp = out.with_name(out.name + ".partial")
@@ -319,9 +312,9 @@ def _write_run(cfg, model, task, report, history, matrix, windows, split) -> Non
     save_file(state, str(tmp / "head.safetensors"))
     config = {"finetune": to_dict(cfg), "classes": report["classes"], "targets": report["targets"],
               "subjects": model.adapters.names if model.adapters is not None else None, "n_outputs": task.n_outputs}
-    _atomic_write(tmp / "config.json", json.dumps(config, indent=1))
-    _atomic_write(tmp / "train_log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
-    _atomic_write(tmp / "metrics.json", json.dumps(report, indent=1, default=float))
+    (tmp / "config.json").write_text(json.dumps(config, indent=1))  # the folder appears whole, by rename
+    (tmp / "train_log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    (tmp / "metrics.json").write_text(json.dumps(report, indent=1, default=float))
     _plots(tmp, cfg, history, matrix, report, windows.y[split[2]])
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

@@ -135,17 +135,21 @@ class MaskedCodeModel(nn.Module):
         return rearrange(self.head(out), "b n (l v) -> b n l v", l=self.cfg.levels)
 
 
-def encoder_hidden_states(model: MaskedCodeModel, codes: torch.Tensor, modality: torch.Tensor) -> list[torch.Tensor]:
-    """Every encoder layer's output for unmasked windows: [input, block 1, …, block n (normed)], each [B, N, D]."""
+def encoder_hidden_states(model: MaskedCodeModel, codes: torch.Tensor, modality: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
+    """Encoder layer outputs for unmasked windows: [input, block 1, …, block n (normed)], each [B, N, D];
+    with ``upto``, only layers 0 … upto are computed (the last one, n, is the normed output)."""
+    n_blocks = len(model.encoder.blocks)
+    last = n_blocks if upto is None else upto
     b, p = codes.shape[:2]
     flat = rearrange(codes, "b p k l -> b (p k) l")
     context, positions = model._context(b, p, modality)
     x = sum(table(flat[..., level]) for level, table in enumerate(model.code_embeddings)) + context
     states = [x]
-    for block in model.encoder.blocks:
+    for block in model.encoder.blocks[:last]:
         x = block(x, positions)
         states.append(x)
-    states[-1] = model.encoder.norm(x)
+    if last == n_blocks:
+        states[-1] = model.encoder.norm(x)
     return states
 
 
