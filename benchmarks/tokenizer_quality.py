@@ -2,14 +2,10 @@
 
 1. Builds signal shards from every recording in ../shared/data (configs/shared_data.yaml).
 2. Trains the tiny preset (configs/tokenizer_tiny.yaml) on their training windows.
-3. Evaluates both on the held-out windows (the last 20 % of each recording):
-   - the tokenizer: encode → codes → decode;
-   - the baseline: a rank-r SVD of each window (its own PCA), the spatial maps U (C × r) and the
-     component time courses (decimated to T' samples) both uniformly quantized to b bits, every
-     transmitted number counted: bits = r · (C + T') · b + 32 · r. For each modality the best
-     (r, T', b) whose bits fit the tokenizer's bits per window is chosen on the held-out windows
-     themselves (an oracle choice, in the baseline's favour).
-   Metrics: mean channel PCC and pooled R² over valid samples.
+3. Evaluates both on the held-out windows (the last 20 % of each recording): the tokenizer (encode →
+   codes → decode) and the same-bitrate PCA codec of :mod:`neurofm.bench.tokenizer_baseline`.
+   Metrics: mean channel PCC and pooled R² over valid samples. (``neurofm bench representation``
+   measures the same on recordings and devices the tokenizer never trained on.)
 
 Usage: python benchmarks/tokenizer_quality.py [--steps N] [--work DIR]
 """
@@ -17,7 +13,6 @@ Usage: python benchmarks/tokenizer_quality.py [--steps N] [--work DIR]
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import platform
@@ -27,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import signal as sps
 
+from neurofm.bench.tokenizer_baseline import best_pca
 from neurofm.config import load_config
 from neurofm.data_shards import ShardIndex, build_shards
 from neurofm.data_shards.config import ShardsConfig
@@ -39,34 +34,6 @@ from neurofm.tokenizers.evaluate import evaluate_tokenizer
 from neurofm.tokenizers.train import train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def quantize(x: np.ndarray, bits: int) -> np.ndarray:
-    """Uniform quantization of x to 2^bits levels over [-max|x|, max|x|] (the scale costs 32 bits)."""
-    scale = np.abs(x).max() + 1e-12
-    levels = 2 ** bits - 1
-    return np.round((x / scale + 1) / 2 * levels) / levels * 2 * scale - scale
-
-
-def pca_codec(window: np.ndarray, rank: int, t_prime: int, bits: int) -> np.ndarray:
-    """Rank-r SVD of a window [C, T]; quantized maps and decimated, quantized time courses."""
-    c, t = window.shape
-    u, s, vt = np.linalg.svd(window, full_matrices=False)
-    rank = min(rank, len(s))
-    maps = quantize(u[:, :rank], bits)
-    courses = s[:rank, None] * vt[:rank]  # [r, T]
-    low = sps.resample(courses, t_prime, axis=1) if t_prime < t else courses
-    courses = quantize(low, bits)
-    courses = sps.resample(courses, t, axis=1) if t_prime < t else courses
-    return maps @ courses
-
-
-def pcc_r2(original: np.ndarray, reconstruction: np.ndarray) -> tuple[float, float, int, float, float]:
-    o = original - original.mean(1, keepdims=True)
-    r = reconstruction - reconstruction.mean(1, keepdims=True)
-    denom = np.sqrt((o**2).sum(1) * (r**2).sum(1))
-    pcc = np.where(denom > 0, (o * r).sum(1) / np.maximum(denom, 1e-12), 0.0)
-    return float(pcc.sum()), len(pcc), float(((original - reconstruction) ** 2).sum()), float((o**2).sum()), 0.0
 
 
 def main() -> None:
@@ -100,25 +67,10 @@ def main() -> None:
         family = "bold" if modality == "fmri" else "electro"
         window_seconds = items[0][1] / items[0][2]["sfreq"]
         budget = model.cfg.bits_per_second(family) * window_seconds
-        best = None
-        for rank, frac, bits in itertools.product((1, 2, 3, 4, 6, 8), (1, 2, 4, 8, 16), (3, 4, 6, 8)):
-            total = defaultdict(float)
-            fits = True
-            for window, n_times, _ in items:
-                c, t = window.shape
-                t_prime = max(2, t // frac)
-                if rank * (c + t_prime) * bits + 32 * rank > budget:
-                    fits = False
-                    break
-                p, n, sse, sst, _ = pcc_r2(window, pca_codec(window, rank, t_prime, bits))
-                total["pcc"] += p
-                total["n"] += n
-                total["sse"] += sse
-                total["sst"] += sst
-            if fits and total["n"] and (best is None or total["pcc"] / total["n"] > best[0]):
-                best = (total["pcc"] / total["n"], 1 - total["sse"] / total["sst"], rank, frac, bits)
+        best = best_pca([window for window, _, _ in items], budget)
+        best = (best["pcc"], best["r2"], best["rank"], best["decimation"], best["bits"]) if best else (float("nan"),) * 5
         tok = metrics["modalities"][modality]
-        rows.append((modality, len(items), budget / window_seconds, tok["pcc"], tok["r2"], *(best or (float("nan"),) * 5)))
+        rows.append((modality, len(items), budget / window_seconds, tok["pcc"], tok["r2"], *best))
     print(f"\n{'modality':<8}{'windows':>8}{'bit/s':>7}{'tok PCC':>9}{'tok R2':>8}{'PCA PCC':>9}{'PCA R2':>8}  PCA (r, T/T', b)")
     for m, n, bps, tp, tr, bp, br, rank, frac, bits in rows:
         print(f"{m:<8}{n:>8}{bps:>7.0f}{tp:>9.3f}{tr:>8.3f}{bp:>9.3f}{br:>8.3f}  ({rank}, {frac}, {bits})")

@@ -9,6 +9,7 @@ import os
 import sys
 
 from neurofm.errors import NeuroFMError
+from neurofm.finetune.config import PROBE_GROUPINGS, TOKEN_POOLINGS
 
 OVERRIDES_HELP = (
     "dotted.key=value overrides applied after the config file, e.g. eeg.h_freq=40 "
@@ -138,22 +139,41 @@ def _probe(args: argparse.Namespace) -> int:
     from neurofm.finetune.probe import probe_release
 
     metrics = probe_release(args.release, args.shards, args.out, labels=args.labels.split(",") if args.labels else None,
-                            label_key=args.label_key, n_splits=args.folds, block=args.group_block, ridge=args.ridge)
+                            label_key=args.label_key, n_splits=args.folds, block=args.group_block, ridge=args.ridge,
+                            group_by=args.group_by, pooling=args.pooling)
+    raw = metrics["raw_features"]
     if args.ridge:
-        print(f"{metrics['windows']} windows, ridge probes of '{metrics['target']}', {metrics['folds']}-fold grouped CV; chance R² 0")
-        print(f"{'layer':>5}{'R²':>9}{'r':>7}{'shuffled R²':>13}")
+        print(f"{metrics['windows']} windows, ridge probes of '{metrics['target']}', {metrics['folds']}-fold grouped CV "
+              f"({metrics['grouping']}), {metrics['pooling']} pooling; chance R² 0")
+        print(f"{'layer':>5}{'R²':>9}{'r':>7}{'shuffled R²':>13}{'random-weights R²':>19}")
         for r in metrics["layers"]:
-            print(f"{r['layer']:>5}{r['r2']:>9.3f}{r['pearson_r']:>7.3f}{r['shuffled']['r2']:>13.3f}")
+            print(f"{r['layer']:>5}{r['r2']:>9.3f}{r['pearson_r']:>7.3f}{r['shuffled']['r2']:>13.3f}{r['random_weights']['r2']:>19.3f}")
+        print(f"raw features of the same windows: R² {raw['r2']:.3f}, r {raw['pearson_r']:.3f}")
         print(f"metrics and plots: {args.out}")
         return 0
     chance = metrics["chance"]
     print(f"{metrics['windows']} windows, classes {metrics['class_counts']}, {metrics['folds']}-fold grouped CV "
-          f"({metrics['grouping']}); chance: balanced accuracy {chance['balanced_accuracy']:.3f}, AUROC 0.5, kappa 0")
-    print(f"{'layer':>5}{'bal.acc':>9}{'AUROC':>7}{'kappa':>7}{'wF1':>7}{'shuffled bal.acc':>18}")
+          f"({metrics['grouping']}), {metrics['pooling']} pooling; chance: balanced accuracy {chance['balanced_accuracy']:.3f}, "
+          "AUROC 0.5, kappa 0")
+    print(f"{'layer':>5}{'bal.acc':>9}{'AUROC':>7}{'kappa':>7}{'wF1':>7}{'shuffled bal.acc':>18}{'random weights':>16}")
     for r in metrics["layers"]:
         print(f"{r['layer']:>5}{r['balanced_accuracy']:>9.3f}{r['auroc']:>7.3f}{r['kappa']:>7.3f}{r['weighted_f1']:>7.3f}"
-              f"{r['shuffled']['balanced_accuracy']:>18.3f}")
+              f"{r['shuffled']['balanced_accuracy']:>18.3f}{r['random_weights']['balanced_accuracy']:>16.3f}")
+    print(f"raw features of the same windows (event-locked amplitudes, log band powers per channel): "
+          f"balanced accuracy {raw['balanced_accuracy']:.3f}")
     print(f"metrics and plots: {args.out}")
+    return 0
+
+
+def _bench_representation(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from neurofm.bench.representation import load_bench_config, run_representation_bench
+
+    config = load_bench_config(args.config, args.overrides)
+    run_representation_bench(config, progress=not args.quiet)
+    print((Path(config.out) / "results.md").read_text())
+    print(f"results.json, results.md and layers.png in {config.out}")
     return 0
 
 
@@ -348,18 +368,36 @@ def build_parser() -> argparse.ArgumentParser:
     lpre.add_argument("overrides", nargs="*", help="LaunchConfig dotted.key=value, e.g. hosts=[n1,n2] slurm.partition=gpu")
     lpre.set_defaults(func=_launch)
 
+    bench = stages.add_parser("bench", help="benchmarks that run the whole pipeline", description=(
+        "Benchmarks that build their own corpus and go through the real stages."))
+    bsub = bench.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    brep = bsub.add_parser("representation", help="do a release's frozen embeddings carry the signal?", description=(
+        "Simulate a corpus (plus the real recordings when present), build shards, train the tokenizer, pretrain with "
+        "DeepSpeed, export a release, then probe it on held-out subjects and devices beside random weights, the "
+        "tokenizer alone, raw features and chance: evoked condition, alpha peak frequency, cross-device transfer, few "
+        "labels, tokenizer vs same-bitrate PCA, masked-code accuracy vs trivial predictors. Resumable; writes "
+        "results.json, results.md and layers.png."))
+    _config_arguments(brep, "YAML of RepresentationBenchConfig (configs/bench/representation_cpu.yaml or _gpu.yaml)",
+                      "dotted.key=value overrides, e.g. out=runs/bench tokenizer_overrides=[steps=100]", "no progress bars",
+                      required=False)
+    brep.set_defaults(func=_bench_representation)
+
     probe = stages.add_parser("probe", help="per-layer linear probes of a release", description=(
         "Embed the labelled windows of signal shards with a release (its tokenizer + encoder, every layer "
-        "mean-pooled), fit logistic-regression probes with grouped cross-validation (groups: blocks of "
-        "consecutive windows of a recording) and report balanced accuracy, AUROC, Cohen's kappa and "
-        "weighted F1 per layer beside chance and a shuffled-label baseline; writes metrics.json, "
-        "layers.png and confusion.png."))
+        "pooled over the tokens that hold signal), fit logistic-regression probes with grouped cross-validation "
+        "(groups: recordings by default) and report balanced accuracy, AUROC, Cohen's kappa and weighted F1 "
+        "per layer beside chance, shuffled labels, the same architecture with random weights, and raw features "
+        "of the same windows; writes metrics.json, layers.png and confusion.png."))
     _io_arguments(probe, "release", "release directory (`neurofm export`)", "folder for metrics.json and plots")
     probe.add_argument("--labels", help="comma-separated event labels; a window's label is its first such event (e.g. T1,T2)")
     probe.add_argument("--label-key", help="or: a meta.json field (or labels.* field) as the label, e.g. dataset, event")
     probe.add_argument("--ridge", action="store_true", help="ridge probes of a numeric --label-key (R², Pearson r) instead of classes")
     probe.add_argument("--folds", type=int, default=5, help="cross-validation folds")
-    probe.add_argument("--group-block", type=int, default=10, help="consecutive windows per CV group")
+    probe.add_argument("--group-by", choices=PROBE_GROUPINGS, default="recording",
+                       help="CV groups: whole recordings (default), subjects, or blocks of --group-block consecutive windows")
+    probe.add_argument("--group-block", type=int, default=10, help="consecutive windows per CV group with --group-by blocks")
+    probe.add_argument("--pooling", choices=TOKEN_POOLINGS, default="mean",
+                       help="tokens → one vector per window: mean over tokens holding signal, or time (one mean per time patch)")
     probe.set_defaults(func=_probe)
 
     embed = stages.add_parser("embed", help="per-layer embeddings of every window of a shard set", description=(

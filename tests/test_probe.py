@@ -34,8 +34,9 @@ def test_window_labels():
 def test_probe_finds_what_is_decodable_and_reports_baselines(release, shared_shards, tmp_path, capsys):
     # the modality of a window is trivially in its embedding (sensor kinds differ): a probe must find it
     code = main(["probe", "--release", str(release), "--shards", str(shared_shards), "--out", str(tmp_path / "p"),
-                 "--label-key", "modality", "--folds", "3"])
-    assert code == 0 and "shuffled" in capsys.readouterr().out
+                 "--label-key", "modality", "--folds", "3", "--group-by", "block"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "shuffled" in printed and "random weights" in printed and "raw features" in printed
     metrics = json.loads((tmp_path / "p" / "metrics.json").read_text())
     assert metrics["classes"] == ["eeg", "fmri", "ieeg", "meg"] and metrics["chance"]["balanced_accuracy"] == 0.25
     best = max(r["balanced_accuracy"] for r in metrics["layers"])
@@ -43,7 +44,17 @@ def test_probe_finds_what_is_decodable_and_reports_baselines(release, shared_sha
     assert best > 0.8 and shuffled < 0.45
     for r in metrics["layers"]:
         assert 0 <= r["auroc"] <= 1 and -1 <= r["kappa"] <= 1 and 0 <= r["weighted_f1"] <= 1
+        assert 0 <= r["random_weights"]["balanced_accuracy"] <= 1
+    assert metrics["grouping"] == "blocks of 10 windows" and 0 <= metrics["raw_features"]["balanced_accuracy"] <= 1
     assert (tmp_path / "p" / "layers.png").is_file() and (tmp_path / "p" / "confusion.png").is_file()
+
+
+def test_probe_groups_by_recording_by_default(release, shared_shards, tmp_path):
+    metrics = probe_release(release, shared_shards, tmp_path / "p", label_key="modality", n_splits=3)
+    assert metrics["grouping"] == "by recording" and metrics["pooling"] == "mean"
+    assert {"random_weights", "shuffled"} <= set(metrics["layers"][0]) and "raw_features" in metrics
+    with pytest.raises(NeuroFMError, match="different lengths"):  # EEG and fMRI windows have other patch counts
+        probe_release(release, shared_shards, tmp_path / "t", label_key="modality", n_splits=3, pooling="time")
 
 
 def test_probe_bad_labels(release, shared_shards, tmp_path):

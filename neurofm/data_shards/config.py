@@ -190,6 +190,9 @@ class SimulateConfig:
         Length of each fMRI run.
     subjects : int
         Distinct heads per device (head size and position vary between them).
+    first_subject : int
+        Number of the first subject (``sub-NN`` in the recording names); a corpus of held-out subjects
+        starts where the training corpus's subjects end.
     eeg_montages, meg_helmets : list of str
         Devices ("sites") cycled through; each site has its own sampling rate and line frequency.
     seed : int
@@ -200,6 +203,9 @@ class SimulateConfig:
         Volume source-space grid spacing.
     n_regions : int
         Regions (coherent source patches, and fMRI parcels) per head.
+    epochs : EventEpochs | None
+        Cut the electrophysiology recordings into event-locked windows (as ``inputs[].epochs``); every
+        window keeps the recording's ground truth in its labels. fMRI runs stay continuous.
     """
 
     hours: float = 0.05
@@ -207,12 +213,14 @@ class SimulateConfig:
     recording_seconds: float = 60.0
     fmri_run_seconds: float = 240.0
     subjects: int = 4
+    first_subject: int = 0
     eeg_montages: list[str] = field(default_factory=lambda: ["biosemi64", "classic_1020", "GSN-HydroCel-129"])
     meg_helmets: list[str] = field(default_factory=lambda: ["neuromag306", "ctf275", "kit157"])
     seed: int = 0
     cache_dir: str | None = None
     source_spacing_mm: float = 10.0
     n_regions: int = 32
+    epochs: EventEpochs | None = None
 
     def __post_init__(self) -> None:
         if not self.hours > 0:
@@ -226,6 +234,8 @@ class SimulateConfig:
             raise ValueError("recording_seconds must be at least 2 and fmri_run_seconds at least 30.")
         if self.subjects < 1:
             raise ValueError(f"subjects must be at least 1; got {self.subjects}.")
+        if self.first_subject < 0:
+            raise ValueError(f"first_subject must be 0 or more; got {self.first_subject}.")
 
 
 @dataclass(kw_only=True)

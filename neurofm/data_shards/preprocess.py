@@ -245,11 +245,16 @@ def _segments(recording: Recording, insts: list, arrays: list[np.ndarray]) -> li
             Segment(
                 data=a,
                 onset=float(epochs.tmin),
-                labels={"event": names.get(int(code), str(code)), "event_code": int(code), **_plain(row)},
+                labels=_with_defaults({"event": names.get(int(code), str(code)), "event_code": int(code), **_plain(row)}, recording.labels),
             )
             for a, code, row in zip(arrays, epochs.events[:, 2], metadata)
         ]
     return [Segment(data=arrays[0], onset=0.0, events=recording.events, labels=recording.labels)]
+
+
+def _with_defaults(labels: dict, defaults: dict) -> dict:
+    """``labels`` first (an epoch's event names its window), then recording-level keys it lacks."""
+    return {**labels, **{k: v for k, v in defaults.items() if k not in labels}}
 
 
 def _plain(row: dict) -> dict:

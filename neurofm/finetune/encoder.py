@@ -17,6 +17,7 @@ from einops import rearrange
 from torch import nn
 
 from neurofm.errors import NeuroFMError
+from neurofm.finetune.config import TOKEN_POOLINGS
 from neurofm.pretrain.config import MODALITY_IDS
 from neurofm.pretrain.export import from_pretrained
 from neurofm.pretrain.model import MaskedCodeModel, encoder_hidden_states
@@ -82,10 +83,42 @@ class BrainEncoder(nn.Module):
         return torch.tensor([MODALITY_IDS[m] for m in modalities])
 
     @torch.no_grad()
-    def layer_embeddings(self, signal, sensors, channel_mask, family: str, modalities: list[str]) -> torch.Tensor:
-        """signal [B, C, T], sensors [B, C, 12], channel_mask [B, C] → embeddings [layers, B, D] (mean over tokens)."""
+    def layer_embeddings(self, signal, sensors, channel_mask, family: str, modalities: list[str],
+                         n_valid_samples: torch.Tensor | None = None, pooling: str = "mean") -> torch.Tensor:
+        """signal [B, C, T], sensors [B, C, 12], channel_mask [B, C] → embeddings [layers, B, F] of every
+        layer, pooled over the tokens that hold signal (``n_valid_samples`` [B]; default: all) — see
+        :func:`pool_tokens` for ``pooling`` and F."""
         codes = self.codes(signal, sensors, channel_mask, family)
-        return torch.stack([h.mean(dim=1) for h in self.hidden_states(codes, self.modality_ids(modalities))])
+        n_valid = n_valid_samples if n_valid_samples is not None else torch.full((len(codes),), signal.shape[2])
+        valid = self.valid_tokens(codes, n_valid, signal.shape[2])
+        k = codes.shape[2]
+        return torch.stack([pool_tokens(h, valid, pooling, k) for h in self.hidden_states(codes, self.modality_ids(modalities))])
+
+    @torch.no_grad()
+    def tokenizer_embeddings(self, signal, sensors, channel_mask, family: str, n_valid_samples: torch.Tensor | None = None,
+                             pooling: str = "mean") -> torch.Tensor:
+        """The tokenizer alone: its quantized latents [B, P, K, D_tok], pooled like ``layer_embeddings`` → [B, F]."""
+        quantized, codes, _ = self.tokenizer.quantize(self.tokenizer.encode(signal, sensors, channel_mask, family))
+        n_valid = n_valid_samples if n_valid_samples is not None else torch.full((len(codes),), signal.shape[2])
+        valid = self.valid_tokens(codes, n_valid, signal.shape[2])
+        return pool_tokens(rearrange(quantized, "b p k d -> b (p k) d"), valid, pooling, codes.shape[2])
 
 
-__all__ = ["BrainEncoder"]
+def pool_tokens(states: torch.Tensor, valid: torch.Tensor, pooling: str, n_latents: int) -> torch.Tensor:
+    """states [B, N, D], valid [B, N] (tokens holding signal) → [B, F].
+
+    - ``mean``: the mean over valid tokens, F = D;
+    - ``time``: the mean over the latents of each time patch, patches kept in order (padding patches
+      are zeros), F = P · D — a time-resolved embedding, so an evoked response keeps its latency.
+    """
+    weights = valid.to(states.dtype)[..., None]
+    if pooling == "mean":
+        return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+    if pooling == "time":
+        per_patch = rearrange(states * weights, "b (p k) d -> b p k d", k=n_latents).sum(2)
+        count = rearrange(weights, "b (p k) one -> b p k one", k=n_latents).sum(2).clamp(min=1)
+        return rearrange(per_patch / count, "b p d -> b (p d)")
+    raise NeuroFMError(f"unknown pooling '{pooling}'; use one of {', '.join(TOKEN_POOLINGS)}.")
+
+
+__all__ = ["BrainEncoder", "pool_tokens"]

@@ -52,14 +52,16 @@ def _finish(acc: dict) -> dict:
     }
 
 
-def evaluate_tokenizer(checkpoint: str | Path, shards: str | Path, out: str | Path, *, batch_size: int = 16, max_windows: int | None = None, plot: bool = True) -> dict:
-    """Evaluate ``checkpoint`` on the held-out windows of ``shards``; write ``metrics.json`` and PNGs to ``out``."""
+def evaluate_tokenizer(checkpoint: str | Path, shards: str | Path, out: str | Path, *, batch_size: int = 16, max_windows: int | None = None,
+                       plot: bool = True, indices=None) -> dict:
+    """Evaluate ``checkpoint`` on the held-out windows of ``shards`` (or on the windows ``indices``,
+    e.g. of recordings it never trained on); write ``metrics.json`` and PNGs to ``out``."""
     model = load_tokenizer(checkpoint)
     config = read_config(checkpoint)
     eval_fraction = config.get("training", {}).get("eval_fraction", 0.2)
     index = ShardIndex(shards)
     check_shards_fit(index, model.cfg)
-    _, held_out = split_indices(index, eval_fraction)
+    held_out = np.asarray(indices) if indices is not None else split_indices(index, eval_fraction)[1]
     if max_windows is not None:
         held_out = held_out[:max_windows]
     out = Path(out)

@@ -172,6 +172,20 @@ def _fit_sphere(points: np.ndarray) -> np.ndarray:
     return solution[:3]
 
 
+def _clear_of_scalp(coils: np.ndarray, head_radius: float, margin: float = 0.005) -> np.ndarray:
+    """Shift [3] (m) that moves a helmet's coils (positions relative to the sphere centre, [n, 3])
+    at least ``margin`` outside the scalp: a large head sits lower in the helmet, as in a real scanner."""
+    shift = np.zeros(3)
+    for _ in range(50):
+        distance = np.linalg.norm(coils + shift, axis=1)
+        closest = int(np.argmin(distance))
+        deficit = head_radius + margin - distance[closest]
+        if deficit <= 0:
+            break
+        shift += (coils[closest] + shift) / distance[closest] * (deficit + 1e-4)
+    return shift
+
+
 def meg_info(helmet: str, head: Head, sfreq: float, seed: int) -> mne.Info:
     """MEG coils on an MNE helmet surface, in the device frame, with a subject-specific dev_head_t."""
     check_helmet(helmet)
@@ -210,6 +224,7 @@ def meg_info(helmet: str, head: Head, sfreq: float, seed: int) -> mne.Info:
     rotation = mne.transforms.rotation(*angles)[:3, :3]
     # the helmet's centre of curvature sits 2 cm above the head sphere's centre, give or take 5 mm
     translation = head.r0 + np.array([0.0, 0.0, 0.02]) + rng.normal(0, 0.005, 3) - rotation @ centre
+    translation = _clear_of_scalp(rr @ rotation.T + translation - head.r0, head.head_radius) + translation
     matrix = np.eye(4)
     matrix[:3, :3], matrix[:3, 3] = rotation, translation
     with info._unlock():

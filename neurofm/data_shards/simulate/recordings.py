@@ -85,7 +85,7 @@ def plan_recordings(config: SimulateConfig) -> list[SimulatedSpec]:
         seconds = round(max(per_modality / count, 30.0 if modality == "fmri" else 2.0), 3)
         for index in range(count):
             site = index % len(devices)
-            subject = (index // len(devices)) % config.subjects
+            subject = config.first_subject + (index // len(devices)) % config.subjects
             plan.append(SimulatedSpec(modality, devices[site], site, subject, index, seconds, config.seed))
     return plan
 
@@ -191,6 +191,7 @@ def simulate_recording(spec: SimulatedSpec, config: SimulateConfig):
 
     raw, truth = simulate_raw(spec, config)
     modality = "ieeg" if spec.modality in ("seeg", "ecog") else spec.modality
-    recording = finish_recording(raw, Path(spec.name), InputSpec(path=spec.name, modality=modality), modality=modality)
+    epochs = config.epochs if modality != "fmri" else None
+    recording = finish_recording(raw, Path(spec.name), InputSpec(path=spec.name, modality=modality, epochs=epochs), modality=modality)
     recording.labels = truth
     return recording

@@ -1,0 +1,88 @@
+"""Config of ``neurofm bench representation`` (YAML + dotted overrides, as every stage)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from neurofm.data_shards.config import EventEpochs, SimulateConfig
+
+
+def _probe_set() -> SimulateConfig:
+    return SimulateConfig(hours=0.5, modalities=["eeg", "meg"], subjects=3, first_subject=50, seed=1001,
+                          eeg_montages=["biosemi64", "GSN-HydroCel-129"], meg_helmets=["neuromag306", "ctf275", "kit157"],
+                          recording_seconds=40.0, epochs=EventEpochs(events=["auditory", "visual", "somatosensory"], tmin=-0.5, tmax=1.5))
+
+
+@dataclass(kw_only=True)
+class RepresentationBenchConfig:
+    """Everything the representation benchmark builds, trains and measures.
+
+    Parameters
+    ----------
+    out : str
+        Work folder: shards, tokenizer, codes, pretraining run, release, ``results.json``,
+        ``results.md`` and ``layers.png``. Rerunning resumes (every stage is resumable).
+    corpus : SimulateConfig
+        The simulated pretraining corpus (subjects from 0, its own devices).
+    real_inputs, real_root : str | None
+        A shards config whose inputs join the pretraining corpus (the real recordings,
+        ``configs/shared_data.yaml`` over ``../shared/data``) — used when ``real_root`` exists.
+    probe_set : SimulateConfig
+        Labelled event-locked windows of held-out subjects (``first_subject`` past the corpus's, another
+        seed) on the corpus's devices and on ``held_out_devices``.
+    held_out_devices : list of str
+        Devices (montages, helmets) that no pretraining window comes from; checked.
+    tokenizer_config, pretrain_config : str
+        Preset YAML files of the tokenizer and the masked-code model.
+    tokenizer_overrides, pretrain_overrides : list of str
+        Dotted overrides on top of the presets (e.g. ``steps=1500``).
+    poolings : list of str
+        How token states become a window's vector (``mean``, ``time``); the first is the headline.
+    evoked_labels : list of str
+        Classes of the evoked task (the probe set's epoch events).
+    regression_key : str
+        Numeric ground truth probed with ridge (the alpha peak frequency).
+    cross_device : list of [train, test]
+        Device pairs for transfer probes.
+    few_labels : list of int
+        Labelled windows per class for the few-label probes; ``few_label_repeats`` draws each.
+    seed : int
+        Seed of the random-weights column, masks of the diagnostics and label draws.
+    """
+
+    out: str = "runs/bench_representation"
+    corpus: SimulateConfig = field(default_factory=lambda: SimulateConfig(
+        hours=1.0, subjects=8, eeg_montages=["biosemi64", "classic_1020"], meg_helmets=["neuromag306", "ctf275"]))
+    real_inputs: str | None = "configs/shared_data.yaml"
+    real_root: str | None = "../shared/data"
+    probe_set: SimulateConfig = field(default_factory=_probe_set)
+    held_out_devices: list[str] = field(default_factory=lambda: ["GSN-HydroCel-129", "kit157"])
+    tokenizer_config: str = "configs/tokenizer_tiny.yaml"
+    tokenizer_overrides: list[str] = field(default_factory=list)
+    pretrain_config: str = "configs/pretrain_tiny.yaml"
+    pretrain_overrides: list[str] = field(default_factory=list)
+    poolings: list[str] = field(default_factory=lambda: ["time", "mean"])
+    evoked_labels: list[str] = field(default_factory=lambda: ["auditory", "visual", "somatosensory"])
+    regression_key: str = "alpha_hz"
+    cross_device: list[list[str]] = field(default_factory=lambda: [
+        ["biosemi64", "GSN-HydroCel-129"], ["neuromag306", "ctf275"], ["neuromag306", "kit157"], ["biosemi64", "neuromag306"]])
+    few_labels: list[int] = field(default_factory=lambda: [5, 10, 20])
+    few_label_repeats: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from neurofm.finetune.config import TOKEN_POOLINGS
+
+        unknown = [p for p in self.poolings if p not in TOKEN_POOLINGS]
+        if unknown or not self.poolings:
+            raise ValueError(f"poolings must be some of {', '.join(TOKEN_POOLINGS)}; got {self.poolings}.")
+        for pair in self.cross_device:
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ValueError(f"cross_device pairs are [train device, another test device]; got {pair}.")
+        if self.probe_set.epochs is None:
+            raise ValueError("probe_set.epochs must be set: the evoked task needs event-locked windows.")
+        if self.probe_set.first_subject < self.corpus.first_subject + self.corpus.subjects:
+            raise ValueError(f"probe_set.first_subject ({self.probe_set.first_subject}) must come after the corpus's subjects "
+                             f"({self.corpus.first_subject}…{self.corpus.first_subject + self.corpus.subjects - 1}).")
+        if self.probe_set.seed == self.corpus.seed:
+            raise ValueError("probe_set.seed must differ from corpus.seed, so no held-out recording repeats a training one.")

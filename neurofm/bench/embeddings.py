@@ -1,0 +1,84 @@
+"""Every column of the representation benchmark, computed once per window of a probe shard set.
+
+Columns: the release (every layer), the same architecture with random weights (every layer), the
+tokenizer alone (its quantized latents) — each pooled over the tokens that hold signal, ``mean`` or
+``time`` (see :func:`neurofm.finetune.encoder.pool_tokens`) — and raw features of the same windows
+(:mod:`neurofm.bench.features`, laid out per device).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neurofm.bench.features import device_features
+from neurofm.data_shards.dataset import ShardIndex
+from neurofm.finetune.encoder import BrainEncoder
+from neurofm.pretrain.model import MaskedCodeModel
+from neurofm.tokenizers.data import ordered_batches
+
+
+@dataclass
+class ProbeWindows:
+    """Per window (``n``): ``metas``; per column name: a list of per-layer matrices [n, F]."""
+
+    metas: list[dict]
+    columns: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def device(self) -> np.ndarray:
+        return np.asarray([device_of(m) for m in self.metas])
+
+    def field(self, key: str) -> np.ndarray:
+        """A label of every window: ``meta[key]`` or ``meta['labels'][key]`` (None where absent)."""
+        return np.asarray([m.get(key, m.get("labels", {}).get(key)) for m in self.metas], dtype=object)
+
+
+def device_of(meta: dict) -> str:
+    """The recording device of a window: the simulator's ground truth, else the dataset name."""
+    return str(meta.get("labels", {}).get("device") or meta.get("dataset"))
+
+
+def random_encoder(release_encoder: BrainEncoder, seed: int) -> BrainEncoder:
+    """The release's architecture with freshly initialised encoder weights (the tokenizer is kept)."""
+    torch.manual_seed(seed)
+    return BrainEncoder(release_encoder.tokenizer, MaskedCodeModel(release_encoder.model.cfg).eval())
+
+
+def collect(release: str | Path, shards: str | Path, poolings: tuple[str, ...] = ("mean", "time"), seed: int = 0,
+            batch_size: int = 32) -> ProbeWindows:
+    """Every column for every window of ``shards`` (raw features per device, see module docstring)."""
+    encoder = BrainEncoder.from_pretrained(release)
+    random = random_encoder(encoder, seed + 1)
+    index = ShardIndex(shards)
+    parts: dict[str, list] = defaultdict(list)
+    metas, raw_windows = [], []
+    for batch in ordered_batches(index, range(len(index)), batch_size):
+        n_valid = torch.tensor([m.get("n_valid_samples", m["window_samples"]) for m in batch.metas])
+        modalities = [m["modality"] for m in batch.metas]
+        args = (batch.signal, batch.sensors, batch.channel_mask, batch.family)
+        for pooling in poolings:
+            parts[f"release/{pooling}"].append(encoder.layer_embeddings(*args, modalities, n_valid, pooling).numpy())
+            parts[f"random/{pooling}"].append(random.layer_embeddings(*args, modalities, n_valid, pooling).numpy())
+            parts[f"tokenizer/{pooling}"].append(encoder.tokenizer_embeddings(*args, n_valid, pooling)[None].numpy())
+        for i, meta in enumerate(batch.metas):
+            c, t = int(batch.channel_mask[i].sum()), int(n_valid[i])
+            raw_windows.append((batch.signal[i, :c, :t].numpy(), meta))
+        metas += batch.metas
+    windows = ProbeWindows(metas)
+    for name, chunks in parts.items():
+        stacked = np.concatenate(chunks, axis=1)  # [layers, n, F]
+        windows.columns[name] = list(stacked)
+    windows.raw_windows = raw_windows  # type: ignore[attr-defined]
+    return windows
+
+
+def raw_columns(windows: ProbeWindows, rows: np.ndarray, labels: list[str] | None = None) -> list[np.ndarray]:
+    """Raw features of ``rows`` (all of one device) as a one-layer column."""
+    return [device_features([windows.raw_windows[i] for i in rows], labels)]  # type: ignore[attr-defined]
+
+
+__all__ = ["ProbeWindows", "collect", "device_of", "random_encoder", "raw_columns"]

@@ -1,0 +1,166 @@
+"""``run_representation_bench``: does a release's frozen representation carry the signal?
+
+Builds its own corpus and goes through the real stages — simulated (plus real, when present)
+recordings → signal shards → tokenizer → code shards → DeepSpeed pretraining → release — then scores
+the release against the baselines a user would pick instead, on held-out subjects and devices:
+
+1. evoked condition (3-way) within each device, grouped CV over recordings;
+2. alpha peak frequency (ridge, R²), same splits;
+3. cross-device transfer (fit on one device, test on another);
+4. few labels (5 / 10 / 20 windows per class);
+5. tokenizer reconstruction on the held-out set beside the same-bitrate PCA codec;
+6. masked-code accuracy per RVQ level beside the unigram and copy-nearest predictors.
+
+Columns: the release (layer and regularisation chosen by inner CV; and its last layer), the same
+architecture with random weights, the tokenizer alone (quantized latents), raw features, chance.
+Writes ``results.json``, ``results.md`` and ``layers.png`` into ``out``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from neurofm.bench.config import RepresentationBenchConfig
+from neurofm.errors import ConfigError, NeuroFMError
+
+logger = logging.getLogger("neurofm.bench")
+
+
+def check_held_out(corpus_manifest: dict, probe_manifest: dict, held_out_devices: list[str]) -> dict:
+    """Refuse a benchmark whose pretraining corpus holds a held-out subject or device; returns what
+    each side holds ({corpus,probe}: {devices, subjects}) for the report."""
+    def holdings(manifest: dict) -> dict:
+        truth = [r.get("ground_truth", {}) for r in manifest["recordings"]]
+        return {"devices": sorted({str(t["device"]) for t in truth if "device" in t}),
+                "subjects": sorted({f"{t['device']}/{t['subject']}" for t in truth if "subject" in t})}
+
+    corpus, probe = holdings(corpus_manifest), holdings(probe_manifest)
+    leaked = sorted(set(corpus["devices"]) & set(held_out_devices))
+    if leaked:
+        raise NeuroFMError(f"The pretraining corpus holds windows of the held-out device(s) {leaked}; remove them from corpus.")
+    missing = sorted(set(held_out_devices) - set(probe["devices"]))
+    if missing:
+        raise NeuroFMError(f"The probe set has no windows of the held-out device(s) {missing}; add them to probe_set.")
+    corpus_heads = {s.split("/")[1] for s in corpus["subjects"]}
+    shared = sorted(corpus_heads & {s.split("/")[1] for s in probe["subjects"]})
+    if shared:
+        raise NeuroFMError(f"Subjects {shared} are in both the pretraining corpus and the probe set; use another probe_set.first_subject.")
+    return {"corpus": corpus, "probe": probe, "held_out_devices": list(held_out_devices)}
+
+
+def _shards_config(sim, out: Path, real: tuple[str, str] | None):
+    from neurofm.config import load_config
+    from neurofm.data_shards.config import ShardsConfig
+
+    overrides = [f"out={out}"] + ([f"root={real[1]}"] if real else ["inputs=[]"])
+    cfg = load_config(ShardsConfig, real[0] if real else None, overrides)
+    cfg.simulate = sim
+    return cfg
+
+
+def build_stages(cfg: RepresentationBenchConfig, progress: bool = False) -> dict:
+    """Shards → tokenizer → codes → pretraining → release (each stage resumes); returns the paths."""
+    from neurofm.config import load_config
+    from neurofm.data_shards import build_shards
+    from neurofm.pretrain.config import PretrainConfig
+    from neurofm.pretrain.export import export_release
+    from neurofm.pretrain.train import train_pretrain
+    from neurofm.tokenizers.config import TokenizerTrainConfig
+    from neurofm.tokenizers.encode import encode_shards
+    from neurofm.tokenizers.train import train_tokenizer
+
+    out = Path(cfg.out).resolve()
+    paths = {name: out / name for name in ("corpus", "probe_set", "tokenizer", "codes", "probe_codes", "pretrain", "release")}
+    real = (cfg.real_inputs, cfg.real_root) if cfg.real_inputs and cfg.real_root and Path(cfg.real_root).is_dir() else None
+    timings = {}
+    started = time.perf_counter()
+    corpus = build_shards(_shards_config(cfg.corpus, paths["corpus"], real), progress=progress)
+    probe = build_shards(_shards_config(cfg.probe_set, paths["probe_set"], None), progress=progress)
+    split = check_held_out(corpus, probe, cfg.held_out_devices)
+    timings["shards_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    tok_cfg = load_config(TokenizerTrainConfig, cfg.tokenizer_config,
+                          [*cfg.tokenizer_overrides, f"shards={paths['corpus']}", f"out={paths['tokenizer']}"])
+    train_tokenizer(tok_cfg, progress=progress)
+    timings["tokenizer_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    encode_shards(paths["tokenizer"], paths["corpus"], paths["codes"], progress=progress)
+    encode_shards(paths["tokenizer"], paths["probe_set"], paths["probe_codes"], progress=progress)
+    pre_cfg = load_config(PretrainConfig, cfg.pretrain_config,
+                          [*cfg.pretrain_overrides, f"codes={paths['codes']}", f"out={paths['pretrain']}"])
+    train_pretrain(pre_cfg, progress=progress)
+    if not (paths["release"] / "config.json").is_file():
+        export_release(paths["pretrain"], paths["release"])
+    timings["pretrain_s"] = time.perf_counter() - started
+    return {"paths": paths, "split": split, "real_data": real[1] if real else None, "timings": timings,
+            "tokenizer": tok_cfg, "pretrain": pre_cfg}
+
+
+def run_representation_bench(cfg: RepresentationBenchConfig, progress: bool = False) -> dict:
+    """Build, train, probe; write ``results.json``, ``results.md`` and ``layers.png``; return the results."""
+    from neurofm.bench import report, tasks
+    from neurofm.bench.embeddings import collect
+    from neurofm.bench.tokenizer_baseline import tokenizer_vs_pca
+    from neurofm.pretrain.diagnostics import masked_code_report
+    from neurofm.pretrain.export import from_pretrained
+
+    stages = build_stages(cfg, progress)
+    paths = stages["paths"]
+    started = time.perf_counter()
+    windows = collect(paths["release"], paths["probe_set"], tuple(cfg.poolings), seed=cfg.seed)
+    devices = sorted(set(windows.device()))
+    results: dict = {
+        "config": _plain(cfg), "split": stages["split"], "real_data": stages["real_data"], "devices": devices,
+        "windows": len(windows.metas), "layers": len(windows.columns[f"release/{cfg.poolings[0]}"]),
+        "evoked": tasks.within_device(windows, "logistic", "event", cfg.evoked_labels),
+        "regression": tasks.within_device(windows, "ridge", cfg.regression_key),
+    }
+    results["cross_device"] = [tasks.cross_device(windows, "event", cfg.evoked_labels, a, b) for a, b in cfg.cross_device
+                               if a in devices and b in devices]
+    layer_of = {name: int(np.bincount([layer for dev in results["evoked"].values() for layer in dev[name]["chosen_layers"]]).argmax())
+                for name in windows.columns}
+    results["few_labels"] = tasks.few_labels(windows, "event", cfg.evoked_labels, cfg.few_labels, layer_of, cfg.few_label_repeats, cfg.seed)
+    results["few_label_layers"] = layer_of
+    results["tokenizer"] = tokenizer_vs_pca(paths["tokenizer"], paths["probe_set"], paths["probe_set"].parent / "tokenizer_eval")
+    pre = stages["pretrain"]
+    results["masked_codes"] = masked_code_report(from_pretrained(paths["release"]), paths["codes"], paths["probe_codes"],
+                                                 mask_ratio=pre.model.mask_ratio, masking=pre.model.masking, seed=cfg.seed)
+    stages["timings"]["probes_s"] = time.perf_counter() - started
+    results["timings"] = {k: round(v, 1) for k, v in stages["timings"].items()}
+    results["targets"] = report.targets(results, cfg)
+    out = Path(cfg.out)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    (out / "results.md").write_text(report.markdown(results, cfg))
+    report.figure(results, cfg, out / "layers.png")
+    return results
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def _plain(cfg) -> dict:
+    from neurofm.config import to_dict
+
+    return to_dict(cfg)
+
+
+def load_bench_config(path: str | None, overrides: list[str]) -> RepresentationBenchConfig:
+    from neurofm.config import load_config
+
+    try:
+        return load_config(RepresentationBenchConfig, path, overrides)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+__all__ = ["build_stages", "check_held_out", "load_bench_config", "run_representation_bench"]

@@ -1,0 +1,89 @@
+"""The probe tasks of the representation benchmark, each scoring every column on the same splits.
+
+- ``evoked``: which condition an event-locked window follows (balanced accuracy; grouped CV over
+  recordings, within each device);
+- ``regression``: a numeric ground-truth field such as the alpha peak frequency (R²; same splits);
+- ``cross_device``: a probe fit on one device's windows, tested on another device's (embeddings only:
+  raw features of two devices share no channels); refused when the two devices are the same;
+- ``few_labels``: 5 / 10 / 20 labelled windows per class (balanced accuracy on other recordings).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from neurofm.bench import probes
+from neurofm.bench.embeddings import ProbeWindows, raw_columns
+from neurofm.errors import NeuroFMError
+
+RAW = "raw"
+
+
+def _rows(windows: ProbeWindows, key: str, classes: list[str] | None) -> np.ndarray:
+    y = windows.field(key)
+    ok = np.array([v is not None and (classes is None or v in classes) for v in y])
+    return np.flatnonzero(ok)
+
+
+def _columns(windows: ProbeWindows, rows: np.ndarray, raw_labels: list[str] | None) -> dict[str, list[np.ndarray]]:
+    columns = {name: [layer[rows] for layer in layers] for name, layers in windows.columns.items()}
+    columns[RAW] = raw_columns(windows, rows, raw_labels)
+    return columns
+
+
+def within_device(windows: ProbeWindows, kind: str, key: str, classes: list[str] | None = None,
+                  devices: list[str] | None = None) -> dict:
+    """Grouped CV (groups = recordings) per device for every column: {device: {column: result}}."""
+    rows_all = _rows(windows, key, classes)
+    device = windows.device()
+    results = {}
+    for dev in devices or sorted(set(device[rows_all])):
+        rows = rows_all[device[rows_all] == dev]
+        if len(rows) == 0:
+            raise NeuroFMError(f"No labelled window of device '{dev}' for '{key}'.")
+        y = windows.field(key)[rows]
+        y = y.astype(str) if kind == "logistic" else y.astype(float)
+        groups = windows.field("source")[rows].astype(str)
+        results[dev] = {"windows": int(len(rows)), "recordings": int(len(np.unique(groups)))}
+        for name, features in _columns(windows, rows, classes).items():
+            results[dev][name] = probes.grouped_cv(kind, features, y, groups)
+    return results
+
+
+def cross_device(windows: ProbeWindows, key: str, classes: list[str], train_device: str, test_device: str) -> dict:
+    """Fit on ``train_device``'s windows, test on ``test_device``'s, for every embedding column."""
+    if train_device == test_device:
+        raise NeuroFMError(f"cross-device transfer needs two different devices; got '{train_device}' twice.")
+    rows_all = _rows(windows, key, classes)
+    device = windows.device()
+    train, test = rows_all[device[rows_all] == train_device], rows_all[device[rows_all] == test_device]
+    for dev, rows in ((train_device, train), (test_device, test)):
+        if len(rows) == 0:
+            raise NeuroFMError(f"No labelled window of device '{dev}' in the probe set; check the benchmark's devices.")
+    y = windows.field(key).astype(str)
+    groups = windows.field("source").astype(str)
+    out = {"train": train_device, "test": test_device, "train_windows": int(len(train)), "test_windows": int(len(test))}
+    for name, layers in windows.columns.items():
+        out[name] = probes.transfer("logistic", [x[train] for x in layers], y[train], groups[train], [x[test] for x in layers], y[test])
+    return out
+
+
+def few_labels(windows: ProbeWindows, key: str, classes: list[str], per_class: list[int], layer_of: dict[str, int],
+               repeats: int = 10, seed: int = 0, devices: list[str] | None = None) -> dict:
+    """{device: {n: {column: {mean, sd}}}}; each embedding column at the layer ``layer_of[column]``."""
+    rows_all = _rows(windows, key, classes)
+    device = windows.device()
+    out: dict = {}
+    for dev in devices or sorted(set(device[rows_all])):
+        rows = rows_all[device[rows_all] == dev]
+        y = windows.field(key)[rows].astype(str)
+        groups = windows.field("source")[rows].astype(str)
+        columns = _columns(windows, rows, classes)
+        out[dev] = {}
+        for n in per_class:
+            out[dev][n] = {name: probes.few_labels(layers[layer_of.get(name, 0)], y, groups, n, repeats, seed)
+                           for name, layers in columns.items()}
+    return out
+
+
+__all__ = ["RAW", "cross_device", "few_labels", "within_device"]

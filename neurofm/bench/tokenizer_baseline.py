@@ -1,0 +1,98 @@
+"""Tokenizer reconstruction beside a same-bitrate PCA codec, per modality.
+
+The baseline: a rank-r SVD of each window (its own PCA), the spatial maps U (C × r) and the component
+time courses (decimated to T' samples) both uniformly quantized to b bits, every transmitted number
+counted: bits = r · (C + T') · b + 32 · r. For each modality the best (r, T', b) whose bits fit the
+tokenizer's bits per window is chosen on the evaluated windows themselves (an oracle choice, in the
+baseline's favour). Metrics: mean channel PCC and pooled R² over valid samples, and the log-spectrum
+error of the tokenizer (:func:`neurofm.tokenizers.evaluate.window_metrics`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from scipy import signal as sps
+
+from neurofm.data_shards.dataset import ShardIndex
+from neurofm.tokenizers.checkpoint import load_tokenizer
+from neurofm.tokenizers.data import ordered_batches
+
+#: (rank, decimation factor T/T', bits) searched for the PCA codec.
+PCA_GRID = tuple(itertools.product((1, 2, 3, 4, 6, 8), (1, 2, 4, 8, 16), (3, 4, 6, 8)))
+
+
+def quantize(x: np.ndarray, bits: int) -> np.ndarray:
+    """Uniform quantization of x to 2^bits levels over [-max|x|, max|x|] (the scale costs 32 bits)."""
+    scale = np.abs(x).max() + 1e-12
+    levels = 2**bits - 1
+    return np.round((x / scale + 1) / 2 * levels) / levels * 2 * scale - scale
+
+
+def pca_codec(window: np.ndarray, rank: int, t_prime: int, bits: int) -> np.ndarray:
+    """Rank-r SVD of a window [C, T]; quantized maps and decimated, quantized time courses → [C, T]."""
+    c, t = window.shape
+    u, s, vt = np.linalg.svd(window, full_matrices=False)
+    rank = min(rank, len(s))
+    maps = quantize(u[:, :rank], bits)
+    courses = s[:rank, None] * vt[:rank]  # [r, T]
+    low = sps.resample(courses, t_prime, axis=1) if t_prime < t else courses
+    courses = quantize(low, bits)
+    courses = sps.resample(courses, t, axis=1) if t_prime < t else courses
+    return maps @ courses
+
+
+def pcc_sse_sst(original: np.ndarray, reconstruction: np.ndarray) -> tuple[float, int, float, float]:
+    """Sum of channel PCCs, channel count, residual and total sums of squares of one window [C, T]."""
+    o = original - original.mean(1, keepdims=True)
+    r = reconstruction - reconstruction.mean(1, keepdims=True)
+    denom = np.sqrt((o**2).sum(1) * (r**2).sum(1))
+    pcc = np.where(denom > 0, (o * r).sum(1) / np.maximum(denom, 1e-12), 0.0)
+    return float(pcc.sum()), len(pcc), float(((original - reconstruction) ** 2).sum()), float((o**2).sum())
+
+
+def best_pca(items: list[np.ndarray], budget_bits: float) -> dict | None:
+    """The best PCA codec (by PCC) whose bits per window fit ``budget_bits``, over windows [C, T]."""
+    best = None
+    for rank, frac, bits in PCA_GRID:
+        total = np.zeros(4)
+        for window in items:
+            c, t = window.shape
+            t_prime = max(2, t // frac)
+            if rank * (c + t_prime) * bits + 32 * rank > budget_bits:
+                break
+            total += pcc_sse_sst(window, pca_codec(window, rank, t_prime, bits))
+        else:
+            if total[1] and (best is None or total[0] / total[1] > best["pcc"]):
+                best = {"pcc": total[0] / total[1], "r2": 1 - total[2] / total[3], "rank": rank, "decimation": frac, "bits": bits}
+    return best
+
+
+def tokenizer_vs_pca(checkpoint: str | Path, shards: str | Path, out: str | Path, max_windows: int = 400) -> dict:
+    """Per modality: the tokenizer's PCC, R² and spectral error on (up to ``max_windows``) windows of
+    ``shards`` beside the best same-bitrate PCA codec."""
+    from neurofm.tokenizers.evaluate import evaluate_tokenizer
+
+    model = load_tokenizer(checkpoint)
+    index = ShardIndex(shards)
+    rows = np.unique(np.linspace(0, len(index) - 1, min(max_windows, len(index))).astype(int))
+    metrics = evaluate_tokenizer(checkpoint, shards, out, indices=rows)
+    windows = defaultdict(list)
+    for batch in ordered_batches(index, rows, 32):
+        for i, meta in enumerate(batch.metas):
+            c, t = int(batch.channel_mask[i].sum()), int(batch.time_mask[i].sum())
+            windows[meta["modality"]].append((batch.signal[i, :c, :t].numpy().astype(np.float64), batch.signal.shape[2] / meta["sfreq"]))
+    result = {}
+    for modality, items in sorted(windows.items()):
+        family = "bold" if modality == "fmri" else "electro"
+        budget = model.cfg.bits_per_second(family) * items[0][1]
+        tok = metrics["modalities"][modality]
+        result[modality] = {"tokenizer": {k: tok[k] for k in ("pcc", "r2", "spectral_error", "windows")},
+                            "bits_per_second": model.cfg.bits_per_second(family), "pca": best_pca([w for w, _ in items], budget)}
+    return result
+
+
+__all__ = ["best_pca", "pca_codec", "quantize", "tokenizer_vs_pca"]

@@ -1,0 +1,156 @@
+"""The representation benchmark's pieces on tiny, hand-made or simulated data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from neurofm.bench import probes, tasks
+from neurofm.bench.embeddings import ProbeWindows
+from neurofm.bench.features import device_features, window_features
+from neurofm.bench.representation import check_held_out
+from neurofm.data_shards.config import EventEpochs, SimulateConfig
+from neurofm.data_shards.simulate import plan_recordings
+from neurofm.data_shards.simulate.geometry import _clear_of_scalp
+from neurofm.errors import NeuroFMError
+from neurofm.finetune.encoder import pool_tokens
+from neurofm.pretrain.diagnostics import code_frequencies, copy_nearest_predict, masked_accuracy, unigram_predict
+
+CLASSES = ["auditory", "visual", "somatosensory"]
+
+
+def _manifest(recordings):
+    return {"recordings": [{"ground_truth": {"device": d, "subject": s}} for d, s in recordings]}
+
+
+def test_held_out_subjects_and_devices_stay_out_of_pretraining():
+    corpus = _manifest([("biosemi64", 0), ("neuromag306", 1)])
+    probe = _manifest([("biosemi64", 10), ("GSN-HydroCel-129", 11), ("kit157", 10)])
+    split = check_held_out(corpus, probe, ["GSN-HydroCel-129", "kit157"])
+    assert split["corpus"]["devices"] == ["biosemi64", "neuromag306"]
+    with pytest.raises(NeuroFMError, match="held-out device"):
+        check_held_out(_manifest([("kit157", 0)]), probe, ["kit157"])
+    with pytest.raises(NeuroFMError, match="no windows of the held-out"):
+        check_held_out(corpus, _manifest([("biosemi64", 10)]), ["kit157"])
+    with pytest.raises(NeuroFMError, match="both the pretraining corpus and the probe set"):
+        check_held_out(corpus, _manifest([("kit157", 1)]), ["kit157"])
+
+
+def test_simulated_subjects_start_at_first_subject():
+    plan = plan_recordings(SimulateConfig(hours=0.05, modalities=["eeg"], subjects=2, first_subject=40, recording_seconds=30))
+    assert {spec.subject for spec in plan} == {40, 41}
+    assert all("sub-4" in spec.name for spec in plan)
+
+
+def test_bench_config_refuses_overlapping_subjects_or_seeds():
+    from neurofm.bench.config import RepresentationBenchConfig
+
+    with pytest.raises(ValueError, match="first_subject"):
+        RepresentationBenchConfig(probe_set=SimulateConfig(first_subject=0, seed=9, epochs=EventEpochs(events=CLASSES)))
+    with pytest.raises(ValueError, match="seed"):
+        RepresentationBenchConfig(probe_set=SimulateConfig(first_subject=50, seed=0, epochs=EventEpochs(events=CLASSES)))
+
+
+def _planted(n_per_class: int, recordings: int, amplitude: float, rng, channels=("a", "b", "c", "d")):
+    """Event-locked windows: each class adds a 0.1–0.3 s deflection on its own channel, plus noise."""
+    windows, y, groups = [], [], []
+    sfreq, onset = 100.0, 0.5
+    for r in range(recordings):
+        for c, name in enumerate(CLASSES):
+            for _ in range(n_per_class):
+                signal = rng.standard_normal((len(channels), 200))
+                signal[c, int((onset + 0.1) * sfreq) : int((onset + 0.3) * sfreq)] += amplitude
+                meta = {"channels": list(channels), "sfreq": sfreq, "events": [{"onset": onset, "label": name}]}
+                windows.append((signal, meta))
+                y.append(name)
+                groups.append(f"rec{r}")
+    return windows, np.array(y), np.array(groups)
+
+
+def test_raw_feature_baseline_recovers_a_planted_signal_and_only_that():
+    rng = np.random.default_rng(0)
+    windows, y, groups = _planted(8, 4, 1.0, rng)
+    x = device_features(windows, CLASSES)
+    assert probes.grouped_cv("logistic", [x], y, groups)["score"] > 0.9
+    noise, y0, g0 = _planted(8, 4, 0.0, rng)
+    assert probes.grouped_cv("logistic", [device_features(noise, CLASSES)], y0, g0)["score"] < 0.6
+
+
+def test_raw_features_align_channels_by_name_across_recordings():
+    rng = np.random.default_rng(1)
+    a, _, _ = _planted(1, 1, 1.0, rng, channels=("a", "b", "c", "d"))
+    b, _, _ = _planted(1, 1, 1.0, rng, channels=("d", "c", "b", "e"))  # another order, one channel swapped
+    x = device_features(a[:1] + b[:1], CLASSES)
+    per_channel = window_features(*a[0][:1], 100.0, 0.5)[0].shape[1]
+    names = ["a", "b", "c", "d", "e"]
+    grid = x[:, : len(names) * per_channel].reshape(2, len(names), per_channel)
+    assert np.isnan(grid[0, names.index("e")]).all() and np.isnan(grid[1, names.index("a")]).all()
+    assert np.allclose(grid[1, names.index("d")], window_features(b[0][0], 100.0, 0.5)[0][0])
+
+
+def test_trivial_code_predictors_on_a_hand_made_sequence():
+    # 5 time patches, 1 latent, 1 level; codes 3 3 7 7 1; masked at patches 1 and 3
+    codes = np.array([3, 3, 7, 7, 1]).reshape(5, 1, 1)
+    mask = np.array([False, True, False, True, False]).reshape(5, 1)
+    counts = code_frequencies([codes], 1, 1, 8)
+    assert unigram_predict(codes, counts)[:, 0, 0].tolist() == [3, 3, 3, 3, 3]  # 3 and 7 tie: the lower code
+    copy = copy_nearest_predict(codes, mask, counts)
+    assert copy[1, 0, 0] == 3 and copy[3, 0, 0] == 7  # nearest visible; a tie goes to the earlier patch
+    assert masked_accuracy(copy, codes, mask).tolist() == [1.0]
+    assert masked_accuracy(unigram_predict(codes, counts), codes, mask).tolist() == [0.5]
+
+
+def test_cross_device_probe_refuses_the_same_device():
+    windows = ProbeWindows(metas=[{"labels": {"device": "biosemi64", "event": "visual"}, "source": "r"}])
+    with pytest.raises(NeuroFMError, match="two different devices"):
+        tasks.cross_device(windows, "event", CLASSES, "biosemi64", "biosemi64")
+
+
+def test_cross_device_transfer_finds_a_shared_code():
+    rng = np.random.default_rng(2)
+    metas, feats = [], []
+    for device in ("dev-a", "dev-b"):
+        for r in range(3):
+            for c, name in enumerate(CLASSES):
+                for _ in range(6):
+                    v = rng.standard_normal(8)
+                    v[c] += 3.0
+                    feats.append(v)
+                    metas.append({"labels": {"device": device, "event": name}, "source": f"{device}-{r}"})
+    windows = ProbeWindows(metas=metas, columns={"release/time": [np.stack(feats)]})
+    result = tasks.cross_device(windows, "event", CLASSES, "dev-a", "dev-b")
+    assert result["release/time"]["score"] > 0.9 and result["test_windows"] == 54
+
+
+def test_pooling_leaves_padding_out():
+    states = torch.arange(2 * 3 * 2 * 1, dtype=torch.float32).reshape(1, 6, 2)  # P=3 patches, K=2 latents, D=2
+    valid = torch.tensor([[True, True, True, True, False, False]])  # the last patch is padding
+    mean = pool_tokens(states, valid, "mean", 2)
+    assert torch.allclose(mean, states[0, :4].mean(0, keepdim=True))
+    time = pool_tokens(states, valid, "time", 2).reshape(3, 2)
+    assert torch.allclose(time[0], states[0, :2].mean(0)) and torch.allclose(time[2], torch.zeros(2))
+    with pytest.raises(NeuroFMError, match="unknown pooling"):
+        pool_tokens(states, valid, "max", 2)
+
+
+def test_helmet_is_moved_clear_of_a_large_head():
+    coils = np.array([[0.0, 0.0, 0.09], [0.0, 0.08, 0.0], [0.1, 0.0, 0.0]])
+    shift = _clear_of_scalp(coils, head_radius=0.095)
+    assert np.linalg.norm(coils + shift, axis=1).min() >= 0.095 + 0.005 - 1e-9
+    assert np.allclose(_clear_of_scalp(coils * 2, head_radius=0.095), 0.0)
+
+
+def test_simulated_event_locked_windows_keep_their_event_and_ground_truth(tmp_path):
+    from neurofm.data_shards import ShardIndex, build_shards
+    from neurofm.data_shards.config import ShardsConfig
+
+    sim = SimulateConfig(hours=0.01, modalities=["seeg"], subjects=1, recording_seconds=36, cache_dir=str(tmp_path / "gains"),
+                         epochs=EventEpochs(events=CLASSES, tmin=-0.5, tmax=1.5))
+    build_shards(ShardsConfig(simulate=sim, out=str(tmp_path / "s")), progress=False)
+    index = ShardIndex(tmp_path / "s")
+    metas = [index[i]["meta"] for i in range(len(index))]
+    assert len(metas) >= 8 and all(m["layout"] == "epochs" and m["window_onset"] == -0.5 for m in metas)
+    assert {m["labels"]["event"] for m in metas} <= set(CLASSES)
+    assert all(m["events"][0]["label"] == m["labels"]["event"] and m["events"][0]["onset"] == 0.5 for m in metas)
+    assert all(8.5 <= m["labels"]["alpha_hz"] <= 11.5 and m["labels"]["device"] == "shafts" for m in metas)
