@@ -393,3 +393,23 @@ def test_targets_from_local_transformers_models(shared, tmp_path):
     assert ids == ["u0.wav", "u1.wav"] and emb.shape == (2, 16)
     with pytest.raises(NeuroFMError, match="never downloads"):
         compute_targets("text", ["x"], tmp_path / "bad", model="sentence-transformers/all-mpnet-base-v2")
+
+
+def test_class_weights_balance_a_rare_class():
+    from types import SimpleNamespace
+
+    import torch
+
+    from neurofm.finetune.config import FinetuneConfig
+    from neurofm.finetune.train import Task
+
+    windows = SimpleNamespace(y=np.array(["common"] * 10 + ["rare"] * 2))
+    task = Task(FinetuneConfig(release="r", shards="s", label_key="event"), windows)
+    task.balance(np.arange(12))
+    assert task.class_weight.tolist() == pytest.approx([12 / 20, 12 / 4])
+    majority = torch.tensor([[4.0, -4.0]]).repeat(12, 1)  # always "common"
+    balanced = task.loss((majority, None, None), torch.as_tensor(task.index))
+    plain = Task(FinetuneConfig(release="r", shards="s", label_key="event", class_weights="none"), windows)
+    plain.balance(np.arange(12))
+    assert plain.class_weight is None
+    assert balanced > 2 * plain.loss((majority, None, None), torch.as_tensor(plain.index))  # giving up the rare class costs

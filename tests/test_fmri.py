@@ -75,3 +75,14 @@ def test_three_d_image_and_nan_voxels_are_errors(shared, tmp_path):
     nib.save(nib.Nifti1Image(data.astype(np.float32), img.affine), nan_run)
     with pytest.raises(RecordingError, match="nan.nii holds NaN"):
         read_nifti(nan_run, InputSpec(path="x"))
+
+
+def test_csv_declared_as_electrophysiology_is_refused_not_read_as_parcels(tmp_path):
+    from pathlib import Path
+
+    from neurofm.data_shards.readers import read_recording
+
+    csv = tmp_path / "eeg_table.csv"
+    csv.write_text("Fz,Cz\n1,2\n3,4\n")
+    with pytest.raises(RecordingError, match="declares modality: eeg"):
+        read_recording(Path(csv), InputSpec(path=str(csv), modality="eeg"), None)

@@ -268,6 +268,12 @@ def read_recording(path: Path, spec: InputSpec, bids_path=None, fmri_config: Fmr
     if name.endswith(FMRI_EXTENSIONS):
         return fmri.read_nifti(path, spec, n_parcels=fmri_config.n_parcels, detrend=fmri_config.detrend)
     if name.endswith(".csv"):
+        if spec.modality not in (None, "fmri"):
+            raise RecordingError(
+                f"{path}: a CSV is read as an fMRI ROI table (rows = volumes), but this input declares modality: "
+                f"{spec.modality}. Convert {spec.modality} recordings to a format MNE reads (EDF, FIF, BrainVision …), "
+                "or declare modality: fmri if the table holds ROI time series."
+            )
         return fmri.read_roi_table(path, spec, detrend=fmri_config.detrend)
 
     if bids_path is not None:

@@ -127,6 +127,9 @@ class FinetuneConfig:
         becomes ``lm_prefix_tokens`` soft-prompt vectors and the frozen LM learns to continue with the
         window's text (loss weight ``lm_weight``); test windows get greedy generations
         (``generation`` in metrics.json: exact-match rate, samples).
+    class_weights : 'balanced' | 'none'
+        Classification: weight each class's cross-entropy by n / (classes · its count) among the training
+        windows, so a rare class is not given up for the majority (``none``: plain cross-entropy).
     init_from : str | None
         A finetune run whose head, pooling and adapters to start from (e.g. to add new subjects).
     seed : int
@@ -162,6 +165,7 @@ class FinetuneConfig:
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.01
+    class_weights: Literal["balanced", "none"] = "balanced"
     patience: int = 8
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     baselines: list[str] = field(default_factory=lambda: ["shuffled", "random_encoder"])

@@ -61,6 +61,7 @@ class Task:
             self.index = np.searchsorted(self.classes, windows.y)
             self.n_outputs = len(self.classes)
             self.target_info: dict = {}
+            self.class_weight: torch.Tensor | None = None
         else:
             ids, embeddings, info = load_targets(cfg.targets)
             expected = {"vision": "image", "text": "text", "speech": "speech"}[cfg.task]
@@ -76,10 +77,17 @@ class Task:
             self.n_outputs = embeddings.shape[1]
             self.target_info = {k: info.get(k) for k in ("kind", "model", "layer", "dim")}
 
+    def balance(self, train: np.ndarray) -> None:
+        """Class weights n / (classes · count) from the training windows (``class_weights: balanced``)."""
+        if self.cfg.task == "classification" and self.cfg.class_weights == "balanced":
+            counts = np.bincount(self.index[train], minlength=self.n_outputs).astype(float)
+            self.class_weight = torch.tensor(len(train) / (self.n_outputs * np.maximum(counts, 1)), dtype=torch.float32)
+
     def loss(self, output: tuple, rows: torch.Tensor) -> torch.Tensor:
         out, logit_scale, lm_loss = output
         if self.cfg.task == "classification":
-            return F.cross_entropy(out.float(), rows)
+            weight = self.class_weight.to(out.device) if self.class_weight is not None else None
+            return F.cross_entropy(out.float(), rows, weight=weight)
         target = self.embeddings.to(out.device)[rows]
         loss = clip_loss(out.float(), target, rows, logit_scale)
         if self.cfg.mse_weight:
@@ -252,6 +260,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
     windows = load_windows(encoder, cfg)
     task = Task(cfg, windows)
     split = grouped_split(windows, cfg)
+    task.balance(split[0])
     init = _init_state(cfg, task.n_outputs) if cfg.init_from else None
     root = progress_root(cfg.out)
     check_config(root, to_dict(cfg))
