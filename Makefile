@@ -43,8 +43,10 @@ demo: $(STAMP)
 	$(BIN)/neurofm pretrain train --config configs/pretrain_tiny.yaml codes=$(DEMO_OUT)/codes out=$(DEMO_OUT)/pretrain --quiet
 	$(BIN)/neurofm export --run $(DEMO_OUT)/pretrain --out $(DEMO_OUT)/release
 	@ls $(DEMO_OUT)/release
-	@echo "== 4. probing: per-layer linear probes of the release for the simulated conditions (known ground truth)"
-	$(BIN)/neurofm probe --release $(DEMO_OUT)/release --shards $(DEMO_OUT)/shards --out $(DEMO_OUT)/probe --labels auditory,visual,somatosensory
+	@echo "== 4. probing: per-layer linear probes of the release for the simulated conditions (known ground truth),"
+	@echo "      on event-locked windows of held-out subjects, beside random weights, shuffled labels and raw features"
+	$(BIN)/neurofm shards build --config configs/demo_probe.yaml --out $(DEMO_OUT)/probe_set --quiet > /dev/null
+	$(BIN)/neurofm probe --release $(DEMO_OUT)/release --shards $(DEMO_OUT)/probe_set --out $(DEMO_OUT)/probe --label-key event --pooling $(DEMO_POOLING)
 	@echo "== 5. finetuning examples, short form ($(DEMO_EPOCHS) epochs; \`make examples\` runs them in full)"
 	$(MAKE) --no-print-directory examples RELEASE=$(DEMO_OUT)/release EX_OUT=$(DEMO_OUT)/examples EX_EPOCHS=$(DEMO_EPOCHS)
 
@@ -54,6 +56,7 @@ RELEASE ?= $(DEMO_OUT)/release
 EX_OUT ?= runs/examples
 EX_EPOCHS ?= 50
 DEMO_EPOCHS ?= 8
+DEMO_POOLING ?= flat
 FINETUNE = $(BIN)/neurofm finetune release=$(RELEASE) epochs=$(EX_EPOCHS) --quiet
 
 examples: $(STAMP)

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from neurofm.data_shards.config import InputSpec
+from neurofm.data_shards.config import FmriPreprocess, InputSpec
 from neurofm.data_shards.fmri import mni_to_head, read_nifti, read_roi_table
 from neurofm.data_shards.sensors import sensor_table
 from neurofm.errors import RecordingError
@@ -86,3 +86,47 @@ def test_csv_declared_as_electrophysiology_is_refused_not_read_as_parcels(tmp_pa
     csv.write_text("Fz,Cz\n1,2\n3,4\n")
     with pytest.raises(RecordingError, match="declares modality: eeg"):
         read_recording(Path(csv), InputSpec(path=str(csv), modality="eeg"), None)
+
+
+def _run_with_events(tmp_path):
+    import shutil
+    from importlib.resources import files
+
+    run = tmp_path / "sub-01_task-faces_bold.nii"
+    shutil.copy(files("nibabel") / "tests" / "data" / "functional.nii", run)  # 20 volumes, TR 2 s, MNI
+    (tmp_path / "sub-01_task-faces_events.tsv").write_text("onset\tduration\ttrial_type\n4.0\t2.0\tface\n20.0\t2.0\thouse\n")
+    return run
+
+
+def test_fmri_events_table_beside_a_run_labels_its_windows(tmp_path):
+    from neurofm.data_shards import ShardIndex, build_shards
+    from neurofm.data_shards.config import ShardsConfig
+
+    run = _run_with_events(tmp_path)
+    build_shards(ShardsConfig(inputs=[InputSpec(path=str(run))], out=str(tmp_path / "s"), fmri=FmriPreprocess(n_parcels=8)), progress=False)
+    index = ShardIndex(tmp_path / "s")
+    events = [(index[i]["meta"]["window_onset"], e["label"], e["onset"]) for i in range(len(index)) for e in index[i]["meta"]["events"]]
+    assert (0.0, "face", 4.0) in events and (16.0, "house", 4.0) in events and (8.0, "house", 12.0) in events
+
+
+def test_fmri_epochs_cut_event_locked_windows(tmp_path):
+    from neurofm.data_shards import ShardIndex, build_shards
+    from neurofm.data_shards.config import EventEpochs, ShardsConfig
+
+    run = _run_with_events(tmp_path)
+    spec = InputSpec(path=str(run), epochs=EventEpochs(events=["face", "house"], tmin=0.0, tmax=14.0))
+    build_shards(ShardsConfig(inputs=[spec], out=str(tmp_path / "s"), fmri=FmriPreprocess(n_parcels=8)), progress=False)
+    index = ShardIndex(tmp_path / "s")
+    metas = [index[i]["meta"] for i in range(len(index))]
+    assert [m["labels"]["event"] for m in metas] == ["face", "house"] and all(m["layout"] == "epochs" for m in metas)
+    assert metas[0]["n_valid_samples"] == 8  # 0 … 14 s at TR 2 s: 8 volumes of a 16-s window
+
+
+def test_epochs_on_an_epochs_file_are_refused(shared, tmp_path):
+    from neurofm.data_shards import build_shards
+    from neurofm.data_shards.config import EventEpochs, ShardsConfig
+    from neurofm.errors import NeuroFMError
+
+    spec = InputSpec(path=str(shared / "eeg" / "n400_words-epo.fif"), epochs=EventEpochs(events=["x"]), preprocess={"h_freq": 20})
+    with pytest.raises(NeuroFMError, match="continuous recordings only"):
+        build_shards(ShardsConfig(inputs=[spec], out=str(tmp_path / "s")), progress=False)

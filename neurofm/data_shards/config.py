@@ -153,7 +153,11 @@ class InputSpec:
     dataset : str | None
         Name recorded in every sample's ``meta.json`` (default: the parent folder's name).
     epochs : EventEpochs | None
-        Cut continuous recordings into event-locked windows (see :class:`EventEpochs`).
+        Cut continuous recordings into event-locked windows (see :class:`EventEpochs`); fMRI runs too,
+        with tmin / tmax in seconds. Refused for files that are already epochs or evoked responses.
+    events : str | None
+        fMRI: a BIDS events table (``onset``, ``duration``, ``trial_type``) for this run; by default the
+        ``*_events.tsv`` beside it is used when there is one.
     """
 
     path: str
@@ -169,6 +173,7 @@ class InputSpec:
     preprocess: dict[str, Any] = field(default_factory=dict)
     dataset: str | None = None
     epochs: EventEpochs | None = None
+    events: str | None = None
 
 
 SIMULATED_MODALITIES = ("eeg", "meg", "seeg", "ecog", "fmri")

@@ -43,6 +43,50 @@ def _parcel_raw(names: list[str], series: np.ndarray, positions_head: np.ndarray
     return mne.io.RawArray(series, info, verbose="error")
 
 
+def events_file(path: Path, spec: InputSpec) -> Path | None:
+    """The events table of a run: ``spec.events``, else a BIDS ``*_events.tsv`` beside it (the run's name
+    with ``_bold`` or the extension replaced by ``_events.tsv``)."""
+    if spec.events:
+        return Path(spec.events)
+    name = path.name
+    for ext in (".nii.gz", ".nii", ".csv"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+    stem = name[: -len("_bold")] if name.endswith("_bold") else name
+    candidate = path.with_name(f"{stem}_events.tsv")
+    return candidate if candidate.is_file() else None
+
+
+def read_events_table(path: Path, run: Path) -> mne.Annotations:
+    """A BIDS events table (tab-separated; ``onset`` and ``duration`` in seconds, the label from
+    ``trial_type``, else ``value``, else ``event``) → annotations."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path, sep="\t")
+    except Exception as err:  # pandas raises several types for damaged files
+        raise RecordingError(f"{path} (events of {run}) cannot be read as a tab-separated table: {err}") from None
+    if "onset" not in table.columns:
+        raise RecordingError(f"{path} (events of {run}) has no 'onset' column; BIDS events tables need onset and duration in seconds.")
+    label = next((c for c in ("trial_type", "value") if c in table.columns), None)
+    onsets = pd.to_numeric(table["onset"], errors="coerce")
+    durations = pd.to_numeric(table["duration"], errors="coerce").fillna(0.0) if "duration" in table.columns else onsets * 0.0
+    if onsets.isna().any():
+        raise RecordingError(f"{path}: onset must be a number of seconds in every row (row {int(onsets.isna().idxmax()) + 2}).")
+    labels = table[label].astype(str).tolist() if label else ["event"] * len(table)
+    return mne.Annotations(onsets.to_numpy(float), durations.to_numpy(float), labels)
+
+
+def _with_events(raw: mne.io.RawArray, path: Path, spec: InputSpec, report: dict) -> mne.io.RawArray:
+    table = events_file(path, spec)
+    if table is not None:
+        if not table.is_file():
+            raise RecordingError(f"Events table {table} of {path} does not exist; fix inputs[].events.")
+        raw.set_annotations(read_events_table(table, path))
+        report["events_file"] = str(table)
+    return raw
+
+
 def _tr_seconds(img, path: Path, spec: InputSpec) -> float:
     if spec.tr_seconds:
         return float(spec.tr_seconds)
@@ -89,7 +133,7 @@ def _ward_labels(data: np.ndarray, mask: np.ndarray, n_parcels: int) -> np.ndarr
 
 def read_nifti(path: Path, spec: InputSpec, n_parcels: int = 64, detrend: bool = True):
     """Read a 4-D NIfTI run into a :class:`~neurofm.data_shards.readers.Recording` of parcels."""
-    from neurofm.data_shards.readers import Recording
+    from neurofm.data_shards.readers import Recording, _annotation_events
 
     try:
         img = nib.load(path)
@@ -135,8 +179,8 @@ def read_nifti(path: Path, spec: InputSpec, n_parcels: int = 64, detrend: bool =
     names = [f"parcel-{i:03d}" for i in parcel_ids]
     report["dropped_flat_parcels"] = [n for n, f in zip(names, flat) if f]
     keep = ~flat
-    raw = _parcel_raw([n for n, k in zip(names, keep) if k], series[keep], positions[keep], tr)
-    return Recording(source=path, modality="fmri", inst=raw, report=report, spec=spec)
+    raw = _with_events(_parcel_raw([n for n, k in zip(names, keep) if k], series[keep], positions[keep], tr), path, spec, report)
+    return Recording(source=path, modality="fmri", inst=raw, events=_annotation_events(raw), report=report, spec=spec)
 
 
 def read_roi_table(path: Path, spec: InputSpec, detrend: bool = True):
@@ -147,7 +191,7 @@ def read_roi_table(path: Path, spec: InputSpec, detrend: bool = True):
     """
     import csv
 
-    from neurofm.data_shards.readers import Recording
+    from neurofm.data_shards.readers import Recording, _annotation_events
 
     if not spec.positions or not spec.tr_seconds:
         raise RecordingError(
@@ -171,11 +215,12 @@ def read_roi_table(path: Path, spec: InputSpec, detrend: bool = True):
     keep = [i for i, n in enumerate(header) if n not in dropped and n not in missing]
     series = signal.detrend(values[keep], axis=1) if detrend else values[keep]
     positions = mni_to_head(np.stack([table[header[i]] for i in keep]))
-    raw = _parcel_raw([header[i] for i in keep], series, positions, spec.tr_seconds)
-    report = {
+    report: dict = {}
+    raw = _with_events(_parcel_raw([header[i] for i in keep], series, positions, spec.tr_seconds), path, spec, report)
+    report |= {
         "coord_frame": "MNI (template) → head via fsaverage",
         "positions": {"file": str(spec.positions), "unit": unit},
         "dropped_non_brain": {n: "non-brain ROI" for n in dropped},
         "dropped_without_position": missing,
     }
-    return Recording(source=path, modality="fmri", inst=raw, report=report, spec=spec)
+    return Recording(source=path, modality="fmri", inst=raw, events=_annotation_events(raw), report=report, spec=spec)

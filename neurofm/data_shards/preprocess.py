@@ -133,7 +133,7 @@ def _event_epochs(raw, spec: EventEpochs, source: Path):
             "fix inputs[].epochs.events."
         )
     events, _ = mne.events_from_annotations(raw, event_id=event_id, verbose="error")
-    return mne.Epochs(raw, events, event_id, tmin=spec.tmin, tmax=spec.tmax, baseline=None, preload=True,
+    return mne.Epochs(raw, events, event_id, tmin=spec.tmin, tmax=spec.tmax, baseline=None, preload=True, picks="all",
                       reject_by_annotation=False, on_missing="ignore", verbose="error")
 
 
@@ -167,10 +167,17 @@ def prepare(recording: Recording, config: ShardsConfig, input_index: int = 0) ->
         inst = recording.inst
         if abs(inst.info["sfreq"] - 1 / settings.tr_seconds) > 1e-9:
             inst.resample(1.0 / settings.tr_seconds, verbose="error")
-        insts, arrays, info = [inst], [inst.get_data()], inst.info
+        if recording.spec is not None and recording.spec.epochs is not None:
+            recording.inst = inst = _event_epochs(inst, recording.spec.epochs, source)
+        insts, arrays, info = [inst], list(inst.get_data()) if recording.layout == "epochs" else [inst.get_data()], inst.info
     else:
         inst = _filter_resample(recording.inst, settings, source, modality)
-        if recording.spec is not None and recording.spec.epochs is not None and recording.layout == "continuous":
+        if recording.spec is not None and recording.spec.epochs is not None:
+            if recording.layout != "continuous":
+                raise RecordingError(
+                    f"{source} holds {recording.layout} already; inputs[].epochs cuts continuous recordings only. "
+                    "Remove epochs from this input."
+                )
             recording.inst = inst = _event_epochs(inst, recording.spec.epochs, source)
         insts = [inst]
         arrays = list(inst.get_data()) if recording.layout == "epochs" else [inst.get_data()]

@@ -12,7 +12,7 @@ GroupBy = Literal["subject", "run", "recording", "stimulus", "block"]
 #: ``neurofm probe``: CV groups, and how token states become one vector per window (see
 #: :func:`neurofm.finetune.encoder.pool_tokens`).
 PROBE_GROUPINGS = ("recording", "subject", "block")
-TOKEN_POOLINGS = ("mean", "time")
+TOKEN_POOLINGS = ("mean", "time", "flat")
 
 
 @dataclass(kw_only=True)

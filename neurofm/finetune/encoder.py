@@ -109,9 +109,13 @@ def pool_tokens(states: torch.Tensor, valid: torch.Tensor, pooling: str, n_laten
 
     - ``mean``: the mean over valid tokens, F = D;
     - ``time``: the mean over the latents of each time patch, patches kept in order (padding patches
-      are zeros), F = P · D — a time-resolved embedding, so an evoked response keeps its latency.
+      are zeros), F = P · D — a time-resolved embedding, so an evoked response keeps its latency;
+    - ``flat``: no pooling, every token in order (padding tokens are zeros), F = N · D — time-resolved
+      and latent-resolved.
     """
     weights = valid.to(states.dtype)[..., None]
+    if pooling == "flat":
+        return rearrange(states * weights, "b n d -> b (n d)")
     if pooling == "mean":
         return (states * weights).sum(1) / weights.sum(1).clamp(min=1)
     if pooling == "time":
