@@ -130,3 +130,29 @@ def test_epochs_on_an_epochs_file_are_refused(shared, tmp_path):
     spec = InputSpec(path=str(shared / "eeg" / "n400_words-epo.fif"), epochs=EventEpochs(events=["x"]), preprocess={"h_freq": 20})
     with pytest.raises(NeuroFMError, match="continuous recordings only"):
         build_shards(ShardsConfig(inputs=[spec], out=str(tmp_path / "s")), progress=False)
+
+
+def test_runs_of_one_dataset_share_one_parcellation(tmp_path):
+
+    from importlib.resources import files
+
+    from neurofm.data_shards import ShardIndex, build_shards
+    from neurofm.data_shards.config import ShardsConfig
+
+    data = tmp_path / "study"
+    data.mkdir()
+    img = nib.load(files("nibabel") / "tests" / "data" / "functional.nii")
+    rng = np.random.default_rng(0)
+    for run in (1, 2):  # the same grid, different noise: separately fitted Ward parcels would differ
+        noisy = np.asarray(img.dataobj, dtype=np.float32) * (1 + 0.05 * rng.standard_normal(img.shape).astype(np.float32))
+        nib.save(nib.Nifti1Image(noisy, img.affine, img.header), data / f"sub-0{run}_task-rest_bold.nii")
+    config = ShardsConfig(inputs=[InputSpec(path=str(data), dataset="study")], out=str(tmp_path / "s"), fmri=FmriPreprocess(n_parcels=8))
+    manifest = build_shards(config, progress=False)
+    stored = tmp_path / "s" / "parcellations" / "study.nii.gz"
+    assert stored.is_file()
+    first, second = (r["parcellation"] for r in manifest["recordings"])
+    assert first["shared_parcellation"] == second["shared_parcellation"] == str(stored)
+    index = ShardIndex(tmp_path / "s")
+    sensors = {index[i]["meta"]["source"]: index[i]["sensors"] for i in range(len(index))}
+    a, b = sensors.values()
+    assert a.shape == b.shape and np.allclose(a, b)  # parcel k sits at the same centroid in both runs

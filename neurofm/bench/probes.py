@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.decomposition import PCA
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import balanced_accuracy_score, r2_score
@@ -26,10 +27,15 @@ RIDGE_ALPHA = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 
 
 def make_probe(kind: str, strength: float):
-    """An unfitted pipeline: 'logistic' (class-balanced) with C = strength, or 'ridge' with alpha = strength."""
-    head = (LogisticRegression(C=strength, max_iter=3000, class_weight="balanced") if kind == "logistic"
+    """An unfitted pipeline: 'logistic' (class-balanced) with C = strength, or 'ridge' with alpha = strength.
+
+    Between scaling and the model, an untruncated PCA rotates the features onto the span of the training
+    rows (min(n, F) components): an L2-penalised linear model's solution lies in that span, so the fit
+    is the same, but thousands of features (time- or token-resolved embeddings) cost no more than n.
+    """
+    head = (LogisticRegression(C=strength, max_iter=1000, class_weight="balanced") if kind == "logistic"
             else Ridge(alpha=strength))
-    return make_pipeline(SimpleImputer(strategy="mean", keep_empty_features=True), StandardScaler(), head)
+    return make_pipeline(SimpleImputer(strategy="mean", keep_empty_features=True), StandardScaler(), PCA(), head)
 
 
 def score(kind: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:

@@ -12,6 +12,8 @@ import functools
 import hashlib
 import json
 import logging
+import re
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -54,6 +56,7 @@ def _start_manifest(config: ShardsConfig, out: Path, overwrite: bool) -> dict:
     if overwrite and out.exists():
         for f in list(out.glob("shard-*.tar*")) + [out / MANIFEST]:
             f.unlink(missing_ok=True)
+        shutil.rmtree(out / PARCELLATIONS, ignore_errors=True)
     return {
         "format_version": FORMAT_VERSION,
         "neurofm_version": neurofm.__version__,
@@ -89,17 +92,25 @@ class Source:
     checksum: Callable[[], str]
 
 
+#: Folder (inside the output folder) of the per-dataset fMRI parcellations.
+PARCELLATIONS = "parcellations"
+
+
 def list_sources(config: ShardsConfig) -> list[Source]:
-    """Every recording of the config in build order: inputs (files sorted), then simulated ones."""
+    """Every recording of the config in build order: inputs (files sorted), then simulated ones.
+    fMRI runs of one dataset share one parcellation, fitted on its first run in this order."""
     root = Path(config.root)
     sources = []
     for i, spec in enumerate(config.inputs):
         for path, item_spec, bids_path in expand_inputs(spec, root):
+            dataset = spec.dataset or path.parent.name
+            parcellation = Path(config.out) / PARCELLATIONS / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', dataset)}.nii.gz"
             sources.append(Source(
                 name=_relative(path, root),
                 input_index=i,
-                dataset=spec.dataset or path.parent.name,
-                read=functools.partial(read_recording, path, item_spec, bids_path, fmri_config=config.fmri),
+                dataset=dataset,
+                read=functools.partial(read_recording, path, item_spec, bids_path, fmri_config=config.fmri,
+                                       parcellation=parcellation),
                 checksum=functools.partial(source_checksum, path),
             ))
     if config.simulate is not None:

@@ -131,8 +131,40 @@ def _ward_labels(data: np.ndarray, mask: np.ndarray, n_parcels: int) -> np.ndarr
     return labels
 
 
-def read_nifti(path: Path, spec: InputSpec, n_parcels: int = 64, detrend: bool = True):
-    """Read a 4-D NIfTI run into a :class:`~neurofm.data_shards.readers.Recording` of parcels."""
+def shared_parcellation(path: Path, img, data: np.ndarray, store: Path, n_parcels: int) -> tuple[np.ndarray, dict]:
+    """Labels [x, y, z] of the parcellation shared by every run of one dataset, stored at ``store``.
+
+    The first run read fits it (Ward on its brain mask) and writes it there (atomically); later runs
+    load it, resampled to their grid (nearest neighbour) when their grid differs, so parcel k is the
+    same patch of brain in every run and subject of the dataset.
+    """
+    if store.is_file():
+        stored = nib.load(store)
+        if stored.shape[:3] == data.shape[:3] and np.allclose(stored.affine, img.affine, atol=1e-3):
+            labels = np.asarray(stored.dataobj).astype(int)
+        else:
+            from nilearn.image import resample_to_img
+
+            target = nib.Nifti1Image(np.zeros(data.shape[:3], dtype=np.int16), img.affine)
+            labels = np.asarray(resample_to_img(stored, target, interpolation="nearest", force_resample=True,
+                                                copy_header=True).dataobj).astype(int)
+        return labels, {"shared_parcellation": str(store), "parcels": int(labels.max())}
+    mask, method = _brain_mask(data, img.affine)
+    labels = _ward_labels(data, mask, n_parcels)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    image = nib.Nifti1Image(labels.astype(np.int16), img.affine)
+    partial = store.with_name(store.name + ".partial.nii.gz")
+    nib.save(image, partial)
+    partial.replace(store)
+    return labels, {"shared_parcellation": str(store), "fitted_on": path.name, "ward_parcels": int(labels.max()),
+                    "mask_voxels": int(mask.sum()), "mask": method}
+
+
+def read_nifti(path: Path, spec: InputSpec, n_parcels: int = 64, detrend: bool = True, parcellation: Path | None = None):
+    """Read a 4-D NIfTI run into a :class:`~neurofm.data_shards.readers.Recording` of parcels.
+
+    Parcels: ``spec.atlas``; else the dataset's shared Ward parcellation stored at ``parcellation``
+    (see :func:`shared_parcellation`); else a Ward parcellation of this run alone."""
     from neurofm.data_shards.readers import Recording, _annotation_events
 
     try:
@@ -156,6 +188,8 @@ def read_nifti(path: Path, spec: InputSpec, n_parcels: int = 64, detrend: bool =
             )
         labels = np.asarray(atlas.dataobj).astype(int)
         report["parcellation"] = {"atlas": str(spec.atlas)}
+    elif parcellation is not None:
+        labels, report["parcellation"] = shared_parcellation(path, img, data, parcellation, n_parcels)
     else:
         mask, method = _brain_mask(data, img.affine)
         labels = _ward_labels(data, mask, n_parcels)

@@ -241,7 +241,8 @@ def _check_ieeg_typed(inst, path: Path) -> None:
         )
 
 
-def read_recording(path: Path, spec: InputSpec, bids_path=None, fmri_config: FmriPreprocess | None = None) -> Recording:
+def read_recording(path: Path, spec: InputSpec, bids_path=None, fmri_config: FmriPreprocess | None = None,
+                   parcellation: Path | None = None) -> Recording:
     """Read one recording and leave only positioned brain channels.
 
     Parameters
@@ -255,6 +256,8 @@ def read_recording(path: Path, spec: InputSpec, bids_path=None, fmri_config: Fmr
         events from the sidecars).
     fmri_config : FmriPreprocess | None
         Parcellation and detrending of fMRI inputs (defaults when ``None``).
+    parcellation : Path | None
+        fMRI without an atlas: where the dataset's shared parcellation is (or is to be) stored.
 
     Raises
     ------
@@ -266,7 +269,7 @@ def read_recording(path: Path, spec: InputSpec, bids_path=None, fmri_config: Fmr
     name = path.name.lower()
     fmri_config = fmri_config or FmriPreprocess()
     if name.endswith(FMRI_EXTENSIONS):
-        return fmri.read_nifti(path, spec, n_parcels=fmri_config.n_parcels, detrend=fmri_config.detrend)
+        return fmri.read_nifti(path, spec, n_parcels=fmri_config.n_parcels, detrend=fmri_config.detrend, parcellation=parcellation)
     if name.endswith(".csv"):
         if spec.modality not in (None, "fmri"):
             raise RecordingError(
