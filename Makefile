@@ -16,7 +16,7 @@ PYTEST_ARGS ?= -n 2
 export OMP_NUM_THREADS ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: install demo examples test test-slow clean
+.PHONY: install demo examples test test-slow bench-representation release-small clean
 
 install: $(STAMP)
 
@@ -50,9 +50,21 @@ demo: $(STAMP)
 	@echo "== 5. finetuning examples, short form ($(DEMO_EPOCHS) epochs; \`make examples\` runs them in full)"
 	$(MAKE) --no-print-directory examples RELEASE=$(DEMO_OUT)/release EX_OUT=$(DEMO_OUT)/examples EX_EPOCHS=$(DEMO_EPOCHS)
 
-# Finetuning examples on a release (default: the demo's). Each prints its test metrics beside chance and
+# The representation benchmark (CPU preset, about 40 minutes on 2 cores): corpus → tokenizer → DeepSpeed
+# pretraining → release → probes on held-out subjects and devices; results.md / results.json / layers.png.
+BENCH_OUT ?= runs/bench_representation
+bench-representation: $(STAMP)
+	$(BIN)/neurofm bench representation --config configs/bench/representation_cpu.yaml out=$(BENCH_OUT) --quiet
+
+# A small release worth finetuning on a CPU: the benchmark's release (its corpus, tokenizer and model),
+# with the benchmark's numbers beside it. `make examples` uses it when it exists.
+SMALL_RELEASE := $(BENCH_OUT)/release
+release-small: bench-representation
+	@echo "small release: $(SMALL_RELEASE) (its benchmark: $(BENCH_OUT)/results.md)"
+
+# Finetuning examples on a release (default: the small release when `make release-small` made one, else the demo's). Each prints its test metrics beside chance and
 # the shuffled-label and random-encoder baselines; run folders hold metrics.json and plots.
-RELEASE ?= $(DEMO_OUT)/release
+RELEASE ?= $(if $(wildcard $(SMALL_RELEASE)/config.json),$(SMALL_RELEASE),$(DEMO_OUT)/release)
 EX_OUT ?= runs/examples
 EX_EPOCHS ?= 50
 DEMO_EPOCHS ?= 8
@@ -61,6 +73,7 @@ FINETUNE = $(BIN)/neurofm finetune release=$(RELEASE) epochs=$(EX_EPOCHS) --quie
 
 examples: $(STAMP)
 	@test -f $(RELEASE)/config.json || { echo "no release at $(RELEASE): run 'make demo' first, or set RELEASE=<release dir>"; exit 1; }
+	@echo "-- every number below comes from the release in $(RELEASE)"
 	@echo "-- SYNTHETIC speech set: speech-like utterances projected onto the demo shards' EEG windows"
 	$(BIN)/neurofm simulate-speech --background $(DEMO_OUT)/shards --out $(EX_OUT)/speech
 	$(BIN)/neurofm targets --kind speech --inputs $(EX_OUT)/speech/audio --out $(EX_OUT)/targets/speech_logmel

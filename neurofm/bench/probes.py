@@ -26,16 +26,23 @@ LOGISTIC_C = (0.001, 0.01, 0.1, 1.0)
 RIDGE_ALPHA = (1.0, 10.0, 100.0, 1000.0, 10000.0)
 
 
-def make_probe(kind: str, strength: float):
-    """An unfitted pipeline: 'logistic' (class-balanced) with C = strength, or 'ridge' with alpha = strength.
+def make_features():
+    """Impute missing features from training rows, standardise, and rotate onto the training rows' span.
 
-    Between scaling and the model, an untruncated PCA rotates the features onto the span of the training
-    rows (min(n, F) components): an L2-penalised linear model's solution lies in that span, so the fit
-    is the same, but thousands of features (time- or token-resolved embeddings) cost no more than n.
-    """
-    head = (LogisticRegression(C=strength, max_iter=1000, class_weight="balanced") if kind == "logistic"
-            else Ridge(alpha=strength))
-    return make_pipeline(SimpleImputer(strategy="mean", keep_empty_features=True), StandardScaler(), PCA(), head)
+    The untruncated PCA (min(n, F) components) changes nothing for an L2-penalised linear model, whose
+    solution lies in that span, but makes thousands of features (time- or token-resolved embeddings)
+    cost no more than n."""
+    return make_pipeline(SimpleImputer(strategy="mean", keep_empty_features=True), StandardScaler(), PCA())
+
+
+def make_head(kind: str, strength: float):
+    """'logistic' (class-balanced) with C = strength, or 'ridge' with alpha = strength."""
+    return LogisticRegression(C=strength, max_iter=1000, class_weight="balanced") if kind == "logistic" else Ridge(alpha=strength)
+
+
+def make_probe(kind: str, strength: float):
+    """An unfitted pipeline: :func:`make_features` then :func:`make_head`."""
+    return make_pipeline(*[step for _, step in make_features().steps], make_head(kind, strength))
 
 
 def score(kind: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -71,11 +78,15 @@ def select_and_fit(kind: str, features: list[np.ndarray], y: np.ndarray, groups:
     if n_groups >= 2:
         splits = [(a, b) for a, b in GroupKFold(n_splits=min(inner_splits, n_groups)).split(features[0], y, groups)
                   if kind != "logistic" or len(np.unique(y[a])) >= 2]
-        for layer, x in enumerate(features):
-            for j, strength in enumerate(strengths):
-                if splits:
-                    table[layer, j] = np.mean([score(kind, y[b], make_probe(kind, strength).fit(x[a], y[a]).predict(x[b]))
-                                               for a, b in splits])
+        scores = np.zeros((len(features), len(strengths), len(splits)))
+        for s_index, (a, b) in enumerate(splits):
+            for layer, x in enumerate(features):
+                prep = make_features().fit(x[a])
+                xa, xb = prep.transform(x[a]), prep.transform(x[b])
+                for j, strength in enumerate(strengths):
+                    scores[layer, j, s_index] = score(kind, y[b], make_head(kind, strength).fit(xa, y[a]).predict(xb))
+        if splits:
+            table = scores.mean(axis=2)
     if np.isfinite(table).any():
         layer, j = np.unravel_index(int(np.argmax(table)), table.shape)
     else:

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import confusion_matrix, r2_score
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
+from neurofm.bench.probes import make_features
 from neurofm.data_shards.dataset import ShardIndex
 from neurofm.errors import NeuroFMError
 from neurofm.finetune.config import PROBE_GROUPINGS
@@ -97,7 +96,7 @@ def _cv_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_splits: int) 
     predicted = np.empty_like(y)
     proba = np.zeros((len(y), len(classes)))
     for train, test in GroupKFold(n_splits=n_splits).split(x, y, groups):
-        clf = make_pipeline(SimpleImputer(strategy="mean", keep_empty_features=True), StandardScaler(), LogisticRegression(max_iter=2000, C=0.5))
+        clf = make_pipeline(*[step for _, step in make_features().steps], LogisticRegression(max_iter=2000, C=0.5))
         clf.fit(x[train], y[train])
         predicted[test] = clf.predict(x[test])
         proba[np.ix_(test, np.searchsorted(classes, clf.classes_))] = clf.predict_proba(x[test])
@@ -107,7 +106,7 @@ def _cv_scores(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_splits: int) 
 def _cv_ridge(x: np.ndarray, y: np.ndarray, groups: np.ndarray, n_splits: int) -> tuple[dict, np.ndarray]:
     predicted = np.empty_like(y)
     for train, test in GroupKFold(n_splits=n_splits).split(x, y, groups):
-        reg = make_pipeline(SimpleImputer(strategy="mean", keep_empty_features=True), StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 13)))
+        reg = make_pipeline(*[step for _, step in make_features().steps], RidgeCV(alphas=np.logspace(-2, 4, 13)))
         reg.fit(x[train], y[train])
         predicted[test] = reg.predict(x[test])
     r = float(np.corrcoef(predicted, y)[0, 1]) if predicted.std() > 0 else 0.0
