@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe = stages.add_parser("probe", help="per-layer linear probes of a release", description=(
         "Embed the labelled windows of signal shards with a release (its tokenizer + encoder, every layer "
         "pooled over the tokens that hold signal), fit logistic-regression probes with grouped cross-validation "
-        "(groups: recordings by default) and report balanced accuracy, AUROC, Cohen's kappa and weighted F1 "
+        "(groups: recordings when there are two or more) and report balanced accuracy, AUROC, Cohen's kappa and weighted F1 "
         "per layer beside chance, shuffled labels, the same architecture with random weights, and raw features "
         "of the same windows; writes metrics.json, layers.png and confusion.png."))
     _io_arguments(probe, "release", "release directory (`neurofm export`)", "folder for metrics.json and plots")
@@ -393,8 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--label-key", help="or: a meta.json field (or labels.* field) as the label, e.g. dataset, event")
     probe.add_argument("--ridge", action="store_true", help="ridge probes of a numeric --label-key (R², Pearson r) instead of classes")
     probe.add_argument("--folds", type=int, default=5, help="cross-validation folds")
-    probe.add_argument("--group-by", choices=PROBE_GROUPINGS, default="recording",
-                       help="CV groups: whole recordings (default), subjects, or blocks of --group-block consecutive windows")
+    probe.add_argument("--group-by", choices=PROBE_GROUPINGS, default="auto",
+                       help="CV groups: whole recordings, subjects, or blocks of --group-block consecutive windows; "
+                            "auto (default): recordings when there are two or more, else blocks")
     probe.add_argument("--group-block", type=int, default=10, help="consecutive windows per CV group with --group-by blocks")
     probe.add_argument("--pooling", choices=TOKEN_POOLINGS, default="mean",
                        help="tokens → one vector per window: mean over tokens holding signal, or time (one mean per time patch)")

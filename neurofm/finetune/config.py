@@ -9,9 +9,10 @@ Task = Literal["classification", "vision", "text", "speech"]
 Mode = Literal["frozen", "last_k", "full", "lora"]
 Pooling = Literal["mean", "query", "attention"]
 GroupBy = Literal["subject", "run", "recording", "stimulus", "block"]
-#: ``neurofm probe``: CV groups, and how token states become one vector per window (see
+#: ``neurofm probe``: CV groups (``auto``: recordings when there are two or more, else blocks of
+#: consecutive windows), and how token states become one vector per window (see
 #: :func:`neurofm.finetune.encoder.pool_tokens`).
-PROBE_GROUPINGS = ("recording", "subject", "block")
+PROBE_GROUPINGS = ("auto", "recording", "subject", "block")
 TOKEN_POOLINGS = ("mean", "time", "flat")
 
 

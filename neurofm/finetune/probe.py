@@ -48,13 +48,13 @@ def window_group(meta: dict, position: int, group_by: str, block: int) -> str:
         return str(meta["source"])
     if group_by == "subject":
         return f"{meta.get('dataset')}/{meta.get('subject')}"
-    if group_by == "block":
+    if group_by in ("block", "auto"):  # auto: decided in collect, once every window is known
         return f"{meta['source']}#{position // block}"
     raise NeuroFMError(f"unknown grouping '{group_by}'; use one of {', '.join(PROBE_GROUPINGS)}.")
 
 
 def collect(encoder: BrainEncoder, shards: str | Path, labels: list[str] | None, key: str | None, block: int,
-            group_by: str = "recording", pooling: str = "mean", random_seed: int | None = None):
+            group_by: str = "auto", pooling: str = "mean", random_seed: int | None = None):
     """Embeddings [layers, n, F], labels [n], groups [n] of every labelled window; with ``random_seed``,
     also the random-weights encoder's embeddings [layers, n, F] and raw features [n, F_raw]."""
     from neurofm.bench.embeddings import random_encoder
@@ -82,6 +82,9 @@ def collect(encoder: BrainEncoder, shards: str | Path, labels: list[str] | None,
             groups.append(window_group(meta, count, group_by, block))
     if not ys:
         raise NeuroFMError(f"No window of {shards} carries any of the labels {labels or key}; check --labels / --label-key.")
+    if group_by == "auto":
+        recordings = {g.rsplit("#", 1)[0] for g in groups}
+        groups = [g.rsplit("#", 1)[0] for g in groups] if len(recordings) >= 2 else groups
     if len({f.shape[2] for f in feats}) > 1:
         raise NeuroFMError(f"Windows of {shards} have different lengths, so '{pooling}' pooling gives vectors of different sizes; "
                            "use --pooling mean, or probe one window length at a time.")
@@ -123,7 +126,7 @@ def _grouping(groups: np.ndarray, group_by: str, block: int, n_splits: int) -> i
 
 def probe_release(release: str | Path, shards: str | Path, out: str | Path, *, labels: list[str] | None = None,
                   label_key: str | None = None, n_splits: int = 5, block: int = 10, seed: int = 0, ridge: bool = False,
-                  group_by: str = "recording", pooling: str = "mean") -> dict:
+                  group_by: str = "auto", pooling: str = "mean") -> dict:
     """Probe every layer of ``release`` on the labelled windows of ``shards``; write results to ``out``.
 
     Logistic probes of classes, or (``ridge``) ridge probes of a numeric ``label_key`` (R², Pearson r).
@@ -134,6 +137,8 @@ def probe_release(release: str | Path, shards: str | Path, out: str | Path, *, l
         raise NeuroFMError("--ridge probes a numeric meta field: give --label-key.")
     encoder = BrainEncoder.from_pretrained(release)
     x, y, groups, baselines = collect(encoder, shards, labels, label_key, block, group_by, pooling, random_seed=seed + 1)
+    if group_by == "auto":
+        group_by = "block" if any("#" in g for g in groups) else "recording"
     if ridge:
         try:
             y = y.astype(float)
