@@ -131,7 +131,7 @@ def _launch(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     from neurofm.finetune.embed import embed_shards
 
-    print(f"embeddings: {embed_shards(args.release, args.shards, args.out)}")
+    print(f"embeddings: {embed_shards(args.release, args.shards, args.out, pooling=args.pooling)}")
     return 0
 
 
@@ -403,9 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     embed = stages.add_parser("embed", help="per-layer embeddings of every window of a shard set", description=(
         "Embed every window of signal shards with a release (tokenized on the fly by its bundled tokenizer): "
-        "embeddings.safetensors with layer_0 … layer_n, each [windows, D] mean-pooled, and index.json "
+        "embeddings.safetensors with layer_0 … layer_n, each [windows, F] pooled over the tokens that hold signal, and index.json "
         "(key, source, modality, onset, labels, events per row)."))
     _io_arguments(embed, "release", "release directory (`neurofm export`)", "output folder")
+    embed.add_argument("--pooling", choices=TOKEN_POOLINGS, default="mean",
+                       help="tokens → one vector per window: mean, time (one mean per time patch) or flat (every token)")
     embed.set_defaults(func=_embed)
 
     targets = stages.add_parser("targets", help="target embeddings of images, texts or speech, cached", description=(

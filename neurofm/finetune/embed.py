@@ -1,7 +1,7 @@
 """``embed_shards``: a release's per-layer embeddings of every window of a shard set, on disk.
 
-Writes ``embeddings.safetensors`` (``layer_0`` … ``layer_n``, each [windows, D] float32, mean-pooled
-over tokens) and ``index.json`` (per row: key, source, modality, window onset, labels and events), in
+Writes ``embeddings.safetensors`` (``layer_0`` … ``layer_n``, each [windows, F] float32, pooled over
+the tokens that hold signal: ``mean`` (F = D), ``time`` or ``flat``) and ``index.json`` (per row: key, source, modality, window onset, labels and events), in
 the shards' stored order.
 """
 
@@ -15,24 +15,30 @@ import torch
 from safetensors.torch import save_file
 
 from neurofm.data_shards.dataset import ShardIndex
+from neurofm.errors import NeuroFMError
 from neurofm.finetune.encoder import BrainEncoder
 from neurofm.tokenizers.data import ordered_batches
 
 
-def embed_shards(release: str | Path, shards: str | Path, out: str | Path, *, batch_size: int = 32) -> Path:
-    """Embed every window of ``shards`` with ``release``; returns the output folder."""
+def embed_shards(release: str | Path, shards: str | Path, out: str | Path, *, batch_size: int = 32, pooling: str = "mean") -> Path:
+    """Embed every window of ``shards`` with ``release`` (pooled over the tokens that hold signal, see
+    :func:`neurofm.finetune.encoder.pool_tokens`); returns the output folder."""
     encoder = BrainEncoder.from_pretrained(release)
     index = ShardIndex(shards)
     chunks, rows = [], []
     for batch in ordered_batches(index, range(len(index)), batch_size):
+        n_valid = torch.tensor([m.get("n_valid_samples", m["window_samples"]) for m in batch.metas])
         chunks.append(encoder.layer_embeddings(batch.signal, batch.sensors, batch.channel_mask, batch.family,
-                                               [m["modality"] for m in batch.metas]))
+                                               [m["modality"] for m in batch.metas], n_valid, pooling))
         rows += [{"key": k, "source": m["source"], "modality": m["modality"], "window_onset": m.get("window_onset"),
                   "labels": m.get("labels", {}), "events": m.get("events", [])} for k, m in zip(batch.keys, batch.metas)]
-    embeddings = torch.cat(chunks, dim=1).float()  # [layers, windows, D]
+    if len({c.shape[2] for c in chunks}) > 1:
+        raise NeuroFMError(f"Windows of {shards} have different lengths, so '{pooling}' pooling gives vectors of different sizes; "
+                           "use --pooling mean, or embed one window length at a time.")
+    embeddings = torch.cat(chunks, dim=1).float()  # [layers, windows, F]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     save_file({f"layer_{i}": e.contiguous() for i, e in enumerate(embeddings)}, str(out / "embeddings.safetensors"),
-              metadata={"release": str(release), "shards": str(shards), "pooling": "mean"})
+              metadata={"release": str(release), "shards": str(shards), "pooling": pooling})
     (out / "index.json").write_text(json.dumps(rows, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
     return out
