@@ -202,3 +202,21 @@ def test_bf16_asymmetric_checkpointed_time_masking_trains_and_exports(code_shard
     assert model.cfg.asymmetric and hasattr(model, "decoder")
     probe = probe_logits(model, code_shards)
     assert np.allclose(probe, json.loads((run / "DONE.json").read_text())["probe"], atol=0.1)  # bf16 engine vs fp32 release
+
+
+def test_code_embeddings_start_from_the_tokenizers_codebooks(code_shards, tmp_path):
+    from neurofm.pretrain.train import code_manifest, tokenizer_codebooks
+
+    codebooks = tokenizer_codebooks(code_manifest(code_shards), code_shards)  # [L, V, c]
+    levels, v, c = codebooks.shape
+    model = MaskedCodeModel(PretrainModelConfig(d_model=32, n_layers=1, n_heads=2, n_latents=4, levels=levels, codes_per_level=v))
+    model.init_code_embeddings(codebooks, seed=3)
+    codes = torch.randint(0, v, (20, levels))
+    tokens = sum(table(codes[:, level]) for level, table in enumerate(model.code_embeddings))  # [20, D]
+    quantized = sum(codebooks[level][codes[:, level]] for level in range(levels))  # [20, c]
+    # a token's input is a linear image of its quantized latent: solve for the map, check it fits exactly
+    fit = torch.linalg.lstsq(quantized.double(), tokens.double()).solution
+    assert torch.allclose(quantized.double() @ fit, tokens.double(), atol=1e-5)
+    assert torch.stack([t.weight for t in model.code_embeddings]).pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)
+    with pytest.raises(ValueError, match="do not fit"):
+        model.init_code_embeddings(codebooks[:, :2], seed=3)

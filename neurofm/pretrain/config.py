@@ -29,6 +29,10 @@ class PretrainModelConfig:
         ``decoder_layers``) fills in mask tokens and predicts the masked codes (MAE-style).
     activation_checkpointing : bool
         Recompute each block's activations in the backward pass (saves memory).
+    code_embedding_init : 'tokenizer' | 'random'
+        Start each level's code embedding table from the tokenizer's codebook for that level (through one
+        fixed orthonormal map into ``d_model``), so a token's input is a linear image of its quantized
+        latent from step 0; or from random vectors.
     """
 
     d_model: int = 128
@@ -45,6 +49,7 @@ class PretrainModelConfig:
     decoder_d_model: int = 64
     decoder_layers: int = 2
     activation_checkpointing: bool = False
+    code_embedding_init: Literal["tokenizer", "random"] = "tokenizer"
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:

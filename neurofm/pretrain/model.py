@@ -100,6 +100,22 @@ class MaskedCodeModel(nn.Module):
             head_in = d
         self.head = nn.Linear(head_in, cfg.levels * cfg.codes_per_level)
 
+    @torch.no_grad()
+    def init_code_embeddings(self, codebooks: torch.Tensor, seed: int = 0) -> None:
+        """Level l's table ← codebooks[l] [V, c] through one fixed orthonormal map into D, scaled to unit
+        RMS over all levels (their relative sizes kept: a token's input is then a linear image of the
+        sum of its code vectors, i.e. of the tokenizer's quantized latent)."""
+        levels, v, c = codebooks.shape
+        if (levels, v) != (self.cfg.levels, self.cfg.codes_per_level) or c > self.cfg.d_model:
+            raise ValueError(f"codebooks {tuple(codebooks.shape)} do not fit {self.cfg.levels} levels × "
+                             f"{self.cfg.codes_per_level} codes in d_model={self.cfg.d_model}.")
+        generator = torch.Generator().manual_seed(seed)
+        q, _ = torch.linalg.qr(torch.randn(self.cfg.d_model, c, generator=generator))  # [D, c], orthonormal columns
+        tables = codebooks.float() @ q.T  # [L, V, D]
+        tables = tables / tables.pow(2).mean().sqrt().clamp(min=1e-12)
+        for level, table in enumerate(self.code_embeddings):
+            table.weight.copy_(tables[level])
+
     def _context(self, b: int, p: int, modality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent-index + modality embedding [B, N, D] and time positions [B, N] of every token."""
         k = self.cfg.n_latents

@@ -63,6 +63,19 @@ def code_manifest(codes_dir: str | Path) -> dict:
     return index.manifest
 
 
+def tokenizer_codebooks(manifest: dict, codes_dir: str | Path) -> torch.Tensor:
+    """The codebooks [L, V, c] of the tokenizer that wrote the code shards (named by their manifest)."""
+    from neurofm.tokenizers.checkpoint import load_tokenizer
+
+    path = Path(manifest["tokenizer"]["path"])
+    if not (path / "model.safetensors").is_file():
+        raise NeuroFMError(
+            f"The tokenizer that encoded {codes_dir} is not at {path} any more (model.code_embedding_init=tokenizer "
+            "needs its codebooks); put it back, or set model.code_embedding_init=random."
+        )
+    return load_tokenizer(path).quantizer.residual.codebooks.detach()
+
+
 def fill_model_config(cfg: PretrainConfig, manifest: dict) -> None:
     """Take K, L, V from the code shards' tokenizer; if the config names them, they must agree."""
     tok = manifest["tokenizer"]
@@ -141,8 +154,9 @@ def latest_tag(out: Path) -> str | None:
 
 def _check_resume(out: Path, tag: str, cfg: PretrainConfig, manifest: dict) -> None:
     saved = json.loads((out / tag / "neurofm_config.json").read_text())
-    if saved["model"] != to_dict(cfg.model):
-        diff = {k: (saved["model"].get(k), v) for k, v in to_dict(cfg.model).items() if saved["model"].get(k) != v}
+    # settings a checkpoint of an older version does not name cannot differ from it
+    diff = {k: (saved["model"][k], v) for k, v in to_dict(cfg.model).items() if k in saved["model"] and saved["model"][k] != v}
+    if diff:
         raise NeuroFMError(
             f"{out}/{tag} is a checkpoint of a different model (saved vs now: {diff}); resume with the config it was "
             "made with, or use another out=…"
@@ -183,6 +197,8 @@ def train_pretrain(cfg: PretrainConfig, progress: bool = True, on_step=None) -> 
         ds_config["checkpoint"] = {"load_universal": True}
     torch.manual_seed(cfg.seed)
     model = MaskedCodeModel(cfg.model)
+    if cfg.model.code_embedding_init == "tokenizer" and not states:
+        model.init_code_embeddings(tokenizer_codebooks(manifest, cfg.codes), seed=cfg.seed)
     if cfg.compile:
         model = torch.compile(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
