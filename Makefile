@@ -67,7 +67,7 @@ release-small: bench-representation
 RELEASE ?= $(if $(wildcard $(SMALL_RELEASE)/config.json),$(SMALL_RELEASE),$(DEMO_OUT)/release)
 EX_OUT ?= runs/examples
 EX_EPOCHS ?= 50
-DEMO_EPOCHS ?= 8
+DEMO_EPOCHS ?= 5
 DEMO_POOLING ?= flat
 # 300 steps keep the rhythms but lose the evoked response the probe looks for (benchmarks/RESULTS.md)
 DEMO_TOKENIZER_STEPS ?= 600
