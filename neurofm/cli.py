@@ -168,9 +168,11 @@ def _probe(args: argparse.Namespace) -> int:
 def _bench_representation(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from neurofm.bench.representation import load_bench_config, run_representation_bench
+    from neurofm.bench.config import RepresentationBenchConfig
+    from neurofm.bench.representation import run_representation_bench
+    from neurofm.config import load_config
 
-    config = load_bench_config(args.config, args.overrides)
+    config = load_config(RepresentationBenchConfig, args.config, args.overrides)
     run_representation_bench(config, progress=not args.quiet)
     print((Path(config.out) / "results.md").read_text())
     print(f"results.json, results.md and layers.png in {config.out}")

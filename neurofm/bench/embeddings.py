@@ -24,10 +24,12 @@ from neurofm.tokenizers.data import ordered_batches
 
 @dataclass
 class ProbeWindows:
-    """Per window (``n``): ``metas``; per column name: a list of per-layer matrices [n, F]."""
+    """Per window (``n``): ``metas`` and the valid raw signal; per column name: a list of per-layer
+    matrices [n, F]."""
 
     metas: list[dict]
     columns: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    raw_windows: list[tuple[np.ndarray, dict]] = field(default_factory=list)  # (signal [C, valid T], meta)
 
     def device(self) -> np.ndarray:
         return np.asarray([device_of(m) for m in self.metas])
@@ -57,7 +59,7 @@ def collect(release: str | Path, shards: str | Path, poolings: tuple[str, ...] =
     parts: dict[str, list] = defaultdict(list)
     metas, raw_windows = [], []
     for batch in ordered_batches(index, range(len(index)), batch_size):
-        n_valid = torch.tensor([m.get("n_valid_samples", m["window_samples"]) for m in batch.metas])
+        n_valid = batch.time_mask.sum(1)
         modalities = [m["modality"] for m in batch.metas]
         args = (batch.signal, batch.sensors, batch.channel_mask, batch.family)
         for pooling in poolings:
@@ -68,17 +70,16 @@ def collect(release: str | Path, shards: str | Path, poolings: tuple[str, ...] =
             c, t = int(batch.channel_mask[i].sum()), int(n_valid[i])
             raw_windows.append((batch.signal[i, :c, :t].numpy(), meta))
         metas += batch.metas
-    windows = ProbeWindows(metas)
+    windows = ProbeWindows(metas, raw_windows=raw_windows)
     for name, chunks in parts.items():
         stacked = np.concatenate(chunks, axis=1)  # [layers, n, F]
         windows.columns[name] = list(stacked)
-    windows.raw_windows = raw_windows  # type: ignore[attr-defined]
     return windows
 
 
 def raw_columns(windows: ProbeWindows, rows: np.ndarray, labels: list[str] | None = None) -> list[np.ndarray]:
     """Raw features of ``rows`` (all of one device) as a one-layer column."""
-    return [device_features([windows.raw_windows[i] for i in rows], labels)]  # type: ignore[attr-defined]
+    return [device_features([windows.raw_windows[i] for i in rows], labels)]
 
 
 __all__ = ["ProbeWindows", "collect", "device_of", "random_encoder", "raw_columns"]

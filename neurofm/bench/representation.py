@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from neurofm.bench.config import RepresentationBenchConfig
-from neurofm.errors import ConfigError, NeuroFMError
+from neurofm.config import to_dict
+from neurofm.errors import NeuroFMError
 
 logger = logging.getLogger("neurofm.bench")
 
@@ -115,7 +116,7 @@ def run_representation_bench(cfg: RepresentationBenchConfig, progress: bool = Fa
     windows = collect(paths["release"], paths["probe_set"], tuple(cfg.poolings), seed=cfg.seed)
     devices = sorted(set(windows.device()))
     results: dict = {
-        "config": _plain(cfg), "split": stages["split"], "real_data": stages["real_data"], "devices": devices,
+        "config": to_dict(cfg), "split": stages["split"], "real_data": stages["real_data"], "devices": devices,
         "windows": len(windows.metas), "layers": len(windows.columns[f"release/{cfg.poolings[0]}"]),
         "evoked": tasks.within_device(windows, "logistic", "event", cfg.evoked_labels),
         "regression": tasks.within_device(windows, "ridge", cfg.regression_key),
@@ -148,19 +149,4 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
-def _plain(cfg) -> dict:
-    from neurofm.config import to_dict
-
-    return to_dict(cfg)
-
-
-def load_bench_config(path: str | None, overrides: list[str]) -> RepresentationBenchConfig:
-    from neurofm.config import load_config
-
-    try:
-        return load_config(RepresentationBenchConfig, path, overrides)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-
-
-__all__ = ["build_stages", "check_held_out", "load_bench_config", "run_representation_bench"]
+__all__ = ["build_stages", "check_held_out", "run_representation_bench"]

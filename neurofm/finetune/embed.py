@@ -27,7 +27,7 @@ def embed_shards(release: str | Path, shards: str | Path, out: str | Path, *, ba
     index = ShardIndex(shards)
     chunks, rows = [], []
     for batch in ordered_batches(index, range(len(index)), batch_size):
-        n_valid = torch.tensor([m.get("n_valid_samples", m["window_samples"]) for m in batch.metas])
+        n_valid = batch.time_mask.sum(1)  # samples holding signal (collate reads n_valid_samples)
         chunks.append(encoder.layer_embeddings(batch.signal, batch.sensors, batch.channel_mask, batch.family,
                                                [m["modality"] for m in batch.metas], n_valid, pooling))
         rows += [{"key": k, "source": m["source"], "modality": m["modality"], "window_onset": m.get("window_onset"),

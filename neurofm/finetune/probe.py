@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import confusion_matrix, r2_score
 from sklearn.model_selection import GroupKFold
@@ -69,7 +68,7 @@ def collect(encoder: BrainEncoder, shards: str | Path, labels: list[str] | None,
         if not keep:
             continue
         metas = [batch.metas[i] for i in keep]
-        n_valid = torch.tensor([m.get("n_valid_samples", m["window_samples"]) for m in metas])
+        n_valid = batch.time_mask[keep].sum(1)
         args = (batch.signal[keep], batch.sensors[keep], batch.channel_mask[keep], batch.family, [m["modality"] for m in metas], n_valid, pooling)
         feats.append(encoder.layer_embeddings(*args).numpy())
         if random is not None:
