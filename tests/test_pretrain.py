@@ -220,3 +220,35 @@ def test_code_embeddings_start_from_the_tokenizers_codebooks(code_shards, tmp_pa
     assert torch.stack([t.weight for t in model.code_embeddings]).pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)
     with pytest.raises(ValueError, match="do not fit"):
         model.init_code_embeddings(codebooks[:, :2], seed=3)
+
+
+class _RunsCode:
+    """A pickle payload: unpickling it calls ``pathlib.Path.touch`` on a marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+@pytest.mark.parametrize("stage", [0, 1])
+def test_a_crafted_checkpoint_is_refused_without_running_its_code(code_shards, tmp_path, stage):
+    run = tmp_path / "run"
+    train_pretrain(config(code_shards, run, "steps=2", f"zero_stage={stage}"), progress=False)
+    tag = run / "step_00000002"
+    export_release(run, tmp_path / "release")  # the run as made loads weights-only
+    marker = tmp_path / "code_ran"
+    for target in sorted(tag.glob("*.pt")):
+        original = target.read_bytes()
+        state = torch.load(target, weights_only=False)
+        state["payload"] = _RunsCode(marker)
+        torch.save(state, target)
+        with pytest.raises(NeuroFMError, match="not plain tensors"):
+            export_release(run, tmp_path / "other_release")
+        with pytest.raises(NeuroFMError, match="not plain tensors"):
+            train_pretrain(config(code_shards, run, "steps=4", f"zero_stage={stage}"), progress=False)
+        assert not marker.exists() and not (tmp_path / "other_release").exists()
+        target.write_bytes(original)

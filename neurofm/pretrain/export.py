@@ -19,6 +19,7 @@ from neurofm.config import from_dict
 from neurofm.errors import NeuroFMError
 from neurofm.pretrain.config import PretrainModelConfig
 from neurofm.pretrain.model import MaskedCodeModel
+from neurofm.pretrain.safe_checkpoint import weights_only_loads
 from neurofm.pretrain.train import latest_tag
 
 FORMAT = "neurofm-release"
@@ -34,13 +35,14 @@ def export_release(run: str | Path, out: str | Path, tag: str | None = None) -> 
     if tag is None or not (run / tag / "neurofm_config.json").is_file():
         raise NeuroFMError(f"{run} holds no complete pretraining checkpoint (no 'latest' tag); train first.")
     saved = json.loads((run / tag / "neurofm_config.json").read_text())
-    if saved["training"].get("zero_stage", 1) == 0:  # no ZeRO shards: the module's weights are in the model states
-        import torch
+    with weights_only_loads(run / tag):
+        if saved["training"].get("zero_stage", 1) == 0:  # no ZeRO shards: the module's weights are in the model states
+            import torch
 
-        module = torch.load(run / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
-        state = {k: v.float() for k, v in module.items()}
-    else:
-        state = get_fp32_state_dict_from_zero_checkpoint(str(run), tag=tag)
+            module = torch.load(run / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)["module"]
+            state = {k: v.float() for k, v in module.items()}
+        else:
+            state = get_fp32_state_dict_from_zero_checkpoint(str(run), tag=tag)
     state = {k.removeprefix("_orig_mod."): v.contiguous() for k, v in state.items()}
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)

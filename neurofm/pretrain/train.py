@@ -36,6 +36,7 @@ from neurofm.schedule import warmup_cosine
 from neurofm.pretrain.config import MODALITY_IDS, PretrainConfig
 from neurofm.pretrain.masking import make_mask, masked_tokens
 from neurofm.pretrain.model import MaskedCodeModel, masked_code_loss
+from neurofm.pretrain.safe_checkpoint import universal_command, weights_only_loads
 from neurofm.tokenizers.config import FAMILY_OF_MODALITY
 from neurofm.tokenizers.data import BatchStream
 
@@ -135,13 +136,10 @@ def _peak_flops() -> float | None:
 def to_universal(tag_dir: Path, universal_dir: Path) -> None:
     """Convert a ZeRO checkpoint tag into DeepSpeed's universal form (loadable on any rank count)."""
     import subprocess
-    import sys
 
     tmp = universal_dir.with_name(universal_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    result = subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(tag_dir),
-                             "--output_folder", str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1"],
-                            capture_output=True, text=True)
+    result = subprocess.run(universal_command(tag_dir, tmp), capture_output=True, text=True)
     if result.returncode != 0:
         raise NeuroFMError(f"Could not convert {tag_dir} to a universal checkpoint:\n{result.stderr[-2000:]}")
     tmp.rename(universal_dir)
@@ -210,7 +208,8 @@ def train_pretrain(cfg: PretrainConfig, progress: bool = True, on_step=None) -> 
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     step, data_state = 0, {"position": 0, "offset": 0, "pending": {}}
     if states:
-        engine.load_checkpoint(str(out), tag=load_tag)
+        with weights_only_loads(out / load_tag):
+            engine.load_checkpoint(str(out), tag=load_tag)
         step = states[0]["step"]
         if not elastic:
             data_state = states[rank]["data"]
