@@ -41,7 +41,7 @@ demo: $(STAMP)
 	$(BIN)/neurofm shards verify $(DEMO_OUT)/codes
 	@echo "== 3. pretraining: the tiny masked-code model on the code shards (DeepSpeed ZeRO-1), then a release"
 	$(BIN)/neurofm pretrain train --config configs/pretrain_tiny.yaml codes=$(DEMO_OUT)/codes out=$(DEMO_OUT)/pretrain --quiet
-	$(BIN)/neurofm export --run $(DEMO_OUT)/pretrain --out $(DEMO_OUT)/release
+	$(BIN)/neurofm export --run $(DEMO_OUT)/pretrain --out $(DEMO_OUT)/release --overwrite
 	@ls $(DEMO_OUT)/release
 	@echo "== 4. probing: per-layer linear probes of the release for the simulated conditions (known ground truth),"
 	@echo "      on event-locked windows of held-out subjects, beside random weights, shuffled labels and raw features"
@@ -71,13 +71,13 @@ DEMO_EPOCHS ?= 5
 DEMO_POOLING ?= flat
 # 300 steps keep the rhythms but lose the evoked response the probe looks for (benchmarks/RESULTS.md)
 DEMO_TOKENIZER_STEPS ?= 600
-FINETUNE = $(BIN)/neurofm finetune release=$(RELEASE) epochs=$(EX_EPOCHS) --quiet
+FINETUNE = $(BIN)/neurofm finetune release=$(RELEASE) epochs=$(EX_EPOCHS) --quiet --overwrite
 
 examples: $(STAMP)
 	@test -f $(RELEASE)/config.json || { echo "no release at $(RELEASE): run 'make demo' first, or set RELEASE=<release dir>"; exit 1; }
 	@echo "-- every number below comes from the release in $(RELEASE)"
 	@echo "-- SYNTHETIC speech set: speech-like utterances projected onto the demo shards' EEG windows"
-	$(BIN)/neurofm simulate-speech --background $(DEMO_OUT)/shards --out $(EX_OUT)/speech
+	$(BIN)/neurofm simulate-speech --background $(DEMO_OUT)/shards --out $(EX_OUT)/speech --overwrite
 	$(BIN)/neurofm targets --kind speech --inputs $(EX_OUT)/speech/audio --out $(EX_OUT)/targets/speech_logmel
 	$(FINETUNE) --config configs/examples/finetune_speech.yaml shards=$(EX_OUT)/speech/shards targets=$(EX_OUT)/targets/speech_logmel out=$(EX_OUT)/speech/run
 	@echo "-- simulated evoked conditions (auditory / visual / somatosensory), classification head with LoRA"

@@ -97,7 +97,7 @@ def _pretrain_train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from neurofm.pretrain.export import export_release
 
-    print(f"release: {export_release(args.run, args.out, args.tag)}")
+    print(f"release: {export_release(args.run, args.out, args.tag, overwrite=args.overwrite)}")
     return 0
 
 
@@ -186,7 +186,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from neurofm.finetune.train import finetune
 
     config = load_config(FinetuneConfig, args.config, args.overrides)
-    report = finetune(config, progress=not args.quiet)
+    report = finetune(config, progress=not args.quiet, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:  # one report when launched on several processes
         print(format_report(report))
         print(f"run folder: {config.out}")
@@ -203,7 +203,8 @@ def _targets(args: argparse.Namespace) -> int:
         if args.kind != "text" or not args.key:
             raise NeuroFMError("--from-shards takes texts from a meta field: use it with --kind text and --key FIELD.")
         inputs += texts_from_shards(args.from_shards, args.key)
-    out = compute_targets(args.kind, inputs, args.out, model=args.model, layer=args.layer, average_by=args.average_by)
+    out = compute_targets(args.kind, inputs, args.out, model=args.model, layer=args.layer, average_by=args.average_by,
+                          overwrite=args.overwrite)
     ids, embeddings, info = load_targets(out)
     print(f"{len(ids)} {args.kind} targets × {embeddings.shape[1]} (model {info['model']}, layer {info['layer']}): {out}")
     return 0
@@ -213,7 +214,7 @@ def _simulate_speech(args: argparse.Namespace) -> int:
     from neurofm.finetune.speech_synthetic import synthesize_speech_set
 
     truth = synthesize_speech_set(args.background, args.out, n_stimuli=args.stimuli, repeats=args.repeats,
-                                  amplitude=args.amplitude, seed=args.seed)
+                                  amplitude=args.amplitude, seed=args.seed, overwrite=args.overwrite)
     print(json.dumps(truth["oracle"]))
     print(f"synthetic speech set: {args.out}/shards, audio in {args.out}/audio, ground truth in {args.out}/ground_truth.json")
     return 0
@@ -352,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the tokenizer directory and a README model card. Load it with neurofm.pretrain.export.from_pretrained."))
     export.add_argument("--run", required=True, help="pretraining run folder (holds 'latest' and step_* tags)")
     export.add_argument("--out", required=True, help="release directory to write")
+    export.add_argument("--overwrite", action="store_true", help="replace what --out already holds (the inputs are never touched)")
     export.add_argument("--tag", help="checkpoint tag (default: latest)")
     export.set_defaults(func=_export)
 
@@ -423,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     targets.add_argument("--from-shards", help="text: take the texts from a meta field of these signal shards (see --key)")
     targets.add_argument("--key", help="with --from-shards: the meta.json / labels.* field, e.g. association")
     targets.add_argument("--out", required=True, help="output folder")
+    targets.add_argument("--overwrite", action="store_true", help="replace what --out already holds (the inputs are never touched)")
     targets.add_argument("--model", help="a local transformers model directory (default: the bundled model of --kind)")
     targets.add_argument("--layer", type=int, help="hidden layer to pool (default: the model's output embedding)")
     targets.add_argument("--average-by", choices=["parent"], help="average the items of each folder into one target")
@@ -436,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         "wherever its numbers are shown."))
     speech.add_argument("--background", required=True, help="signal shards whose EEG windows (≥ 16 channels) are the background")
     speech.add_argument("--out", required=True, help="output folder (audio/, shards/, ground_truth.json)")
+    speech.add_argument("--overwrite", action="store_true", help="replace what --out already holds (the inputs are never touched)")
     speech.add_argument("--stimuli", type=int, default=40, help="distinct utterances")
     speech.add_argument("--repeats", type=int, default=6, help="trials per utterance")
     speech.add_argument("--amplitude", type=float, default=1.0, help="projected response, in units of the background's robust scale")
@@ -450,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and shuffled-label and random-encoder baselines. See configs/finetune_*.yaml."))
     _config_arguments(tune, "YAML of FinetuneConfig (configs/examples/finetune_*.yaml); repeat to layer several",
                       "dotted overrides, e.g. release=runs/demo/release mode=lora lora.rank=4", "less logging", required=False)
+    tune.add_argument("--overwrite", action="store_true", help="replace a finished run in out= (the inputs are never touched)")
     tune.set_defaults(func=_finetune)
     return parser
 
@@ -471,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except NeuroFMError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return 1
 
 
 if __name__ == "__main__":

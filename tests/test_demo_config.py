@@ -46,5 +46,5 @@ def test_simulate_command(tmp_path, capsys):
     assert "sensors without positions: 0" in capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
     assert {r["modality"] for r in manifest["recordings"]} == {"ieeg", "fmri"}
-    assert main(["simulate", "--hours", "0", "--out", str(tmp_path / "x")]) == 2
+    assert main(["simulate", "--hours", "0", "--out", str(tmp_path / "x")]) == 1
     assert "simulate.hours must be positive" in capsys.readouterr().err

@@ -254,7 +254,7 @@ def test_cli_targets_and_finetune(release, shared_shards, tmp_path, capsys):
                  f"targets={tmp_path / 't'}", "target_key=modality", *QUICK]) == 0
     out = capsys.readouterr().out
     assert "-way top-1" in out and "chance" in out
-    assert main(["targets", "--kind", "image", "--inputs", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["targets", "--kind", "image", "--inputs", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 1
     assert os.path.isfile(tmp_path / "run" / "metrics.json")
 
 
@@ -333,7 +333,7 @@ def test_ridge_probe_cli(release, shared, tmp_path, capsys):
     metrics = json.loads((tmp_path / "p" / "metrics.json").read_text())
     assert metrics["target"] == "FAS" and len(metrics["layers"]) == 3 and (tmp_path / "p" / "scatter.png").is_file()
     assert main(["probe", "--release", str(release), "--shards", str(shards), "--out", str(tmp_path / "q"),
-                 "--label-key", "event", "--ridge"]) == 2
+                 "--label-key", "event", "--ridge"]) == 1
     assert "numeric label" in capsys.readouterr().err
 
 

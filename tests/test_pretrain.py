@@ -252,3 +252,19 @@ def test_a_crafted_checkpoint_is_refused_without_running_its_code(code_shards, t
             train_pretrain(config(code_shards, run, "steps=4", f"zero_stage={stage}"), progress=False)
         assert not marker.exists() and not (tmp_path / "other_release").exists()
         target.write_bytes(original)
+
+
+def test_export_never_writes_over_its_run_and_replaces_a_release_only_when_asked(code_shards, tmp_path):
+    from neurofm.cli import main
+
+    run = tmp_path / "run"
+    train_pretrain(config(code_shards, run, "steps=2"), progress=False)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    assert main(["export", "--run", str(run), "--out", str(run), "--overwrite"]) == 1
+    assert main(["export", "--run", str(run), "--out", str(tmp_path)]) == 1
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "release")]) == 0
+    written = (tmp_path / "release" / "model.safetensors").stat().st_mtime_ns
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "release")]) == 1
+    assert (tmp_path / "release" / "model.safetensors").stat().st_mtime_ns == written
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "release"), "--overwrite"]) == 0

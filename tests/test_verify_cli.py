@@ -97,7 +97,7 @@ def test_unknown_config_key_on_the_command_line_is_a_clean_error(tmp_path):
          "--out", str(tmp_path / "o"), f"root={SHARED}", "eeg.hfreq=30"],
         capture_output=True, text=True, cwd=ROOT,
     )
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "error: Unknown config key 'eeg.hfreq'" in result.stderr and "Did you mean 'h_freq'" in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -20,7 +20,6 @@ Gaussian log-likelihood under white noise), for 10-way retrieval and identificat
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from neurofm.data_shards.dataset import ShardIndex
 from neurofm.data_shards.writer import FORMAT_VERSION, ShardWriter, encode_npy, write_json_atomic
 from neurofm.errors import NeuroFMError
 from neurofm.finetune.targets import SAMPLE_RATE, SpeechEmbedder
+from neurofm.outputs import check_output, replaced_folder
 
 ONSET_SECONDS = 0.2
 
@@ -86,8 +86,13 @@ def _oracle(trials: list[tuple[np.ndarray, np.ndarray, int]], envelopes: np.ndar
 
 
 def synthesize_speech_set(background: str | Path, out: str | Path, *, n_stimuli: int = 40, repeats: int = 6,
-                          amplitude: float = 1.0, n_sources: int = 8, min_channels: int = 16, seed: int = 0) -> dict:
-    """Write the synthetic speech set (module docstring) to ``out``; returns ground_truth.json's content."""
+                          amplitude: float = 1.0, n_sources: int = 8, min_channels: int = 16, seed: int = 0,
+                          overwrite: bool = False) -> dict:
+    """Write the synthetic speech set (module docstring) to ``out``; returns ground_truth.json's content.
+
+    An existing ``out`` is replaced only with ``overwrite``.
+    """
+    out = check_output(out, {"--background": background}, overwrite=overwrite)
     index = ShardIndex(background)
     candidates = [i for i in range(len(index)) if index.modality_of[i] == "eeg"]
     metas = {i: index[i] for i in candidates}
@@ -95,51 +100,50 @@ def synthesize_speech_set(background: str | Path, out: str | Path, *, n_stimuli:
                    and metas[i]["meta"].get("n_valid_samples", 0) == metas[i]["meta"]["window_samples"]]
     if len(backgrounds) < 2:
         raise NeuroFMError(f"{background} has fewer than 2 full EEG windows with ≥ {min_channels} channels to use as background.")
-    out = Path(out)
-    shutil.rmtree(out, ignore_errors=True)
-    (out / "audio").mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    embedder = SpeechEmbedder("log-mel", None)
-    first = metas[backgrounds[0]]["meta"]
-    sfreq, window = float(first["sfreq"]), int(first["window_samples"])
-    onset = int(ONSET_SECONDS * sfreq)
-    envelopes = np.zeros((n_stimuli, n_sources, window))
-    names = []
-    for s in range(n_stimuli):
-        audio = utterance(rng)
-        name = f"stim-{s:03d}.wav"
-        wavfile.write(out / "audio" / name, SAMPLE_RATE, audio)
-        env = band_envelopes(embedder.log_mel(audio), n_sources, int(sfreq))  # 1 s of audio → 1 s of signal
-        envelopes[s, :, onset : onset + env.shape[1]] = env[:, : window - onset]
-        names.append(name)
-    sources = rng.normal(0, 0.03, (n_sources, 3)) + np.array([0, 0, 0.04])  # inside a ~9 cm head, above its centre
-    manifest = {"format_version": FORMAT_VERSION, "kind": "signal", "complete": False, "shards": [], "recordings": [],
-                "settings_hash": f"synthetic-speech-{seed}", "settings": {"synthetic_speech": True},
-                "sensor_features": index.manifest["sensor_features"], "skipped": []}
-    (out / "shards").mkdir()
-    writer = ShardWriter(out / "shards", 256, manifest)
-    trials = []
-    order = rng.permutation(np.repeat(np.arange(n_stimuli), repeats))
-    for trial, s in enumerate(order):
-        sample = metas[backgrounds[trial % len(backgrounds)]]
-        sensors = sample["sensors"]
-        gain = forward_gain(sensors[:, :3], sources)
-        signal = (sample["signal"] + amplitude * gain @ envelopes[s]).astype(np.float32)
-        meta = {**sample["meta"], "dataset": "synthetic_speech", "source": f"synthetic_speech/{sample['meta']['source']}",
-                "events": [{"onset": ONSET_SECONDS, "duration": 1.0, "label": names[s]}],
-                "labels": {"stimulus": names[s], "synthetic": True, "amplitude": amplitude}}
-        writer.write(f"speech_{trial:05d}", {"signal.npy": encode_npy(signal), "sensors.npy": encode_npy(sensors),
-                                             "meta.json": json.dumps(meta).encode()})
-        trials.append((sample["signal"] + amplitude * gain @ envelopes[s], gain, int(s)))
-    writer.close_shard()
-    manifest["recordings"] = [{"source": "synthetic_speech", "dataset": "synthetic_speech", "modality": "eeg",
-                               "first_sample": 0, "n_windows": len(order)}]
-    manifest["complete"] = True
-    write_json_atomic(out / "shards" / "manifest.json", manifest)
-    truth = {"stimuli": n_stimuli, "repeats": repeats, "amplitude": amplitude, "n_sources": n_sources, "seed": seed,
-             "background": str(background), "background_windows": len(backgrounds), "onset_seconds": ONSET_SECONDS,
-             "oracle": _oracle(trials, envelopes, amplitude, rng)}
-    write_json_atomic(out / "ground_truth.json", truth)
+    with replaced_folder(out) as work:
+        (work / "audio").mkdir()
+        rng = np.random.default_rng(seed)
+        embedder = SpeechEmbedder("log-mel", None)
+        first = metas[backgrounds[0]]["meta"]
+        sfreq, window = float(first["sfreq"]), int(first["window_samples"])
+        onset = int(ONSET_SECONDS * sfreq)
+        envelopes = np.zeros((n_stimuli, n_sources, window))
+        names = []
+        for s in range(n_stimuli):
+            audio = utterance(rng)
+            name = f"stim-{s:03d}.wav"
+            wavfile.write(work / "audio" / name, SAMPLE_RATE, audio)
+            env = band_envelopes(embedder.log_mel(audio), n_sources, int(sfreq))  # 1 s of audio → 1 s of signal
+            envelopes[s, :, onset : onset + env.shape[1]] = env[:, : window - onset]
+            names.append(name)
+        sources = rng.normal(0, 0.03, (n_sources, 3)) + np.array([0, 0, 0.04])  # inside a ~9 cm head, above its centre
+        manifest = {"format_version": FORMAT_VERSION, "kind": "signal", "complete": False, "shards": [], "recordings": [],
+                    "settings_hash": f"synthetic-speech-{seed}", "settings": {"synthetic_speech": True},
+                    "sensor_features": index.manifest["sensor_features"], "skipped": []}
+        (work / "shards").mkdir()
+        writer = ShardWriter(work / "shards", 256, manifest)
+        trials = []
+        order = rng.permutation(np.repeat(np.arange(n_stimuli), repeats))
+        for trial, s in enumerate(order):
+            sample = metas[backgrounds[trial % len(backgrounds)]]
+            sensors = sample["sensors"]
+            gain = forward_gain(sensors[:, :3], sources)
+            signal = (sample["signal"] + amplitude * gain @ envelopes[s]).astype(np.float32)
+            meta = {**sample["meta"], "dataset": "synthetic_speech", "source": f"synthetic_speech/{sample['meta']['source']}",
+                    "events": [{"onset": ONSET_SECONDS, "duration": 1.0, "label": names[s]}],
+                    "labels": {"stimulus": names[s], "synthetic": True, "amplitude": amplitude}}
+            writer.write(f"speech_{trial:05d}", {"signal.npy": encode_npy(signal), "sensors.npy": encode_npy(sensors),
+                                                 "meta.json": json.dumps(meta).encode()})
+            trials.append((sample["signal"] + amplitude * gain @ envelopes[s], gain, int(s)))
+        writer.close_shard()
+        manifest["recordings"] = [{"source": "synthetic_speech", "dataset": "synthetic_speech", "modality": "eeg",
+                                   "first_sample": 0, "n_windows": len(order)}]
+        manifest["complete"] = True
+        write_json_atomic(work / "shards" / "manifest.json", manifest)
+        truth = {"stimuli": n_stimuli, "repeats": repeats, "amplitude": amplitude, "n_sources": n_sources, "seed": seed,
+                 "background": str(background), "background_windows": len(backgrounds), "onset_seconds": ONSET_SECONDS,
+                 "oracle": _oracle(trials, envelopes, amplitude, rng)}
+        write_json_atomic(work / "ground_truth.json", truth)
     return truth
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -37,6 +36,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from neurofm.errors import NeuroFMError
+from neurofm.outputs import check_output, replaced_folder
 
 Kind = Literal["image", "text", "speech"]
 DEFAULT_MODELS = {"image": "efficientnet-lite0", "text": "all-MiniLM-L6-v2", "speech": "log-mel"}
@@ -260,8 +260,12 @@ def _inputs_hash(ids: list[str], payloads: list) -> str:
 
 
 def compute_targets(kind: Kind, inputs: list[str], out: str | Path, *, model: str | None = None, layer: int | None = None,
-                    average_by: Literal["parent"] | None = None, batch_size: int = 16) -> Path:
-    """Embed every item of ``inputs`` (see :func:`list_items`) and write the target folder ``out``."""
+                    average_by: Literal["parent"] | None = None, batch_size: int = 16, overwrite: bool = False) -> Path:
+    """Embed every item of ``inputs`` (see :func:`list_items`) and write the target folder ``out``.
+
+    A folder already holding these very targets is kept as it is; one holding others is replaced only with
+    ``overwrite``.
+    """
     if kind not in DEFAULT_MODELS:
         raise NeuroFMError(f"targets kind '{kind}' is unknown; use one of {', '.join(DEFAULT_MODELS)}.")
     model = model or DEFAULT_MODELS[kind]
@@ -271,6 +275,7 @@ def compute_targets(kind: Kind, inputs: list[str], out: str | Path, *, model: st
     cached = out / "targets.json"
     if cached.is_file() and all(json.loads(cached.read_text()).get(k) == v for k, v in tag.items()):
         return out
+    check_output(out, {f"--inputs[{i}]": p for i, p in enumerate(inputs) if Path(p).exists()}, overwrite=overwrite)
     embed = _embedder(kind, model, layer)
     rows = torch.cat([embed(payloads[i : i + batch_size]) for i in range(0, len(payloads), batch_size)]).float()
     if average_by == "parent":
@@ -280,13 +285,9 @@ def compute_targets(kind: Kind, inputs: list[str], out: str | Path, *, model: st
         ids = groups
     if not torch.isfinite(rows).all():
         raise NeuroFMError(f"The {kind} model '{model}' gave non-finite embeddings; check the inputs.")
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({"embeddings": rows.contiguous()}, str(tmp / "targets.safetensors"), metadata={"kind": kind, "model": model, "layer": str(layer)})
-    (tmp / "targets.json").write_text(json.dumps({**tag, "dim": int(rows.shape[1]), "ids": ids}, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with replaced_folder(out) as tmp:
+        save_file({"embeddings": rows.contiguous()}, str(tmp / "targets.safetensors"), metadata={"kind": kind, "model": model, "layer": str(layer)})
+        (tmp / "targets.json").write_text(json.dumps({**tag, "dim": int(rows.shape[1]), "ids": ids}, indent=1))
     return out
 
 

@@ -36,6 +36,7 @@ from neurofm.finetune.metrics import classification_chance, classification_metri
 from neurofm.finetune.model import FinetuneModel, clip_loss, trainable_state
 from neurofm.finetune.plots import save_confusion
 from neurofm.finetune.progress import TrainingProgress, check_config, progress_root
+from neurofm.outputs import check_output, replaced_folder
 from neurofm.finetune.targets import load_targets
 from neurofm.pretrain.model import MaskedCodeModel
 
@@ -243,8 +244,11 @@ def generation_metrics(model, windows: Windows, test: np.ndarray, cfg: FinetuneC
             "samples": [{"truth": b, "generated": a} for a, b in zip(texts[:20], truth[:20])]}
 
 
-def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
-    """Train the model and its baselines; write the run folder; return ``metrics.json``'s content."""
+def finetune(cfg: FinetuneConfig, progress: bool = True, overwrite: bool = False) -> dict:
+    """Train the model and its baselines; write the run folder; return ``metrics.json``'s content.
+
+    A finished run already in ``cfg.out`` is replaced only with ``overwrite``.
+    """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -253,6 +257,8 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
         raise ConfigError(f"baselines {unknown} are unknown; choose from {list(KNOWN_BASELINES)}.")
     if cfg.adapters.enabled and cfg.group_by == "subject":
         raise ConfigError("adapters need the test subjects in training: use group_by other than 'subject' with adapters.")
+    check_output(cfg.out, {"release": cfg.release, "shards": cfg.shards, "targets": cfg.targets, "init_from": cfg.init_from},
+                 overwrite=overwrite, option="out")
     # the pretraining model's decoder, mask embedding and head take no part in finetuning: DDP must allow that
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available(),
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
@@ -313,20 +319,15 @@ def _init_state(cfg: FinetuneConfig, n_outputs: int) -> dict:
 
 
 def _write_run(cfg, model, task, report, history, matrix, windows, split) -> None:
-    out = Path(cfg.out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    state = trainable_state(model)
-    save_file(state, str(tmp / "head.safetensors"))
-    config = {"finetune": to_dict(cfg), "classes": report["classes"], "targets": report["targets"],
-              "subjects": model.adapters.names if model.adapters is not None else None, "n_outputs": task.n_outputs}
-    (tmp / "config.json").write_text(json.dumps(config, indent=1))  # the folder appears whole, by rename
-    (tmp / "train_log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-    (tmp / "metrics.json").write_text(json.dumps(report, indent=1, default=float))
-    _plots(tmp, cfg, history, matrix, report, windows.y[split[2]])
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with replaced_folder(cfg.out) as tmp:
+        state = trainable_state(model)
+        save_file(state, str(tmp / "head.safetensors"))
+        config = {"finetune": to_dict(cfg), "classes": report["classes"], "targets": report["targets"],
+                  "subjects": model.adapters.names if model.adapters is not None else None, "n_outputs": task.n_outputs}
+        (tmp / "config.json").write_text(json.dumps(config, indent=1))  # the folder appears whole, by rename
+        (tmp / "train_log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+        (tmp / "metrics.json").write_text(json.dumps(report, indent=1, default=float))
+        _plots(tmp, cfg, history, matrix, report, windows.y[split[2]])
 
 
 def _plots(out: Path, cfg, history, matrix, report, y_test) -> None:

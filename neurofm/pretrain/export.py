@@ -20,21 +20,30 @@ from neurofm.errors import NeuroFMError
 from neurofm.pretrain.config import PretrainModelConfig
 from neurofm.pretrain.model import MaskedCodeModel
 from neurofm.pretrain.safe_checkpoint import weights_only_loads
+from neurofm.outputs import check_output, replaced_folder
 from neurofm.pretrain.train import latest_tag
 
 FORMAT = "neurofm-release"
 VERSION = 1
 
 
-def export_release(run: str | Path, out: str | Path, tag: str | None = None) -> Path:
-    """Turn the checkpoint ``tag`` (default: the latest) of a pretraining run into a release at ``out``."""
+def export_release(run: str | Path, out: str | Path, tag: str | None = None, overwrite: bool = False) -> Path:
+    """Turn the checkpoint ``tag`` (default: the latest) of a pretraining run into a release at ``out``.
+
+    An existing ``out`` is replaced only with ``overwrite``; an ``out`` that is or holds ``run`` never.
+    """
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    run, out = Path(run), Path(out)
+    run = Path(run)
+    out = check_output(out, {"--run": run}, overwrite=overwrite)
     tag = tag or latest_tag(run)
     if tag is None or not (run / tag / "neurofm_config.json").is_file():
         raise NeuroFMError(f"{run} holds no complete pretraining checkpoint (no 'latest' tag); train first.")
     saved = json.loads((run / tag / "neurofm_config.json").read_text())
+    tokenizer = Path(saved["tokenizer_path"])
+    if not (tokenizer / "model.safetensors").is_file():
+        raise NeuroFMError(f"The tokenizer this run's codes came from is gone ({tokenizer}, named in {run / tag}/neurofm_config.json); "
+                           "a release must carry it. Put the tokenizer back there and export again.")
     with weights_only_loads(run / tag):
         if saved["training"].get("zero_stage", 1) == 0:  # no ZeRO shards: the module's weights are in the model states
             import torch
@@ -44,27 +53,21 @@ def export_release(run: str | Path, out: str | Path, tag: str | None = None) -> 
         else:
             state = get_fp32_state_dict_from_zero_checkpoint(str(run), tag=tag)
     state = {k.removeprefix("_orig_mod."): v.contiguous() for k, v in state.items()}
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(state, str(tmp / "model.safetensors"))
-    tokenizer = Path(saved["tokenizer_path"])
-    if (tokenizer / "model.safetensors").is_file():
+    with replaced_folder(out) as tmp:
+        save_file(state, str(tmp / "model.safetensors"))
         (tmp / "tokenizer").mkdir()
         for name in ("config.json", "model.safetensors"):
             shutil.copy2(tokenizer / name, tmp / "tokenizer" / name)
-    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()] if (run / "train_log.jsonl").is_file() else []
-    codes_manifest = json.loads((Path(saved["codes"]) / "manifest.json").read_text()) if (Path(saved["codes"]) / "manifest.json").is_file() else {}
-    config = {
-        "format": FORMAT, "version": VERSION, "neurofm_version": neurofm.__version__, "model": saved["model"],
-        "tokenizer_sha256": saved["tokenizer_sha256"], "checkpoint": f"{run}/{tag}",
-        "training": {"steps": int(tag.split("_")[-1]), "final": log[-1] if log else None, "config": saved["training"]},
-        "data": codes_manifest.get("statistics", {}),
-    }
-    (tmp / "config.json").write_text(json.dumps(config, indent=1))
-    (tmp / "README.md").write_text(_model_card(config))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+        log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()] if (run / "train_log.jsonl").is_file() else []
+        codes_manifest = json.loads((Path(saved["codes"]) / "manifest.json").read_text()) if (Path(saved["codes"]) / "manifest.json").is_file() else {}
+        config = {
+            "format": FORMAT, "version": VERSION, "neurofm_version": neurofm.__version__, "model": saved["model"],
+            "tokenizer_sha256": saved["tokenizer_sha256"], "checkpoint": f"{run}/{tag}",
+            "training": {"steps": int(tag.split("_")[-1]), "final": log[-1] if log else None, "config": saved["training"]},
+            "data": codes_manifest.get("statistics", {}),
+        }
+        (tmp / "config.json").write_text(json.dumps(config, indent=1))
+        (tmp / "README.md").write_text(_model_card(config))
     return out
 
 

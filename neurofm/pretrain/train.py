@@ -318,7 +318,7 @@ def save_checkpoint(engine, out: Path, step: int, cfg: PretrainConfig, manifest:
     if rank == 0:
         (out / tag / "neurofm_config.json").write_text(json.dumps({
             "model": to_dict(cfg.model), "training": to_dict(cfg), "tokenizer_sha256": manifest["tokenizer"]["sha256"],
-            "tokenizer_path": manifest["tokenizer"]["path"], "codes": str(cfg.codes),
+            "tokenizer_path": manifest["tokenizer"]["path"], "codes": str(Path(cfg.codes).resolve()),
         }))
     torch.distributed.barrier()
     # universal_checkpoint_info lets DeepSpeed's ds_to_universal convert this tag for another rank count

@@ -32,7 +32,7 @@ def encode_shards(checkpoint: str | Path, shards: str | Path, out: str | Path, *
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = {
-        "path": str(checkpoint),
+        "path": str(Path(checkpoint).resolve()),
         "sha256": sha256_file(Path(checkpoint) / "model.safetensors"),
         "n_latents": model.cfg.n_latents,
         "levels": model.cfg.levels,
