@@ -154,3 +154,33 @@ def test_simulated_event_locked_windows_keep_their_event_and_ground_truth(tmp_pa
     assert {m["labels"]["event"] for m in metas} <= set(CLASSES)
     assert all(m["events"][0]["label"] == m["labels"]["event"] and m["events"][0]["onset"] == 0.5 for m in metas)
     assert all(8.5 <= m["labels"]["alpha_hz"] <= 11.5 and m["labels"]["device"] == "shafts" for m in metas)
+
+
+def test_real_task_labels_windows_before_and_after_an_onset_and_groups_blocks():
+    from neurofm.bench.config import RealTask
+
+    # 2-s windows every 1 s of one recording; the seizure starts at 5.5 s (in the window starting at 4 s)
+    metas = [{"source": "clip", "window_onset": float(t), "window_samples": 200, "sfreq": 100.0,
+              "events": [{"onset": 5.5 - t, "label": "sz"}] if t <= 5.5 < t + 2 else []} for t in range(10)]
+    task = RealTask(name="seizure", shards="x.yaml", onset_event="sz", group_by="block", block=4)
+    y, groups = tasks.real_task_labels(ProbeWindows(metas=metas), task)
+    assert y.tolist() == ["before"] * 4 + [None, None] + ["after"] * 4
+    assert groups.tolist() == ["clip#0"] * 4 + ["clip#1"] * 4 + ["clip#2"] * 2
+    with pytest.raises(ValueError, match="exactly one of label_key or onset_event"):
+        RealTask(name="both", shards="x.yaml", label_key="event", onset_event="sz")
+
+
+def test_real_task_scores_every_column_on_a_planted_signal():
+    from neurofm.bench.config import RealTask
+
+    rng = np.random.default_rng(3)
+    raw, y, groups = _planted(6, 4, 1.5, rng)
+    metas = [{**meta, "source": g, "labels": {"event": label}} for (_, meta), label, g in zip(raw, y, groups)]
+    signal_rows = np.stack([np.eye(3)[CLASSES.index(label)] + rng.normal(0, 0.3, 3) for label in y])
+    windows = ProbeWindows(metas=metas, raw_windows=raw,
+                           columns={"release/flat": [rng.standard_normal((len(y), 3)), signal_rows],
+                                    "random/flat": [rng.standard_normal((len(y), 3))]})
+    result = tasks.real_task(windows, RealTask(name="planted", shards="x.yaml", label_key="event", classes=CLASSES[:2]))
+    assert result["windows"] == 48 and result["groups"] == 4 and set(result["classes"]) == set(CLASSES[:2])
+    assert result["release/flat"]["score"] > 0.9 and result["raw"]["score"] > 0.9
+    assert result["random/flat"]["score"] < 0.75 and result["chance"] == 0.5

@@ -14,6 +14,54 @@ def _probe_set() -> SimulateConfig:
 
 
 @dataclass(kw_only=True)
+class RealTask:
+    """A labelled task on real recordings (``real_root``), probed with every column of the benchmark.
+
+    Parameters
+    ----------
+    name : str
+        Row name in the table.
+    shards : str
+        A shards config (``configs/examples/*.yaml``) whose ``root`` is replaced by ``real_root``.
+    label_key : str | None
+        The window field that holds the class (``event`` …); or
+    onset_event : str | None
+        an annotation: windows wholly before / after its first onset are the two classes.
+    classes : list of str
+        Classes kept (all when empty).
+    group_by : str
+        CV groups: ``recording`` (a run) or ``block`` (``block`` consecutive windows of one recording).
+    """
+
+    name: str
+    shards: str
+    label_key: str | None = None
+    onset_event: str | None = None
+    classes: list[str] = field(default_factory=list)
+    group_by: str = "recording"
+    block: int = 10
+
+    def __post_init__(self) -> None:
+        if (self.label_key is None) == (self.onset_event is None):
+            raise ValueError(f"real task '{self.name}' needs exactly one of label_key or onset_event.")
+        if self.group_by not in ("recording", "block") or self.block < 1:
+            raise ValueError(f"real task '{self.name}': group_by is 'recording' or 'block' (block ≥ 1); got {self.group_by}, {self.block}.")
+
+
+def _real_tasks() -> list[RealTask]:
+    return [
+        RealTask(name="Muse face vs house (by run)", shards="configs/examples/muse_face_house.yaml", label_key="event",
+                 classes=["face", "house"], group_by="recording"),
+        RealTask(name="EEGMMIDB fists vs feet", shards="configs/examples/eegmmidb_motor.yaml", label_key="event",
+                 classes=["T1", "T2"], group_by="block", block=2),
+        RealTask(name="N400 related vs unrelated", shards="configs/examples/n400_words.yaml", label_key="event",
+                 classes=["related", "unrelated"], group_by="block", block=10),
+        RealTask(name="ECoG seizure: before vs after onset", shards="configs/examples/ecog_seizure.yaml",
+                 onset_event="eeg sz start", group_by="block", block=4),
+    ]
+
+
+@dataclass(kw_only=True)
 class RepresentationBenchConfig:
     """Everything the representation benchmark builds, trains and measures.
 
@@ -46,6 +94,8 @@ class RepresentationBenchConfig:
         Device pairs for transfer probes.
     few_labels : list of int
         Labelled windows per class for the few-label probes; ``few_label_repeats`` draws each.
+    real_tasks : list of RealTask
+        Labelled tasks on the real recordings under ``real_root`` (skipped, and said so, without them).
     seed : int
         Seed of the random-weights column, masks of the diagnostics and label draws.
     """
@@ -68,6 +118,7 @@ class RepresentationBenchConfig:
         ["biosemi64", "GSN-HydroCel-129"], ["neuromag306", "ctf275"], ["neuromag306", "kit157"], ["biosemi64", "neuromag306"]])
     few_labels: list[int] = field(default_factory=lambda: [5, 10, 20])
     few_label_repeats: int = 10
+    real_tasks: list[RealTask] = field(default_factory=_real_tasks)
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -59,6 +59,11 @@ def targets(results: dict, cfg: RepresentationBenchConfig) -> list[dict]:
     mc = results["masked_codes"]
     rows.append({"target": "masked-code accuracy, level 1 ≥ 1.5 × the better trivial predictor", "value": mc["model"][0],
                  "threshold": 1.5 * max(mc["unigram"][0], mc["copy_nearest"][0])})
+    real = results.get("real_tasks") or {}
+    if real:
+        wins = sum(r[f"release/{p}"]["score"] > r[f"random/{p}"]["score"] for r in real.values())
+        rows.append({"target": "real tasks: release > random weights on at least 3 of the 4", "value": float(wins),
+                     "threshold": float(min(3, len(real)))})
     for row in rows:
         row["met"] = bool(np.isfinite(row["value"]) and row["value"] >= row["threshold"])
     return rows
@@ -78,6 +83,23 @@ def _within_table(results: dict, task: str, cfg: RepresentationBenchConfig, metr
         lines.append(f"| **mean** | | | {_f(_mean(headline(results, task, cols[0]).values()))} | "
                      f"{_f(_mean(headline(results, task, cols[0], last=True).values()))} | {_f(_mean(headline(results, task, cols[1]).values()))} | "
                      f"{_f(_mean(headline(results, task, cols[2]).values()))} | {_f(_mean(headline(results, task, 'raw').values()))} |")
+    return lines
+
+
+def _real_table(results: dict, cfg: RepresentationBenchConfig) -> list[str]:
+    real = results.get("real_tasks") or {}
+    if not real:
+        return ["\nReal tasks: not run (no real recordings under real_root).\n"]
+    lines = []
+    for p in cfg.poolings:
+        cols = [f"release/{p}", f"random/{p}", f"tokenizer/{p}"]
+        lines += [f"\nReal tasks ({p} pooling; balanced accuracy, grouped CV over runs or blocks of consecutive windows; the "
+                  "recordings are in the pretraining corpus, unlabelled):\n",
+                  "| task | windows | groups | release (inner-CV layer) | release (last layer) | random weights | tokenizer alone | raw features | chance |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, r in real.items():
+            lines.append(f"| {name} | {r['windows']} | {r['groups']} | {_f(r[cols[0]]['score'])} | {_f(r[cols[0]]['layers'][-1])} | "
+                         f"{_f(r[cols[1]]['score'])} | {_f(r[cols[2]]['score'])} | {_f(r['raw']['score'])} | {_f(r['chance'])} |")
     return lines
 
 
@@ -116,6 +138,7 @@ def markdown(results: dict, cfg: RepresentationBenchConfig) -> str:
               "| RVQ level | model | unigram | copy nearest visible | model / better trivial |", "|---|---|---|---|---|"]
     for level, values in enumerate(zip(mc["model"], mc["unigram"], mc["copy_nearest"], mc["ratio_to_best_trivial"])):
         lines.append(f"| {level + 1} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    lines += _real_table(results, cfg)
     lines += ["\nTargets:\n", "| target | measured | needed | |", "|---|---|---|---|"]
     for t in results["targets"]:
         lines.append(f"| {t['target']} | {_f(t['value'])} | {_f(t['threshold'])} | {'met' if t['met'] else '**missed**'} |")

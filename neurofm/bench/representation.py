@@ -9,7 +9,9 @@ the release against the baselines a user would pick instead, on held-out subject
 3. cross-device transfer (fit on one device, test on another);
 4. few labels (5 / 10 / 20 windows per class);
 5. tokenizer reconstruction on the held-out set beside the same-bitrate PCA codec;
-6. masked-code accuracy per RVQ level beside the unigram and copy-nearest predictors.
+6. masked-code accuracy per RVQ level beside the unigram and copy-nearest predictors;
+7. real tasks on the recordings under ``real_root`` (``real_tasks``; their recordings are in the
+   pretraining corpus, unlabelled, when ``real_inputs`` names them).
 
 Columns: the release (layer and regularisation chosen by inner CV; and its last layer), the same
 architecture with random weights, the tokenizer alone (quantized latents), raw features, chance.
@@ -131,6 +133,7 @@ def run_representation_bench(cfg: RepresentationBenchConfig, progress: bool = Fa
     pre = stages["pretrain"]
     results["masked_codes"] = masked_code_report(from_pretrained(paths["release"]), paths["codes"], paths["probe_codes"],
                                                  mask_ratio=pre.model.mask_ratio, masking=pre.model.masking, seed=cfg.seed)
+    results["real_tasks"] = run_real_tasks(cfg, paths["release"], Path(cfg.out) / "real_tasks")
     stages["timings"]["probes_s"] = time.perf_counter() - started
     results["timings"] = {k: round(v, 1) for k, v in stages["timings"].items()}
     results["targets"] = report.targets(results, cfg)
@@ -141,6 +144,26 @@ def run_representation_bench(cfg: RepresentationBenchConfig, progress: bool = Fa
     return results
 
 
+def run_real_tasks(cfg: RepresentationBenchConfig, release: Path, work: Path) -> dict:
+    """{task name: result} of every real task (shards built once into ``work``); {} without ``real_root``."""
+    from neurofm.bench import tasks
+    from neurofm.bench.embeddings import collect
+    from neurofm.config import load_config
+    from neurofm.data_shards import build_shards
+    from neurofm.data_shards.config import ShardsConfig
+
+    if not cfg.real_tasks or not cfg.real_root or not Path(cfg.real_root).is_dir():
+        logger.info("real tasks skipped: real_root=%s is not a folder", cfg.real_root)
+        return {}
+    out = {}
+    for i, task in enumerate(cfg.real_tasks):
+        shards = work / f"task{i}" / "shards"
+        build_shards(load_config(ShardsConfig, task.shards, [f"root={cfg.real_root}", f"out={shards}"]), progress=False)
+        windows = collect(release, shards, tuple(cfg.poolings), seed=cfg.seed)
+        out[task.name] = tasks.real_task(windows, task)
+    return out
+
+
 def _json_default(value):
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
@@ -149,4 +172,4 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
-__all__ = ["build_stages", "check_held_out", "run_representation_bench"]
+__all__ = ["build_stages", "check_held_out", "run_real_tasks", "run_representation_bench"]

@@ -5,7 +5,9 @@
 - ``regression``: a numeric ground-truth field such as the alpha peak frequency (R²; same splits);
 - ``cross_device``: a probe fit on one device's windows, tested on another device's (embeddings only:
   raw features of two devices share no channels); refused when the two devices are the same;
-- ``few_labels``: 5 / 10 / 20 labelled windows per class (balanced accuracy on other recordings).
+- ``few_labels``: 5 / 10 / 20 labelled windows per class (balanced accuracy on other recordings);
+- ``real_task``: a labelled task on real recordings (:class:`~neurofm.bench.config.RealTask`): grouped CV
+  over runs or blocks of consecutive windows, every column.
 """
 
 from __future__ import annotations
@@ -86,4 +88,40 @@ def few_labels(windows: ProbeWindows, key: str, classes: list[str], per_class: l
     return out
 
 
-__all__ = ["RAW", "cross_device", "few_labels", "within_device"]
+def real_task_labels(windows: ProbeWindows, task) -> tuple[np.ndarray, np.ndarray]:
+    """Class (None: left out) and CV group of every window for a :class:`RealTask`."""
+    from neurofm.finetune.data import event_onsets, onset_side
+    from neurofm.finetune.probe import window_group
+
+    if task.onset_event:
+        onsets = event_onsets(windows.metas, task.onset_event)
+        if not onsets:
+            raise NeuroFMError(f"real task '{task.name}': no window holds the event '{task.onset_event}'; check onset_event.")
+        y = [onset_side(m, onsets) for m in windows.metas]
+    else:
+        y = [None if v is None or (task.classes and str(v) not in task.classes) else str(v) for v in windows.field(task.label_key)]
+    position: dict[str, int] = {}
+    groups = []
+    for meta in windows.metas:
+        count = position.get(meta["source"], 0)
+        position[meta["source"]] = count + 1
+        groups.append(window_group(meta, count, task.group_by, task.block))
+    return np.asarray(y, dtype=object), np.asarray(groups)
+
+
+def real_task(windows: ProbeWindows, task) -> dict:
+    """Grouped CV of every column on one real task: {windows, groups, classes, column: result}."""
+    y, groups = real_task_labels(windows, task)
+    rows = np.flatnonzero(y != None)  # noqa: E711 (element-wise)
+    classes, counts = np.unique(y[rows].astype(str), return_counts=True)
+    if len(classes) < 2:
+        raise NeuroFMError(f"real task '{task.name}': the windows carry {len(classes)} class(es) ({classes.tolist()}); check its labels.")
+    out = {"windows": int(len(rows)), "groups": int(len(np.unique(groups[rows]))),
+           "classes": dict(zip(classes.tolist(), counts.tolist())), "chance": 1 / len(classes)}
+    raw_labels = task.classes or None if task.label_key == "event" else None
+    for name, features in _columns(windows, rows, raw_labels).items():
+        out[name] = probes.grouped_cv("logistic", features, y[rows].astype(str), groups[rows])
+    return out
+
+
+__all__ = ["RAW", "cross_device", "few_labels", "real_task", "real_task_labels", "within_device"]

@@ -54,15 +54,25 @@ class Windows:
         return [out[i] for i in rng.permutation(len(out))] if rng is not None else out
 
 
-def _onsets(index: ShardIndex, event: str) -> dict[str, float]:
-    """Seconds from each recording's start to its first ``event``."""
+def event_onsets(metas, event: str) -> dict[str, float]:
+    """Seconds from each recording's start to its first ``event``, from window ``metas`` (any order)."""
     onsets: dict[str, float] = {}
-    for i in range(len(index)):
-        meta = index[i]["meta"]
+    for meta in metas:
         for e in meta.get("events", []):
-            if e["label"] == event and meta["source"] not in onsets:
-                onsets[meta["source"]] = float(meta["window_onset"]) + float(e["onset"])
+            if e["label"] == event:
+                t = float(meta["window_onset"]) + float(e["onset"])
+                onsets[meta["source"]] = min(t, onsets.get(meta["source"], t))
     return onsets
+
+
+def onset_side(meta: dict, onsets: dict[str, float]) -> str | None:
+    """``before`` / ``after`` for a window wholly before / after its recording's onset; None if it spans it."""
+    onset = onsets.get(meta["source"])
+    if onset is None:
+        return None
+    t0 = float(meta["window_onset"])
+    t1 = t0 + meta["window_samples"] / meta["sfreq"]
+    return "before" if t1 <= onset else "after" if t0 >= onset else None
 
 
 def window_y(meta: dict, cfg: FinetuneConfig, onsets: dict[str, float]) -> str | None:
@@ -70,12 +80,7 @@ def window_y(meta: dict, cfg: FinetuneConfig, onsets: dict[str, float]) -> str |
     if cfg.task != "classification":
         return window_label(meta, None, cfg.target_key)
     if cfg.onset_event:
-        onset = onsets.get(meta["source"])
-        if onset is None:
-            return None
-        t0 = float(meta["window_onset"])
-        t1 = t0 + meta["window_samples"] / meta["sfreq"]
-        return "before" if t1 <= onset else "after" if t0 >= onset else None
+        return onset_side(meta, onsets)
     label = window_label(meta, cfg.labels or None, cfg.label_key)
     return label if not cfg.classes or label in cfg.classes else None
 
@@ -94,7 +99,7 @@ def load_windows(encoder: BrainEncoder, cfg: FinetuneConfig, batch_size: int = 3
     """Every window of ``cfg.shards`` that has a label/target, tokenized by the release's tokenizer."""
     check_label_settings(cfg)
     index = ShardIndex(cfg.shards)
-    onsets = _onsets(index, cfg.onset_event) if cfg.onset_event else {}
+    onsets = event_onsets((index[i]["meta"] for i in range(len(index))), cfg.onset_event) if cfg.onset_event else {}
     if cfg.onset_event and not onsets:
         raise NeuroFMError(f"No window of {cfg.shards} holds the event '{cfg.onset_event}'; check onset_event.")
     codes, modality, valid, ys, subjects, groups, keys = [], [], [], [], [], [], []
