@@ -268,3 +268,25 @@ def test_export_never_writes_over_its_run_and_replaces_a_release_only_when_asked
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "release")]) == 1
     assert (tmp_path / "release" / "model.safetensors").stat().st_mtime_ns == written
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "release"), "--overwrite"]) == 0
+
+
+def test_a_deepspeed_start_after_a_killed_build_does_not_hang(code_shards, tmp_path):
+    """The reproduction: the op's build folder with the lock a killed builder leaves; training must start.
+    (Runs after this file's other DeepSpeed tests, which build the op into the cache when it is not there.)"""
+    import shutil
+
+    from neurofm.pretrain.extension_locks import extensions_root
+
+    built = sorted(extensions_root().rglob("deepspeed_shm_comm/*.so"))
+    if not built:
+        pytest.skip("DeepSpeed's CPU communication op was not built on this machine")
+    root = tmp_path / "extensions"
+    shutil.copytree(built[0].parent, root / "deepspeed_shm_comm", ignore=shutil.ignore_patterns("lock"))
+    (root / "deepspeed_shm_comm" / "lock").touch()
+    env = {**clean_env(), "TORCH_EXTENSIONS_DIR": str(root)}
+    result = subprocess.run([sys.executable, "-m", "neurofm.cli", "pretrain", "train", "--quiet", "--config",
+                             str(ROOT / "configs/pretrain_tiny.yaml"), f"codes={code_shards}", f"out={tmp_path / 'run'}", *TINY,
+                             "steps=1"], env=env, capture_output=True, text=True, timeout=180)
+    assert (tmp_path / "run" / "DONE.json").is_file(), result.stderr[-2000:]
+    assert "left by an interrupted extension build" in result.stderr
+    assert not (root / "deepspeed_shm_comm" / "lock").exists()
