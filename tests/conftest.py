@@ -1,4 +1,6 @@
-"""Shared fixtures: the real recordings in ../shared/data and one shard build of all of them."""
+"""Shared fixtures: one shard build of a corpus of every modality — the real recordings in
+../shared/data when they are there, else the embedded default of `make demo` (package-shipped fMRI
+plus the simulator) — and a tokenizer, code shards and a release made from it."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 SHARED_CONFIG = ROOT / "configs" / "shared_data.yaml"
+EMBEDDED_CONFIG = ROOT / "configs" / "demo.yaml"
 
 mne.set_log_level("ERROR")
 
@@ -25,6 +28,21 @@ def shared() -> Path:
     return SHARED
 
 
+def write_eeg_fif(path: Path, seconds: float, sfreq: float = 256.0, n_channels: int = 64, seed: int = 0) -> Path:
+    """A FIF recording of ``n_channels`` biosemi64 electrodes (positions in the file) holding pink-ish
+    noise of ~10 µV: a stand-in recording for tests of stages rather than of a file format."""
+    import numpy as np
+
+    montage = mne.channels.make_standard_montage("biosemi64")
+    info = mne.create_info(montage.ch_names[:n_channels], sfreq, "eeg")
+    rng = np.random.default_rng(seed)
+    data = np.cumsum(rng.normal(0, 1e-6, (n_channels, int(seconds * sfreq))), axis=1)
+    data -= mne.filter.filter_data(data, sfreq, None, 1.0, verbose="error")  # drop the random walk's drift
+    raw = mne.io.RawArray(data, info, verbose="error").set_montage(montage, on_missing="ignore")
+    raw.save(path, overwrite=True, verbose="error")
+    return path
+
+
 def shared_config(**overrides):
     """configs/shared_data.yaml with root pointing at ../shared/data and optional overrides."""
     from neurofm.config import load_config
@@ -35,20 +53,35 @@ def shared_config(**overrides):
 
 
 @pytest.fixture(scope="session")
-def shared_shards(tmp_path_factory, shared) -> Path:
-    """Every recording of ../shared/data built once into shards (about 10 s)."""
+def corpus_shards(tmp_path_factory) -> Path:
+    """Shards of EEG, MEG, sEEG/ECoG and fMRI windows, built once (10–20 s): every recording of
+    ../shared/data when present; otherwise, as on a user's clone, the embedded default (package-shipped
+    fMRI + one minute of simulated recordings per modality)."""
     import os
 
+    from neurofm.config import load_config
     from neurofm.data_shards import build_shards
+    from neurofm.data_shards.config import ShardsConfig
 
-    out = tmp_path_factory.mktemp("shared_shards")
+    out = tmp_path_factory.mktemp("corpus_shards")
     cwd = os.getcwd()
-    os.chdir(ROOT)  # the config's positions file is relative to the project root
+    os.chdir(ROOT)  # the configs' positions files are relative to the project root
     try:
-        build_shards(shared_config(out=str(out)), progress=False)
+        if SHARED.is_dir():
+            config = shared_config(out=str(out))
+        else:
+            config = load_config(ShardsConfig, EMBEDDED_CONFIG, [f"out={out}", "simulate.hours=0.0834", "simulate.recording_seconds=30",
+                                                                 "samples_per_shard=40"])
+        build_shards(config, progress=False)
     finally:
         os.chdir(cwd)
     return out
+
+
+@pytest.fixture(scope="session")
+def shared_shards(corpus_shards, shared) -> Path:
+    """``corpus_shards`` for tests of what particular real recordings of ../shared/data become."""
+    return corpus_shards
 
 
 @pytest.fixture(autouse=True)
@@ -58,8 +91,8 @@ def _project_cwd(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def code_shards(shared_shards, tmp_path_factory) -> Path:
-    """Code shards of every ../shared/data window, from a small tokenizer trained for a few steps."""
+def code_shards(corpus_shards, tmp_path_factory) -> Path:
+    """Code shards of every ``corpus_shards`` window, from a small tokenizer trained for a few steps."""
     from neurofm.config import load_config
     from neurofm.tokenizers.config import TokenizerTrainConfig
     from neurofm.tokenizers.encode import encode_shards
@@ -67,11 +100,11 @@ def code_shards(shared_shards, tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("codes")
     cfg = load_config(TokenizerTrainConfig, None, [
-        f"shards={shared_shards}", f"out={root / 'tokenizer'}", "steps=5", "batch_size=8", "model.d_model=32",
+        f"shards={corpus_shards}", f"out={root / 'tokenizer'}", "steps=5", "batch_size=8", "model.d_model=32",
         "model.n_heads=2", "model.n_latents=4", "model.code_dim=8", "model.codebook_size=16", "model.levels=2",
     ])
     train_tokenizer(cfg, progress=False)
-    encode_shards(root / "tokenizer", shared_shards, root / "codes", progress=False)
+    encode_shards(root / "tokenizer", corpus_shards, root / "codes", progress=False)
     return root / "codes"
 
 

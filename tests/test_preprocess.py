@@ -1,4 +1,5 @@
-"""Preprocessing with MNE on real recordings: band limits, bad channels, scaling, errors."""
+"""Preprocessing with MNE: band limits, bad channels, scaling, errors (on generated recordings, and on a
+real BrainVision file for the exact filter chain)."""
 
 from __future__ import annotations
 
@@ -11,24 +12,25 @@ from neurofm.data_shards.config import InputSpec, ShardsConfig
 from neurofm.data_shards.preprocess import detect_bad_channels, prepare
 from neurofm.data_shards.readers import read_recording
 from neurofm.errors import RecordingError
-
-EDF = "eeg/eegmmidb_S088R10.edf"
+from tests.conftest import write_eeg_fif
 
 
 def _config(*overrides):
     return load_config(ShardsConfig, None, list(overrides))
 
 
-def test_too_low_sampling_rate_for_the_band_names_file_and_field(shared):
-    rec = read_recording(shared / EDF, InputSpec(path=EDF))
+def test_too_low_sampling_rate_for_the_band_names_file_and_field(tmp_path):
+    path = write_eeg_fif(tmp_path / "slow_raw.fif", 20, sfreq=128.0, n_channels=8)
+    rec = read_recording(path, InputSpec(path="x"))
     with pytest.raises(RecordingError) as err:
         prepare(rec, _config("eeg.h_freq=70"))
     message = str(err.value)
-    assert "eegmmidb_S088R10.edf" in message and "128 Hz" in message and "h_freq" in message and "below 64" in message
+    assert "slow_raw.fif" in message and "128 Hz" in message and "h_freq" in message and "below 64" in message
 
 
-def test_per_input_override_is_validated_with_its_path(shared):
-    rec = read_recording(shared / EDF, InputSpec(path=EDF, preprocess={"h_fre": 20}))
+def test_per_input_override_is_validated_with_its_path(tmp_path):
+    path = write_eeg_fif(tmp_path / "rec_raw.fif", 10, n_channels=8)
+    rec = read_recording(path, InputSpec(path="x", preprocess={"h_fre": 20}))
     with pytest.raises(Exception, match=r"inputs\[0\].preprocess.h_fre.*Did you mean 'h_freq'"):
         prepare(rec, _config())
 
@@ -52,8 +54,8 @@ def test_resampled_band_limited_and_invertible_scaling(shared):
     assert spectrum[:, freqs > 70].sum() < 1e-3 * spectrum[:, (freqs > 1) & (freqs < 40)].sum()
 
 
-def test_flat_and_noisy_channels_are_detected_recorded_and_excluded(shared):
-    rec = read_recording(shared / EDF, InputSpec(path=EDF))
+def test_flat_and_noisy_channels_are_detected_recorded_and_excluded(tmp_path):
+    rec = read_recording(write_eeg_fif(tmp_path / "rec_raw.fif", 60), InputSpec(path="x"))
     data = rec.inst._data
     data[5] = 0.0  # flat
     data[17] *= 40.0  # far noisier than its neighbours

@@ -128,7 +128,7 @@ def test_two_process_torchrun_of_the_real_entry_point(code_shards, tmp_path):
     assert {p.name for p in (out / "step_00000003").glob("neurofm_state_rank*.json")} == {"neurofm_state_rank0.json", "neurofm_state_rank1.json"}
 
 
-def test_bad_input_is_refused(code_shards, shared_shards, tmp_path):
+def test_bad_input_is_refused(code_shards, corpus_shards, tmp_path):
     run = tmp_path / "run"
     train_pretrain(config(code_shards, run, "steps=2"), progress=False)
     with pytest.raises(NeuroFMError, match="different model"):
@@ -136,7 +136,7 @@ def test_bad_input_is_refused(code_shards, shared_shards, tmp_path):
     with pytest.raises(NeuroFMError, match="n_latents=8 but the code shards"):
         train_pretrain(config(code_shards, tmp_path / "x", "model.n_latents=8"), progress=False)
     with pytest.raises(NeuroFMError, match="signal shards, not code shards"):
-        train_pretrain(config(shared_shards, tmp_path / "y"), progress=False)
+        train_pretrain(config(corpus_shards, tmp_path / "y"), progress=False)
     manifest_path = code_shards.parent / "other_codes"
     import shutil
 

@@ -14,11 +14,11 @@ from neurofm.finetune.probe import probe_release, window_label
 from neurofm.tokenizers.data import collate
 
 
-def test_encoder_gives_one_embedding_per_layer(release, shared_shards):
+def test_encoder_gives_one_embedding_per_layer(release, corpus_shards):
     from neurofm.data_shards import ShardIndex
 
     encoder = BrainEncoder.from_pretrained(release)
-    index = ShardIndex(shared_shards)
+    index = ShardIndex(corpus_shards)
     batch = collate([index[0], index[1]])
     emb = encoder.layer_embeddings(batch.signal, batch.sensors, batch.channel_mask, batch.family, ["eeg", "eeg"])
     assert emb.shape == (3, 2, 32) and np.isfinite(emb.numpy()).all()
@@ -31,9 +31,9 @@ def test_window_labels():
     assert window_label(meta, ["T9"], None) is None
 
 
-def test_probe_finds_what_is_decodable_and_reports_baselines(release, shared_shards, tmp_path, capsys):
+def test_probe_finds_what_is_decodable_and_reports_baselines(release, corpus_shards, tmp_path, capsys):
     # the modality of a window is trivially in its embedding (sensor kinds differ): a probe must find it
-    code = main(["probe", "--release", str(release), "--shards", str(shared_shards), "--out", str(tmp_path / "p"),
+    code = main(["probe", "--release", str(release), "--shards", str(corpus_shards), "--out", str(tmp_path / "p"),
                  "--label-key", "modality", "--folds", "3", "--group-by", "block"])
     printed = capsys.readouterr().out
     assert code == 0 and "shuffled" in printed and "random weights" in printed and "raw features" in printed
@@ -49,30 +49,30 @@ def test_probe_finds_what_is_decodable_and_reports_baselines(release, shared_sha
     assert (tmp_path / "p" / "layers.png").is_file() and (tmp_path / "p" / "confusion.png").is_file()
 
 
-def test_probe_groups_by_recording_by_default(release, shared_shards, tmp_path):
-    metrics = probe_release(release, shared_shards, tmp_path / "p", label_key="modality", n_splits=3)
+def test_probe_groups_by_recording_by_default(release, corpus_shards, tmp_path):
+    metrics = probe_release(release, corpus_shards, tmp_path / "p", label_key="modality", n_splits=3)
     assert metrics["grouping"] == "by recording" and metrics["pooling"] == "mean"
     assert {"random_weights", "shuffled"} <= set(metrics["layers"][0]) and "raw_features" in metrics
     with pytest.raises(NeuroFMError, match="different lengths"):  # EEG and fMRI windows have other patch counts
-        probe_release(release, shared_shards, tmp_path / "t", label_key="modality", n_splits=3, pooling="time")
+        probe_release(release, corpus_shards, tmp_path / "t", label_key="modality", n_splits=3, pooling="time")
 
 
-def test_probe_bad_labels(release, shared_shards, tmp_path):
+def test_probe_bad_labels(release, corpus_shards, tmp_path):
     with pytest.raises(NeuroFMError, match="carries any of the labels"):
-        probe_release(release, shared_shards, tmp_path, labels=["nope"])
+        probe_release(release, corpus_shards, tmp_path, labels=["nope"])
     with pytest.raises(NeuroFMError, match="has no tokenizer/ directory"):
-        probe_release(tmp_path, shared_shards, tmp_path, label_key="modality")
+        probe_release(tmp_path, corpus_shards, tmp_path, label_key="modality")
 
 
-def test_embed_writes_every_layer_in_stored_order(release, shared_shards, tmp_path):
+def test_embed_writes_every_layer_in_stored_order(release, corpus_shards, tmp_path):
     from safetensors.numpy import load_file
 
     from neurofm.data_shards import ShardIndex
 
-    assert main(["embed", "--release", str(release), "--shards", str(shared_shards), "--out", str(tmp_path / "e")]) == 0
+    assert main(["embed", "--release", str(release), "--shards", str(corpus_shards), "--out", str(tmp_path / "e")]) == 0
     tensors = load_file(str(tmp_path / "e" / "embeddings.safetensors"))
     index = json.loads((tmp_path / "e" / "index.json").read_text())
-    shards = ShardIndex(shared_shards)
+    shards = ShardIndex(corpus_shards)
     assert sorted(tensors) == ["layer_0", "layer_1", "layer_2"]
     assert all(t.shape == (len(shards), 32) for t in tensors.values())
     assert [r["key"] for r in index[:3]] == [shards[i]["__key__"] for i in range(3)]

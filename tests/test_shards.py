@@ -17,7 +17,7 @@ from neurofm.data_shards import ShardIndex, build_shards, verify_shards
 from neurofm.data_shards.config import ShardsConfig
 from neurofm.data_shards.writer import ShardWriter
 from neurofm.errors import NeuroFMError, RecordingError, ShardError
-from tests.conftest import SHARED
+from tests.conftest import SHARED, write_eeg_fif
 
 
 def _samples(out: Path) -> list[dict]:
@@ -77,21 +77,24 @@ def test_epochs_and_evoked_become_one_sample_each(shared_shards):
     assert [s["meta"]["labels"]["condition"] for s in evoked] == ["Left Auditory", "Right Auditory", "Left visual", "Right visual"]
 
 
-def test_fmri_windows_at_the_configured_tr(shared_shards):
-    samples = _samples(shared_shards)
-    run = _by_source(samples, "nibabel_functional.nii")
+def test_fmri_windows_at_the_configured_tr(corpus_shards):
+    samples = _samples(corpus_shards)
+    run = _by_source(samples, "functional.nii")  # nibabel's test run: in ../shared/data and in nibabel's wheel
     # 20 volumes at 2 s = 40 s; windows of 16 s (8 volumes) with 50 % overlap → starts 0, 8, 16, 24 s
     assert len(run) == 4 and run[0]["signal"].shape == (64, 8)
     assert set(run[0]["meta"]["kinds"]) == {"bold"}
     assert np.argmax(run[0]["sensors"][:, 6:], axis=1).tolist() == [5] * 64
 
 
-def _small_config(tmp_path, **overrides) -> ShardsConfig:
-    inputs = (
-        "inputs=[{path: eeg/eegmmidb_S088R10.edf}, {path: eeg/muse_n170/sub-1_ses-1_run-1_raw.fif},"
-        " {path: meg/elekta_3ch_raw.fif}]"
-    )
-    items = [f"root={SHARED}", inputs, f"out={tmp_path / 'out'}", "samples_per_shard=16"]
+def _small_config(tmp_path, out: str = "out", **overrides) -> ShardsConfig:
+    """Three generated recordings (in tmp_path/recs) of 50, 40 and 10 two-second windows, 16 samples per shard."""
+    recs = tmp_path / "recs"
+    if not recs.is_dir():
+        recs.mkdir()
+        for i, seconds in enumerate((100, 80, 20)):
+            write_eeg_fif(recs / f"rec{i}_raw.fif", seconds, n_channels=16, seed=i)
+    inputs = "inputs=[" + ", ".join(f"{{path: '{recs / f'rec{i}_raw.fif'}'}}" for i in range(3)) + "]"
+    items = [inputs, f"out={tmp_path / out}", "samples_per_shard=16"]
     return load_config(ShardsConfig, None, items + [f"{k}={v}" for k, v in overrides.items()])
 
 
@@ -99,12 +102,12 @@ def _shard_hashes(out: Path) -> list[str]:
     return [s["sha256"] for s in json.loads((out / "manifest.json").read_text())["shards"]]
 
 
-def test_interrupted_build_resumes_to_identical_shards(shared, tmp_path, monkeypatch):
-    straight = _small_config(tmp_path / "a")
+def test_interrupted_build_resumes_to_identical_shards(tmp_path, monkeypatch):
+    straight = _small_config(tmp_path, "a")
     build_shards(straight, progress=False)
     expected = _shard_hashes(Path(straight.out))
 
-    config = _small_config(tmp_path / "b")
+    config = _small_config(tmp_path, "b")
     original = ShardWriter.write
     calls = {"n": 0}
 
@@ -128,7 +131,7 @@ def test_interrupted_build_resumes_to_identical_shards(shared, tmp_path, monkeyp
     assert verify_shards(out) == []
 
 
-def test_rebuild_with_other_settings_needs_overwrite(shared, tmp_path):
+def test_rebuild_with_other_settings_needs_overwrite(tmp_path):
     config = _small_config(tmp_path)
     build_shards(config, progress=False)
     again = build_shards(config, progress=False)  # complete and identical: nothing to do
@@ -169,20 +172,19 @@ def test_empty_folder_and_no_inputs(tmp_path):
         build_shards(load_config(ShardsConfig, None, [f"out={tmp_path / 'o'}"]), progress=False)
 
 
-def test_on_error_skip_records_the_bad_file_and_goes_on(shared, tmp_path):
+def test_on_error_skip_records_the_bad_file_and_goes_on(tmp_path):
     fake = tmp_path / "recs" / "broken.edf"
     fake.parent.mkdir()
     fake.write_bytes(b"\x00" * 300)
-    good = fake.parent / "good_raw.fif"
-    good.symlink_to(shared / "meg/elekta_3ch_raw.fif")
+    write_eeg_fif(fake.parent / "good_raw.fif", 10, n_channels=8)
     manifest = build_shards(_config_for(tmp_path, fake.parent, on_error="skip"), progress=False)
     assert [s["source"] for s in manifest["skipped"]] == [str(fake)]
     assert "cannot be read" in manifest["skipped"][0]["error"]
-    assert manifest["statistics"]["meg"]["recordings"] == 1
+    assert manifest["statistics"]["eeg"]["recordings"] == 1
 
 
-def test_signal_dtype_float16(shared, tmp_path):
-    config = _config_for(tmp_path, shared / "meg/elekta_3ch_raw.fif", signal_dtype="float16")
+def test_signal_dtype_float16(tmp_path):
+    config = _config_for(tmp_path, write_eeg_fif(tmp_path / "three_raw.fif", 10, n_channels=3), signal_dtype="float16")
     build_shards(config, progress=False)
     with tarfile.open(next((tmp_path / "out").glob("shard-*.tar"))) as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith(".signal.npy"))

@@ -35,9 +35,9 @@ def train_config(shards, out, *extra) -> TokenizerTrainConfig:
 
 
 @pytest.fixture(scope="module")
-def windows(shared_shards):
+def windows(corpus_shards):
     """Two real windows of each modality, decoded."""
-    index = ShardIndex(shared_shards)
+    index = ShardIndex(corpus_shards)
     by_modality: dict[str, list] = {}
     for i in range(len(index)):
         m = index.modality_of[i]
@@ -47,9 +47,9 @@ def windows(shared_shards):
 
 
 @pytest.fixture(scope="module")
-def trained(shared_shards, tmp_path_factory):
+def trained(corpus_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("tok") / "ckpt"
-    train_tokenizer(train_config(shared_shards, out, "steps=30"), progress=False)
+    train_tokenizer(train_config(corpus_shards, out, "steps=30"), progress=False)
     return out
 
 
@@ -153,8 +153,8 @@ def test_fsq_quantizer(windows):
     assert model.cfg.bits_per_second("bold") == pytest.approx(4 * 2 * np.log2(15) / 8.0)
 
 
-def test_short_training_lowers_the_loss(shared_shards, tmp_path):
-    cfg = train_config(shared_shards, tmp_path / "t", "steps=60", "modality_weights={eeg: 1.0}", "lr=3e-3")
+def test_short_training_lowers_the_loss(corpus_shards, tmp_path):
+    cfg = train_config(corpus_shards, tmp_path / "t", "steps=60", "modality_weights={eeg: 1.0}", "lr=3e-3")
     train_tokenizer(cfg, progress=False)
     log = [json.loads(line) for line in (tmp_path / "t.log.jsonl").read_text().splitlines()]
     first, last = np.mean([r["loss"] for r in log[:2]]), np.mean([r["loss"] for r in log[-2:]])
@@ -162,10 +162,10 @@ def test_short_training_lowers_the_loss(shared_shards, tmp_path):
     assert log[-1]["correlation"] > log[0]["correlation"] + 0.1
 
 
-def test_resume_continues_the_same_trajectory_and_seed_fixes_codes(shared_shards, tmp_path):
-    straight = train_config(shared_shards, tmp_path / "a", "steps=12", "checkpoint_every=6")
+def test_resume_continues_the_same_trajectory_and_seed_fixes_codes(corpus_shards, tmp_path):
+    straight = train_config(corpus_shards, tmp_path / "a", "steps=12", "checkpoint_every=6")
     train_tokenizer(straight, progress=False)
-    cut = train_config(shared_shards, tmp_path / "b", "steps=12", "checkpoint_every=6")
+    cut = train_config(corpus_shards, tmp_path / "b", "steps=12", "checkpoint_every=6")
     import neurofm.tokenizers.train as train_module
 
     calls = {"n": 0}
@@ -189,25 +189,26 @@ def test_resume_continues_the_same_trajectory_and_seed_fixes_codes(shared_shards
     b = (tmp_path / "b" / "model.safetensors").read_bytes()
     assert a == b  # same seed, same data, same steps: bit-identical weights, resumed or not
     with pytest.raises(NeuroFMError, match="other settings"):
-        train_tokenizer(train_config(shared_shards, tmp_path / "b", "steps=12", "checkpoint_every=6", "lr=1e-2"), progress=False)
+        train_tokenizer(train_config(corpus_shards, tmp_path / "b", "steps=12", "checkpoint_every=6", "lr=1e-2"), progress=False)
 
 
-def test_eval_reports_every_modality(trained, shared_shards, tmp_path):
-    metrics = evaluate_tokenizer(trained, shared_shards, tmp_path / "eval")
+def test_eval_reports_every_modality(trained, corpus_shards, tmp_path):
+    metrics = evaluate_tokenizer(trained, corpus_shards, tmp_path / "eval")
     assert set(metrics["modalities"]) == {"eeg", "meg", "ieeg", "fmri"}
     for m in metrics["modalities"].values():
         assert -1 <= m["pcc"] <= 1 and m["windows"] > 0 and m["spectral_error"] >= 0
     assert metrics["modalities"]["eeg"]["bits_per_second"] == pytest.approx(4 * 2 * 4 / 0.25)
     assert len(metrics["codes"]["usage"]) == 2
     assert {p.name for p in (tmp_path / "eval").glob("*.png")} == {f"reconstruction_{m}.png" for m in ("eeg", "meg", "ieeg", "fmri")}
-    assert any(r.endswith("eegmmidb_S088R10.edf") for r in metrics["recordings"])
+    sources = {r["source"] for r in json.loads((corpus_shards / "manifest.json").read_text())["recordings"]}
+    assert metrics["recordings"] and set(metrics["recordings"]) <= sources
 
 
-def test_encode_writes_code_shards_that_decode_like_the_model(trained, shared_shards, tmp_path):
-    manifest = encode_shards(trained, shared_shards, tmp_path / "codes", progress=False)
+def test_encode_writes_code_shards_that_decode_like_the_model(trained, corpus_shards, tmp_path):
+    manifest = encode_shards(trained, corpus_shards, tmp_path / "codes", progress=False)
     assert manifest["complete"] and manifest["kind"] == "codes"
     assert verify_shards(tmp_path / "codes") == []
-    codes_index, signal_index = ShardIndex(tmp_path / "codes"), ShardIndex(shared_shards)
+    codes_index, signal_index = ShardIndex(tmp_path / "codes"), ShardIndex(corpus_shards)
     assert len(codes_index) == len(signal_index)
     model = load_tokenizer(trained)
     for i in (0, len(signal_index) - 1):

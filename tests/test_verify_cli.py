@@ -15,15 +15,15 @@ from tests.conftest import ROOT, SHARED
 
 
 @pytest.fixture
-def shards_copy(shared_shards, tmp_path):
+def shards_copy(corpus_shards, tmp_path):
     copy = tmp_path / "shards"
-    shutil.copytree(shared_shards, copy)
+    shutil.copytree(corpus_shards, copy)
     return copy
 
 
-def test_verify_passes_on_a_good_build(shared_shards, capsys):
-    assert verify_shards(shared_shards) == []
-    assert main(["shards", "verify", str(shared_shards)]) == 0
+def test_verify_passes_on_a_good_build(corpus_shards, capsys):
+    assert verify_shards(corpus_shards) == []
+    assert main(["shards", "verify", str(corpus_shards)]) == 0
     assert "OK" in capsys.readouterr().out
 
 
@@ -80,15 +80,17 @@ def test_verify_names_a_bad_sample_inside_a_tar_with_matching_checksum(shards_co
     assert [(p["shard"], p["sample"]) for p in problems] == [("shard-000000.tar", bad_key)]
 
 
-def test_inspect_summary(shared_shards, capsys):
-    assert main(["shards", "inspect", str(shared_shards)]) == 0
+def test_inspect_summary(corpus_shards, capsys):
+    assert main(["shards", "inspect", str(corpus_shards)]) == 0
     text = capsys.readouterr().out
     assert "sensors without positions: 0" in text
     for modality in ("eeg", "meg", "ieeg", "fmri"):
         assert f"\n{modality} " in text
-    assert main(["shards", "inspect", "--json", str(shared_shards)]) == 0
+    assert main(["shards", "inspect", "--json", str(corpus_shards)]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["recordings"] == 24 and summary["modalities"]["eeg"]["windows"] == 749
+    manifest = json.loads((corpus_shards / "manifest.json").read_text())
+    assert summary["recordings"] == len(manifest["recordings"])
+    assert summary["modalities"]["eeg"]["windows"] == sum(r["n_windows"] for r in manifest["recordings"] if r["modality"] == "eeg")
 
 
 def test_unknown_config_key_on_the_command_line_is_a_clean_error(tmp_path):
