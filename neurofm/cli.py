@@ -88,6 +88,7 @@ def _pretrain_train(args: argparse.Namespace) -> int:
     from neurofm.pretrain.train import train_pretrain
 
     config = load_config(PretrainConfig, args.config, args.overrides)
+    config.allow_changed = sorted({*config.allow_changed, *(args.allow_changed or [])})
     metrics = train_pretrain(config, progress=not args.quiet)
     if metrics:
         print(json.dumps({k: metrics.get(k) for k in ("step", "loss", "masked_accuracy", "tokens_per_s")}))
@@ -346,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint_every steps and on SIGTERM; rerunning resumes the same trajectory."))
     _config_arguments(ptrain, "YAML of PretrainConfig (configs/pretrain_*.yaml)",
                       "dotted.key=value, e.g. codes=runs/demo/codes out=runs/pt zero_stage=2", "no per-step log lines")
+    ptrain.add_argument("--allow-changed", action="append", metavar="KEY",
+                        help="a setting a resume may change on purpose (e.g. steps); repeat for several")
     ptrain.set_defaults(func=_pretrain_train)
 
     export = stages.add_parser("export", help="pretraining checkpoint → release directory", description=(

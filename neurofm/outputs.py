@@ -39,6 +39,20 @@ def check_output(out: str | Path, inputs: Mapping[str, str | Path | None], *, ov
     return out
 
 
+def output_folder(out: str | Path, option: str = "--out") -> Path:
+    """Create (or keep) the folder ``out`` that a resumable stage writes into; a file there is an error."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NeuroFMError(f"{option}={out} is a file, not a folder; remove it or choose another {option}.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise NeuroFMError(f"{option}={out}: a file stands where one of its parent folders should be; choose another {option}.") from None
+    except PermissionError:
+        raise NeuroFMError(f"{option}={out} cannot be created (permission denied); choose a folder you may write to.") from None
+    return out
+
+
 @contextlib.contextmanager
 def replaced_folder(out: str | Path) -> Iterator[Path]:
     """Yield an empty ``<out>.partial`` to fill; on success it replaces ``out``, on error it is removed.
@@ -67,4 +81,4 @@ def replaced_folder(out: str | Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["check_output", "replaced_folder"]
+__all__ = ["check_output", "output_folder", "replaced_folder"]

@@ -181,7 +181,8 @@ def test_resume_on_another_number_of_ranks_uses_a_universal_checkpoint(code_shar
     common = ["--config", str(ROOT / "configs/pretrain_tiny.yaml"), "--quiet", *overrides]
     train_pretrain(load_config(PretrainConfig, ROOT / "configs/pretrain_tiny.yaml", [*overrides, "steps=3"]), progress=False)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    result = subprocess.run([torchrun, "--standalone", "--nproc-per-node=2", "-m", "neurofm.cli", "pretrain", "train", *common, "steps=6"],
+    result = subprocess.run([torchrun, "--standalone", "--nproc-per-node=2", "-m", "neurofm.cli", "pretrain", "train", *common, "steps=6",
+                             "--allow-changed", "steps"],
                             env=clean_env(), capture_output=True, text=True, timeout=300)
     done = out / "DONE.json"
     assert done.is_file(), result.stderr[-3000:]
@@ -249,7 +250,7 @@ def test_a_crafted_checkpoint_is_refused_without_running_its_code(code_shards, t
         with pytest.raises(NeuroFMError, match="not plain tensors"):
             export_release(run, tmp_path / "other_release")
         with pytest.raises(NeuroFMError, match="not plain tensors"):
-            train_pretrain(config(code_shards, run, "steps=4", f"zero_stage={stage}"), progress=False)
+            train_pretrain(config(code_shards, run, "steps=4", f"zero_stage={stage}", "allow_changed=[steps]"), progress=False)
         assert not marker.exists() and not (tmp_path / "other_release").exists()
         target.write_bytes(original)
 
@@ -290,3 +291,14 @@ def test_a_deepspeed_start_after_a_killed_build_does_not_hang(code_shards, tmp_p
     assert (tmp_path / "run" / "DONE.json").is_file(), result.stderr[-2000:]
     assert "left by an interrupted extension build" in result.stderr
     assert not (root / "deepspeed_shm_comm" / "lock").exists()
+
+
+def test_a_resume_with_other_training_settings_is_refused_unless_allowed(code_shards, tmp_path):
+    run = tmp_path / "run"
+    train_pretrain(config(code_shards, run, "steps=2"), progress=False)
+    for changed in ("lr=3e-3", "seed=5", "micro_batch=2"):
+        with pytest.raises(NeuroFMError, match=f"other settings.*'{changed.split('=')[0]}'"):
+            train_pretrain(config(code_shards, run, "steps=2", changed), progress=False)
+    with pytest.raises(NeuroFMError, match="--allow-changed steps"):
+        train_pretrain(config(code_shards, run, "steps=3"), progress=False)
+    assert train_pretrain(config(code_shards, run, "steps=3", "allow_changed=[steps]", "log_every=5"), progress=False)["step"] == 3

@@ -32,6 +32,7 @@ from neurofm.data_shards.sensors import SENSOR_FEATURES, has_position
 from neurofm.data_shards.windows import iter_windows
 from neurofm.data_shards.writer import FORMAT_VERSION, MANIFEST, ShardWriter, encode_npy, read_manifest, write_json_atomic
 from neurofm.errors import NeuroFMError, ShardError
+from neurofm.outputs import output_folder
 
 logger = logging.getLogger("neurofm.shards")
 
@@ -155,7 +156,7 @@ def build_shards(config: ShardsConfig, *, overwrite: bool = False, progress: boo
             "No inputs: list recordings under 'inputs' or add a 'simulate' section (see configs/demo.yaml)."
         )
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out, "--out")
     manifest = _start_manifest(config, out, overwrite)
     if manifest["complete"]:
         logger.info("%s is complete (%d shards); nothing to do.", out, len(manifest["shards"]))

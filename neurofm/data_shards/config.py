@@ -9,6 +9,9 @@ MODALITIES = ("eeg", "meg", "ieeg", "fmri")
 Modality = Literal["eeg", "meg", "ieeg", "fmri"]
 
 
+MIN_WINDOW_SAMPLES = 16  # a window shorter than this holds less than any tokenizer patch
+
+
 @dataclass(kw_only=True)
 class ElectrophysiologyPreprocess:
     """MNE preprocessing and windowing of one electrophysiology modality.
@@ -43,8 +46,9 @@ class ElectrophysiologyPreprocess:
             raise ValueError(f"sfreq must be positive; got {self.sfreq}.")
         if not 0 <= self.overlap < 1:
             raise ValueError(f"overlap must be in [0, 1); got {self.overlap}.")
-        if self.window_seconds <= 0:
-            raise ValueError(f"window_seconds must be positive; got {self.window_seconds}.")
+        if self.window_seconds * self.sfreq < MIN_WINDOW_SAMPLES:
+            raise ValueError(f"window_seconds ({self.window_seconds} s) holds {self.window_seconds * self.sfreq:.2f} samples at "
+                             f"{self.sfreq:g} Hz; windows need at least {MIN_WINDOW_SAMPLES} (one tokenizer patch is 0.25 s).")
         if self.h_freq is not None and self.h_freq >= self.sfreq / 2:
             raise ValueError(
                 f"h_freq ({self.h_freq} Hz) must be below half of sfreq ({self.sfreq} Hz); "

@@ -51,9 +51,34 @@ def read_manifest(out: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ShardError(f"{path} is not valid JSON ({err}); delete the output folder and rebuild.") from None
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise ShardError(f"{path} is not a NeuroFM shard manifest ({problem}); point at a folder made by `neurofm shards build` "
+                         "or `neurofm tokenizer encode`, or delete it and rebuild.")
+    return manifest
+
+
+_SHARD_FIELDS = {"name": str, "samples": int, "bytes": int, "sha256": str}
+
+
+def _manifest_problem(manifest) -> str | None:
+    """What makes ``manifest`` unusable (wrong structure), or None."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    for key, kind in (("shards", list), ("recordings", list), ("complete", bool)):
+        if not isinstance(manifest.get(key), kind):
+            return f"'{key}' is {type(manifest.get(key)).__name__ if key in manifest else 'absent'}, not a {kind.__name__}"
+    for i, shard in enumerate(manifest["shards"]):
+        if not isinstance(shard, dict) or any(not isinstance(shard.get(k), t) for k, t in _SHARD_FIELDS.items()):
+            return f"shards[{i}] lacks {', '.join(_SHARD_FIELDS)}"
+        if shard["samples"] < 0 or "/" in shard["name"] or shard["name"].startswith("."):
+            return f"shards[{i}] has a negative count or a name outside the folder"
+    if any(not isinstance(r, dict) for r in manifest["recordings"]):
+        return "'recordings' holds something other than objects"
+    return None
 
 
 class ShardWriter:

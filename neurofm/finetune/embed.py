@@ -18,6 +18,7 @@ from neurofm.data_shards.dataset import ShardIndex
 from neurofm.errors import NeuroFMError
 from neurofm.finetune.encoder import BrainEncoder
 from neurofm.tokenizers.data import ordered_batches
+from neurofm.outputs import output_folder
 
 
 def embed_shards(release: str | Path, shards: str | Path, out: str | Path, *, batch_size: int = 32, pooling: str = "mean") -> Path:
@@ -37,7 +38,7 @@ def embed_shards(release: str | Path, shards: str | Path, out: str | Path, *, ba
                            "use --pooling mean, or embed one window length at a time.")
     embeddings = torch.cat(chunks, dim=1).float()  # [layers, windows, F]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out, "--out")
     save_file({f"layer_{i}": e.contiguous() for i, e in enumerate(embeddings)}, str(out / "embeddings.safetensors"),
               metadata={"release": str(release), "shards": str(shards), "pooling": pooling})
     (out / "index.json").write_text(json.dumps(rows, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))

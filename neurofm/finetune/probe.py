@@ -30,6 +30,7 @@ from neurofm.finetune.encoder import BrainEncoder
 from neurofm.finetune.metrics import classification_metrics
 from neurofm.finetune.plots import save_confusion
 from neurofm.tokenizers.data import ordered_batches
+from neurofm.outputs import output_folder
 
 
 def window_label(meta: dict, labels: list[str] | None, key: str | None) -> str | None:
@@ -167,7 +168,7 @@ def probe_release(release: str | Path, shards: str | Path, out: str | Path, *, l
         metrics |= {"classes": classes.tolist(), "class_counts": {str(c): int((y == c).sum()) for c in classes},
                     "chance": {"balanced_accuracy": 1 / len(classes), "auroc": 0.5, "kappa": 0.0}}
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out, "--out")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     if ridge:
         _plots(metrics, None, out, "r2", "R² (out of fold)", (y, best[2]))

@@ -87,6 +87,9 @@ class PretrainConfig:
         ``torch.compile`` the model.
     modality_weights : dict | None
         Sampling weights per modality.
+    allow_changed : list of str
+        Settings a resume may change on purpose (e.g. ``steps`` for a longer schedule); any other
+        setting that changes the trajectory must equal the checkpoint's (``--allow-changed KEY``).
     """
 
     codes: str = "runs/demo/codes"
@@ -109,6 +112,7 @@ class PretrainConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     tensorboard: bool = True
+    allow_changed: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not 0 <= self.zero_stage <= 3:

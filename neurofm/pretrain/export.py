@@ -12,11 +12,12 @@ import json
 import shutil
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 import neurofm
 from neurofm.config import from_dict
 from neurofm.errors import NeuroFMError
+from neurofm.files import load_state, load_tensors, read_json
 from neurofm.pretrain.config import PretrainModelConfig
 from neurofm.pretrain.model import MaskedCodeModel
 from neurofm.pretrain.safe_checkpoint import weights_only_loads
@@ -113,14 +114,14 @@ def from_pretrained(release: str | Path) -> MaskedCodeModel:
     path = release / "config.json"
     if not path.is_file() or not (release / "model.safetensors").is_file():
         raise NeuroFMError(f"{release} is not a NeuroFM release (needs config.json and model.safetensors); make one with `neurofm export`.")
-    config = json.loads(path.read_text())
+    fix = "export the release again with `neurofm export`, or download it again."
+    config = read_json(path, fix)
     if config.get("format") != FORMAT or config.get("version") != VERSION:
         raise NeuroFMError(f"{release} is a {config.get('format')} v{config.get('version')} directory; this NeuroFM reads {FORMAT} v{VERSION}.")
-    model = MaskedCodeModel(from_dict(PretrainModelConfig, config["model"], prefix="model"))
-    state = load_file(str(release / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise NeuroFMError(f"{release}/model.safetensors does not match its config (missing {missing[:3]}, unexpected {unexpected[:3]}).")
+    if not isinstance(config.get("model"), dict):
+        raise NeuroFMError(f"{path} has no 'model' settings; {fix}")
+    model = MaskedCodeModel(from_dict(PretrainModelConfig, config["model"], prefix=f"{path}: model"))
+    load_state(model, load_tensors(release / "model.safetensors", fix), release / "model.safetensors", fix)
     return model.eval()
 
 

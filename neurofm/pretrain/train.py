@@ -32,11 +32,13 @@ import torch
 from neurofm.config import to_dict
 from neurofm.data_shards.dataset import ShardIndex, ShardStream
 from neurofm.errors import NeuroFMError
+from neurofm.files import read_json
 from neurofm.schedule import warmup_cosine
 from neurofm.pretrain.config import MODALITY_IDS, PretrainConfig
 from neurofm.pretrain.extension_locks import clear_stale_extension_locks
 from neurofm.pretrain.masking import make_mask, masked_tokens
 from neurofm.pretrain.model import MaskedCodeModel, masked_code_loss
+from neurofm.outputs import output_folder
 from neurofm.pretrain.safe_checkpoint import universal_command, weights_only_loads
 from neurofm.tokenizers.config import FAMILY_OF_MODALITY
 from neurofm.tokenizers.data import BatchStream
@@ -152,8 +154,13 @@ def latest_tag(out: Path) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
+# settings that do not change the training trajectory (where data and logs go, how often to save)
+TRAJECTORY_FREE = frozenset({"codes", "out", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "compile",
+                             "allow_changed"})
+
+
 def _check_resume(out: Path, tag: str, cfg: PretrainConfig, manifest: dict) -> None:
-    saved = json.loads((out / tag / "neurofm_config.json").read_text())
+    saved = read_json(out / tag / "neurofm_config.json", f"the checkpoint {out / tag} is damaged; delete {out} or restore it.")
     # settings a checkpoint of an older version does not name cannot differ from it
     diff = {k: (saved["model"][k], v) for k, v in to_dict(cfg.model).items() if k in saved["model"] and saved["model"][k] != v}
     if diff:
@@ -166,6 +173,18 @@ def _check_resume(out: Path, tag: str, cfg: PretrainConfig, manifest: dict) -> N
             f"The code shards in {cfg.codes} come from another tokenizer than the ones {out} was trained on; "
             "resume on the same code shards or start a new run."
         )
+    now = {k: v for k, v in to_dict(cfg).items() if k != "model"}
+    changed = {k: (saved["training"][k], v) for k, v in now.items()
+               if k in saved.get("training", {}) and k not in TRAJECTORY_FREE and saved["training"][k] != v}
+    refused = {k: d for k, d in changed.items() if k not in cfg.allow_changed}
+    if refused:
+        raise NeuroFMError(
+            f"{out}/{tag} was trained with other settings (saved vs now: {refused}); resuming would not continue its "
+            "trajectory. Resume with the settings it was made with, start another out=…, or pass --allow-changed KEY for "
+            "each deliberate change (e.g. a longer schedule: --allow-changed steps)."
+        )
+    if changed:
+        logger.warning("resuming %s/%s with deliberately changed settings (saved vs now): %s", out, tag, changed)
 
 
 def train_pretrain(cfg: PretrainConfig, progress: bool = True, on_step=None) -> dict:
@@ -177,7 +196,7 @@ def train_pretrain(cfg: PretrainConfig, progress: bool = True, on_step=None) -> 
     fill_model_config(cfg, manifest)
     rank, world, local = _setup_distributed()
     device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
-    out = Path(cfg.out)
+    out = output_folder(cfg.out, "out")
     if rank == 0:
         (out / "DONE.json").unlink(missing_ok=True)  # a marker of an earlier, shorter run
     tag = latest_tag(out)

@@ -14,11 +14,12 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 
 import neurofm
 from neurofm.config import from_dict, to_dict
 from neurofm.errors import NeuroFMError
+from neurofm.files import load_state, load_tensors, read_json
 from neurofm.tokenizers.config import TokenizerModelConfig
 from neurofm.tokenizers.model import SensorTokenizer
 
@@ -55,10 +56,7 @@ def read_config(directory: str | Path) -> dict:
             f"{directory} is not a tokenizer checkpoint (needs config.json and model.safetensors); "
             "train one with `neurofm tokenizer train`."
         )
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise NeuroFMError(f"{path} is not valid JSON ({err}).") from None
+    config = read_json(path, "retrain the tokenizer, or copy its folder again.")
     if config.get("format") != FORMAT:
         raise NeuroFMError(f"{directory} is not a NeuroFM tokenizer checkpoint (format {config.get('format')!r}).")
     if config.get("version") != VERSION:
@@ -72,14 +70,21 @@ def read_config(directory: str | Path) -> dict:
 def load_tokenizer(directory: str | Path) -> SensorTokenizer:
     """The tokenizer in ``directory``, in eval mode."""
     config = read_config(directory)
-    model = SensorTokenizer(from_dict(TokenizerModelConfig, config["model"], prefix="model"))
-    try:
-        load_model(model, str(Path(directory) / "model.safetensors"))
-    except (RuntimeError, KeyError) as err:
-        raise NeuroFMError(f"{directory}/model.safetensors does not match its config.json ({err}).") from None
+    fix = "retrain the tokenizer, or copy its folder again."
+    if not isinstance(config.get("model"), dict):
+        raise NeuroFMError(f"{directory}/config.json has no 'model' settings; {fix}")
+    model = SensorTokenizer(from_dict(TokenizerModelConfig, config["model"], prefix=f"{directory}/config.json: model"))
+    weights = Path(directory) / "model.safetensors"
+    load_state(model, load_tensors(weights, fix), weights, fix)
     return model.eval()
 
 
 def load_training_state(directory: str | Path) -> dict | None:
     path = Path(directory) / "training_state.pt"
-    return torch.load(path, weights_only=True, map_location="cpu") if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError on a damaged file
+        raise NeuroFMError(f"{path} is damaged or not a NeuroFM training state ({str(err).splitlines()[0][:200]}); delete "
+                           f"{directory} to train from the start, or restore the file.") from None

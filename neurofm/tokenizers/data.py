@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from neurofm.data_shards.dataset import ShardIndex, ShardStream
+from neurofm.errors import ShardError
 from neurofm.tokenizers.config import FAMILY_OF_MODALITY
 
 
@@ -127,8 +128,16 @@ class BatchStream:
                 return self.collate_fn(queue)
 
 
+def require_signal(index: ShardIndex) -> None:
+    """Refuse code shards where signal shards belong."""
+    if index.manifest.get("kind") == "codes":
+        raise ShardError(f"{index.dir} holds code shards (tokenizer output); this step reads signal shards — give the "
+                         "folder made by `neurofm shards build` (the one the codes were encoded from).")
+
+
 def ordered_batches(index: ShardIndex, indices, batch_size: int) -> Iterator[Batch]:
     """Batches of consecutive samples in stored order (a new batch whenever the bucket changes)."""
+    require_signal(index)
     current: list[dict] = []
     bucket = None
     for i in indices:

@@ -22,6 +22,7 @@ from neurofm.errors import ShardError
 from neurofm.tokenizers.checkpoint import load_tokenizer
 from neurofm.tokenizers.data import ordered_batches
 from neurofm.tokenizers.train import check_shards_fit, code_usage, count_codes
+from neurofm.outputs import output_folder
 
 
 def encode_shards(checkpoint: str | Path, shards: str | Path, out: str | Path, *, batch_size: int = 32, samples_per_shard: int = 1024, progress: bool = True) -> dict:
@@ -30,7 +31,7 @@ def encode_shards(checkpoint: str | Path, shards: str | Path, out: str | Path, *
     index = ShardIndex(shards)
     check_shards_fit(index, model.cfg)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    output_folder(out, "--out")
     tokenizer = {
         "path": str(Path(checkpoint).resolve()),
         "sha256": sha256_file(Path(checkpoint) / "model.safetensors"),

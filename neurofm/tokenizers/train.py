@@ -20,7 +20,7 @@ from neurofm.errors import NeuroFMError
 from neurofm.schedule import warmup_cosine
 from neurofm.tokenizers.checkpoint import load_training_state, read_config, save_tokenizer
 from neurofm.tokenizers.config import FAMILY_OF_MODALITY, TokenizerModelConfig, TokenizerTrainConfig
-from neurofm.tokenizers.data import BatchStream, split_indices
+from neurofm.tokenizers.data import BatchStream, require_signal, split_indices
 from neurofm.tokenizers.losses import reconstruction_loss
 from neurofm.tokenizers.model import SensorTokenizer
 
@@ -40,6 +40,7 @@ def code_usage(counts: np.ndarray) -> dict[str, list[float]]:
 
 def check_shards_fit(index: ShardIndex, model: TokenizerModelConfig) -> None:
     """The shards' rates and window lengths must match the model's patches and rates."""
+    require_signal(index)
     settings = index.manifest["settings"]
     for modality in {r["modality"] for r in index.manifest["recordings"]}:
         family = FAMILY_OF_MODALITY[modality]

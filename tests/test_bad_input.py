@@ -1,0 +1,127 @@
+"""The bad-input corpus: every malformed input a user or a colleague's folder can hand a command is one
+clean line naming the file or key — exit status 1, no traceback — and leaves no half-written output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from neurofm.cli import main
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _manifest_list(w, f):
+    (w / "m").mkdir()
+    (w / "m" / "manifest.json").write_text("[1, 2, 3]")
+    return ["shards", "inspect", str(w / "m")], "m/manifest.json is not a NeuroFM shard manifest"
+
+
+def _manifest_wrong_shards(w, f):
+    (w / "m").mkdir()
+    (w / "m" / "manifest.json").write_text(json.dumps({"shards": 5, "recordings": [], "complete": True}))
+    return ["shards", "verify", str(w / "m")], "'shards' is int, not a list"
+
+
+def _release_weights_not_safetensors(w, f):
+    rel = _copy(f["release"], w / "rel")
+    (rel / "model.safetensors").write_bytes(b"garbage" * 10)
+    return ["probe", "--release", str(rel), "--shards", str(f["corpus"]), "--out", str(w / "out"), "--label-key", "modality"], \
+        "rel/model.safetensors is not a readable safetensors file"
+
+
+def _release_config_not_json(w, f):
+    rel = _copy(f["release"], w / "rel")
+    (rel / "config.json").write_text("{not json")
+    return ["probe", "--release", str(rel), "--shards", str(f["corpus"]), "--out", str(w / "out"), "--label-key", "modality"], \
+        "rel/config.json is not valid JSON"
+
+
+def _release_weights_of_another_shape(w, f):
+    rel = _copy(f["release"], w / "rel")
+    state = load_file(str(rel / "model.safetensors"))
+    state["head.weight"] = torch.zeros(3, 3)
+    save_file(state, str(rel / "model.safetensors"))
+    return ["probe", "--release", str(rel), "--shards", str(f["corpus"]), "--out", str(w / "out"), "--label-key", "modality"], \
+        "rel/model.safetensors does not match its config (size mismatch for head.weight"
+
+
+def _tokenizer_config_without_model(w, f):
+    tok = _copy(f["release"] / "tokenizer", w / "tok")
+    config = json.loads((tok / "config.json").read_text())
+    del config["model"]
+    (tok / "config.json").write_text(json.dumps(config))
+    return ["tokenizer", "eval", "--checkpoint", str(tok), "--shards", str(f["corpus"]), "--out", str(w / "out")], \
+        "tok/config.json has no 'model' settings"
+
+
+def _garbage_training_state(w, f):
+    tok = _copy(f["release"] / "tokenizer", w / "tok")
+    (tok / "training_state.pt").write_bytes(b"not a torch file")
+    return ["tokenizer", "train", "--config", "configs/tokenizer_tiny.yaml", f"shards={f['corpus']}", f"out={tok}", "steps=1"], \
+        "tok/training_state.pt is damaged"
+
+
+def _code_shards_for_signal(w, f):
+    return ["tokenizer", "eval", "--checkpoint", str(f["release"] / "tokenizer"), "--shards", str(f["codes"]), "--out", str(w / "out")], \
+        "holds code shards (tokenizer output)"
+
+
+def _out_is_a_file(w, f):
+    (w / "out").write_text("my notes")
+    return ["tokenizer", "eval", "--checkpoint", str(f["release"] / "tokenizer"), "--shards", str(f["corpus"]), "--out", str(w / "out")], \
+        "is a file, not a folder"
+
+
+def _nan_setting(w, f):
+    return ["simulate", "--out", str(w / "out"), "--hours", "0.01", "clip=.nan"], "clip must be a finite number"
+
+
+def _window_shorter_than_a_patch(w, f):
+    return ["simulate", "--out", str(w / "out"), "--hours", "0.01", "eeg.window_seconds=0.001"], "windows need at least 16"
+
+
+def _empty_latest(w, f):
+    run = _copy(f["run"], w / "run")
+    (run / "latest").write_text("")
+    return ["export", "--run", str(run), "--out", str(w / "out")], "holds no complete pretraining checkpoint"
+
+
+def _dangling_latest(w, f):
+    run = _copy(f["run"], w / "run")
+    (run / "latest").write_text("step_09999999")
+    return ["export", "--run", str(run), "--out", str(w / "out")], "holds no complete pretraining checkpoint"
+
+
+def _export_onto_its_run(w, f):
+    run = _copy(f["run"], w / "run")
+    return ["export", "--run", str(run), "--out", str(run), "--overwrite"], "is or contains the input --run"
+
+
+CASES = [_manifest_list, _manifest_wrong_shards, _release_weights_not_safetensors, _release_config_not_json,
+         _release_weights_of_another_shape, _tokenizer_config_without_model, _garbage_training_state, _code_shards_for_signal,
+         _out_is_a_file, _nan_setting, _window_shorter_than_a_patch, _empty_latest, _dangling_latest, _export_onto_its_run]
+
+
+@pytest.fixture(scope="module")
+def folders(release, code_shards, corpus_shards):
+    return {"release": release, "codes": code_shards, "corpus": corpus_shards, "run": release.parent / "run"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__.strip("_") for c in CASES])
+def test_bad_input_is_one_clean_line(case, folders, tmp_path, capsys):
+    argv, expected = case(tmp_path, folders)
+    before = {p for p in tmp_path.rglob("*")}
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: ") and expected in err, err
+    # nothing half-written: no new files or folders beside the inputs the case made
+    assert {p for p in tmp_path.rglob("*")} <= before, sorted(map(str, {p for p in tmp_path.rglob("*")} - before))
