@@ -39,11 +39,17 @@ def check_output(out: str | Path, inputs: Mapping[str, str | Path | None], *, ov
     return out
 
 
-def output_folder(out: str | Path, option: str = "--out") -> Path:
-    """Create (or keep) the folder ``out`` that a resumable stage writes into; a file there is an error."""
+def refuse_file(out: str | Path, option: str = "--out") -> Path:
+    """``out`` as a Path; a file standing there is an error (checked before work starts)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NeuroFMError(f"{option}={out} is a file, not a folder; remove it or choose another {option}.")
+    return out
+
+
+def output_folder(out: str | Path, option: str = "--out") -> Path:
+    """Create (or keep) the folder ``out`` that a resumable stage writes into; a file there is an error."""
+    out = refuse_file(out, option)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
@@ -81,4 +87,4 @@ def replaced_folder(out: str | Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["check_output", "output_folder", "replaced_folder"]
+__all__ = ["check_output", "output_folder", "refuse_file", "replaced_folder"]

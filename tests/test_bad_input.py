@@ -106,9 +106,45 @@ def _export_onto_its_run(w, f):
     return ["export", "--run", str(run), "--out", str(run), "--overwrite"], "is or contains the input --run"
 
 
+def _changed_shard(w, f):
+    shards = _copy(f["corpus"], w / "shards")
+    shard = shards / "shard-000000.tar"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one bit pattern changed
+    shard.write_bytes(bytes(data))
+    return ["tokenizer", "eval", "--checkpoint", str(f["release"] / "tokenizer"), "--shards", str(shards), "--out", str(w / "out")], \
+        "shard-000000.tar changed since it was written"
+
+
+def _sample_rows_differ_from_sensor_rows(w, f):
+    import numpy as np
+
+    from neurofm.data_shards import ShardIndex
+    from neurofm.data_shards.writer import ShardWriter, encode_npy, write_json_atomic
+
+    good = ShardIndex(f["corpus"])[0]
+    manifest = {**good_manifest(f["corpus"]), "shards": [], "complete": False}
+    manifest["recordings"] = [{**manifest["recordings"][0], "first_sample": 0, "n_windows": 1}]
+    (w / "shards").mkdir()
+    writer = ShardWriter(w / "shards", 4, manifest)
+    writer.write("bad", {"signal.npy": encode_npy(good["signal"][:-1]), "sensors.npy": encode_npy(good["sensors"]),
+                         "meta.json": json.dumps(good["meta"]).encode()})
+    writer.close_shard()
+    manifest["complete"] = True
+    write_json_atomic(w / "shards" / "manifest.json", manifest)
+    assert np.asarray(good["signal"]).shape[0] == good["sensors"].shape[0]
+    return ["probe", "--release", str(f["release"]), "--shards", str(w / "shards"), "--out", str(w / "out"), "--label-key", "modality"], \
+        "sample bad has a signal of shape"
+
+
+def good_manifest(folder: Path) -> dict:
+    return json.loads((folder / "manifest.json").read_text())
+
+
 CASES = [_manifest_list, _manifest_wrong_shards, _release_weights_not_safetensors, _release_config_not_json,
          _release_weights_of_another_shape, _tokenizer_config_without_model, _garbage_training_state, _code_shards_for_signal,
-         _out_is_a_file, _nan_setting, _window_shorter_than_a_patch, _empty_latest, _dangling_latest, _export_onto_its_run]
+         _out_is_a_file, _nan_setting, _window_shorter_than_a_patch, _empty_latest, _dangling_latest, _export_onto_its_run,
+         _changed_shard, _sample_rows_differ_from_sensor_rows]
 
 
 @pytest.fixture(scope="module")

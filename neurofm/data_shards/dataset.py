@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from wids.wids import IndexedTarSamples
 
-from neurofm.data_shards.writer import read_manifest
+from neurofm.data_shards.writer import read_manifest, sha256_file
 from neurofm.errors import ConfigError, ShardError
 
 _CHUNK = 1 << 16
@@ -50,12 +51,43 @@ def decode_sample(raw: dict, where: str) -> dict:
         meta = json.loads(_bytes(raw, ".meta.json"))
     except (KeyError, ValueError, OSError) as err:
         raise ShardError(f"{where}: sample {raw.get('__key__')} cannot be decoded ({err}); run `neurofm shards verify`.") from None
+    if array == "signal" and (data.ndim != 2 or sensors.ndim != 2 or data.shape[0] != sensors.shape[0] or data.shape[1] == 0):
+        raise ShardError(f"{where}: sample {raw.get('__key__')} has a signal of shape {data.shape} for {sensors.shape[0]} sensor "
+                         "rows (one row per sensor and at least one sample are needed); rebuild the shard.")
     return {"__key__": raw["__key__"], array: data, "sensors": sensors, "meta": meta}
 
 
 def _bytes(raw: dict, ext: str) -> bytes:
     value = raw[ext] if ext in raw else raw[ext.lstrip(".")]
     return value.getvalue() if hasattr(value, "getvalue") else bytes(value)
+
+
+VERIFY_ENV = "NEUROFM_VERIFY_SHARDS"
+_verified: set[tuple[str, int, int]] = set()
+
+
+def check_shard_once(path: Path, entry: dict) -> None:
+    """Check a shard's size and sha256 against its manifest entry, once per process and file version.
+
+    A shard changed or damaged since it was written is a :class:`ShardError` before any of its samples
+    is used. ``NEUROFM_VERIFY_SHARDS=0`` skips the check (hashing reads each shard once more per process).
+    """
+    if os.environ.get(VERIFY_ENV, "1") == "0":
+        return
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise ShardError(f"Shard {path} is missing; rebuild or restore it (see `neurofm shards verify`).") from None
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _verified:
+        return
+    if stat.st_size != entry["bytes"]:
+        raise ShardError(f"Shard {path} is damaged or truncated ({stat.st_size} bytes, the manifest says {entry['bytes']}); "
+                         "run `neurofm shards verify`, then rebuild or restore it.")
+    if sha256_file(path) != entry["sha256"]:
+        raise ShardError(f"Shard {path} changed since it was written (sha256 differs from the manifest); run "
+                         "`neurofm shards verify`, then rebuild or restore it.")
+    _verified.add(key)
 
 
 class ShardIndex:
@@ -93,6 +125,7 @@ class ShardIndex:
             self._open.move_to_end(i)
             return self._open[i]
         path = self.dir / self.shards[i]["name"]
+        check_shard_once(path, self.shards[i])
         try:
             tar = IndexedTarSamples(path=str(path), expected_size=self.shards[i]["samples"])
         except FileNotFoundError:

@@ -87,12 +87,13 @@ def verify_shards(shards_dir: str | Path) -> list[dict]:
             if len(tar) != entry["samples"]:
                 problems.append({"shard": entry["name"], "sample": None, "problem": f"{len(tar)} samples, manifest says {entry['samples']}"})
             for i in range(len(tar)):
+                raw = {"__key__": f"#{i}"}
                 try:
                     raw = tar[i]
                     sample = decode_sample(raw, entry["name"])
                     problem = _check_sample(sample, manifest)
                 except (ShardError, KeyError, ValueError, AssertionError) as err:
-                    raw, problem = {"__key__": f"#{i}"}, str(err)
+                    problem = str(err)
                 if problem:
                     problems.append({"shard": entry["name"], "sample": raw.get("__key__"), "problem": problem})
         finally:

@@ -26,7 +26,7 @@ from neurofm.data_shards.dataset import ShardIndex
 from neurofm.tokenizers.checkpoint import load_tokenizer, read_config
 from neurofm.tokenizers.data import ordered_batches, split_indices
 from neurofm.tokenizers.train import check_shards_fit, code_usage, count_codes
-from neurofm.outputs import output_folder
+from neurofm.outputs import output_folder, refuse_file
 
 
 def window_metrics(original: np.ndarray, reconstruction: np.ndarray, fs: float, family: str) -> dict:
@@ -65,8 +65,7 @@ def evaluate_tokenizer(checkpoint: str | Path, shards: str | Path, out: str | Pa
     held_out = np.asarray(indices) if indices is not None else split_indices(index, eval_fraction)[1]
     if max_windows is not None:
         held_out = held_out[:max_windows]
-    out = Path(out)
-    output_folder(out, "--out")
+    out = refuse_file(out, "--out")
     blank = lambda: {"pcc_sum": 0.0, "channels": 0, "sse": 0.0, "sst": 0.0, "spectral_sum": 0.0, "windows": 0}  # noqa: E731
     by_modality, by_recording = defaultdict(blank), defaultdict(blank)
     counts = np.zeros((model.cfg.levels, model.cfg.codes_per_level), dtype=np.int64)
@@ -94,6 +93,7 @@ def evaluate_tokenizer(checkpoint: str | Path, shards: str | Path, out: str | Pa
         "recordings": {r: _finish(acc) for r, acc in sorted(by_recording.items())},
         "codes": code_usage(counts),
     }
+    output_folder(out, "--out")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     if plot:
         for modality, (original, reconstruction, meta) in examples.items():
