@@ -9,7 +9,7 @@ import os
 import sys
 
 from neurofm.errors import NeuroFMError
-from neurofm.finetune.config import PROBE_GROUPINGS, TOKEN_POOLINGS
+from neurofm.finetune.config import PROBE_GROUPINGS, PROBE_POOLINGS
 
 OVERRIDES_HELP = (
     "dotted.key=value overrides applied after the config file, e.g. eeg.h_freq=40 "
@@ -404,8 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CV groups: whole recordings, subjects, or blocks of --group-block consecutive windows; "
                             "auto (default): recordings when there are two or more, else blocks")
     probe.add_argument("--group-block", type=int, default=10, help="consecutive windows per CV group with --group-by blocks")
-    probe.add_argument("--pooling", choices=TOKEN_POOLINGS, default="mean",
-                       help="tokens → one vector per window: mean over tokens holding signal, or time (one mean per time patch)")
+    probe.add_argument("--pooling", choices=PROBE_POOLINGS, default="auto",
+                       help="tokens → one vector per window: mean over tokens holding signal, time (one mean per time patch), "
+                            "flat (every token), or auto (default: flat when all windows have one length, else mean)")
     probe.set_defaults(func=_probe)
 
     embed = stages.add_parser("embed", help="per-layer embeddings of every window of a shard set", description=(
@@ -413,8 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
         "embeddings.safetensors with layer_0 … layer_n, each [windows, F] pooled over the tokens that hold signal, and index.json "
         "(key, source, modality, onset, labels, events per row)."))
     _io_arguments(embed, "release", "release directory (`neurofm export`)", "output folder")
-    embed.add_argument("--pooling", choices=TOKEN_POOLINGS, default="mean",
-                       help="tokens → one vector per window: mean, time (one mean per time patch) or flat (every token)")
+    embed.add_argument("--pooling", choices=PROBE_POOLINGS, default="auto",
+                       help="tokens → one vector per window: mean, time (one mean per time patch), flat (every token), "
+                            "or auto (default: flat when all windows have one length, else mean)")
     embed.set_defaults(func=_embed)
 
     targets = stages.add_parser("targets", help="target embeddings of images, texts or speech, cached", description=(

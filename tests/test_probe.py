@@ -80,3 +80,15 @@ def test_embed_writes_every_layer_in_stored_order(release, corpus_shards, tmp_pa
     batch = collate([shards[0]])
     direct = encoder.layer_embeddings(batch.signal, batch.sensors, batch.channel_mask, batch.family, [index[0]["modality"]])
     assert np.allclose(direct[:, 0].numpy(), np.stack([tensors[f"layer_{i}"][0] for i in range(3)]), atol=1e-5)
+
+
+def test_auto_pooling_is_flat_for_one_window_length_and_mean_for_several():
+    from neurofm.finetune.encoder import resolve_pooling
+
+    settings = {"eeg": {"window_seconds": 2.0, "sfreq": 256.0}, "meg": {"window_seconds": 2.0, "sfreq": 256.0},
+                "fmri": {"window_seconds": 16.0, "tr_seconds": 2.0}}
+    manifest = lambda *mods: {"settings": settings, "recordings": [{"modality": m} for m in mods]}  # noqa: E731
+    assert resolve_pooling("auto", manifest("eeg", "meg")) == "flat"
+    assert resolve_pooling("auto", manifest("eeg", "fmri")) == "mean"
+    assert resolve_pooling("auto", {"settings": {}, "recordings": [{"modality": "eeg"}]}) == "mean"
+    assert resolve_pooling("time", manifest("eeg", "fmri")) == "time"

@@ -14,6 +14,9 @@ GroupBy = Literal["subject", "run", "recording", "stimulus", "block"]
 #: :func:`neurofm.finetune.encoder.pool_tokens`).
 PROBE_GROUPINGS = ("auto", "recording", "subject", "block")
 TOKEN_POOLINGS = ("mean", "time", "flat")
+#: ``neurofm probe`` / ``embed`` also take ``auto``: ``flat`` when every window has one token count,
+#: else ``mean`` (the representation benchmark's winner for event-locked windows is ``flat``).
+PROBE_POOLINGS = ("auto", *TOKEN_POOLINGS)
 
 
 @dataclass(kw_only=True)

@@ -16,16 +16,17 @@ from safetensors.torch import save_file
 
 from neurofm.data_shards.dataset import ShardIndex
 from neurofm.errors import NeuroFMError
-from neurofm.finetune.encoder import BrainEncoder
+from neurofm.finetune.encoder import BrainEncoder, resolve_pooling
 from neurofm.tokenizers.data import ordered_batches
 from neurofm.outputs import output_folder
 
 
-def embed_shards(release: str | Path, shards: str | Path, out: str | Path, *, batch_size: int = 32, pooling: str = "mean") -> Path:
+def embed_shards(release: str | Path, shards: str | Path, out: str | Path, *, batch_size: int = 32, pooling: str = "auto") -> Path:
     """Embed every window of ``shards`` with ``release`` (pooled over the tokens that hold signal, see
     :func:`neurofm.finetune.encoder.pool_tokens`); returns the output folder."""
     encoder = BrainEncoder.from_pretrained(release)
     index = ShardIndex(shards)
+    pooling = resolve_pooling(pooling, index.manifest)
     chunks, rows = [], []
     for batch in ordered_batches(index, range(len(index)), batch_size):
         n_valid = batch.time_mask.sum(1)  # samples holding signal (collate reads n_valid_samples)

@@ -104,6 +104,21 @@ class BrainEncoder(nn.Module):
         return pool_tokens(rearrange(quantized, "b p k d -> b (p k) d"), valid, pooling, codes.shape[2])
 
 
+def resolve_pooling(pooling: str, manifest: dict) -> str:
+    """``auto`` → ``flat`` when every window of a shard set has one token count (one tokenizer family and
+    one window length), else ``mean`` (flat vectors of different lengths do not stack); others as given."""
+    if pooling != "auto":
+        return pooling
+    shapes = set()
+    for modality in {r["modality"] for r in manifest.get("recordings", [])}:
+        settings = manifest.get("settings", {}).get(modality)
+        if not isinstance(settings, dict) or "window_seconds" not in settings:
+            return "mean"  # a hand-made shard set: window lengths unknown up front
+        per_second = 1 / settings["tr_seconds"] if modality == "fmri" else settings["sfreq"]
+        shapes.add((modality == "fmri", round(settings["window_seconds"] * per_second)))
+    return "flat" if len(shapes) == 1 else "mean"
+
+
 def pool_tokens(states: torch.Tensor, valid: torch.Tensor, pooling: str, n_latents: int) -> torch.Tensor:
     """states [B, N, D], valid [B, N] (tokens holding signal) → [B, F].
 
@@ -125,4 +140,4 @@ def pool_tokens(states: torch.Tensor, valid: torch.Tensor, pooling: str, n_laten
     raise NeuroFMError(f"unknown pooling '{pooling}'; use one of {', '.join(TOKEN_POOLINGS)}.")
 
 
-__all__ = ["BrainEncoder", "pool_tokens"]
+__all__ = ["BrainEncoder", "pool_tokens", "resolve_pooling"]
