@@ -33,6 +33,7 @@ from neurofm.config import to_dict
 from neurofm.data_shards.dataset import ShardIndex, ShardStream
 from neurofm.errors import NeuroFMError
 from neurofm.files import read_json
+from neurofm.metrics_log import MetricsLog
 from neurofm.schedule import warmup_cosine
 from neurofm.pretrain.config import MODALITY_IDS, PretrainConfig
 from neurofm.pretrain.extension_locks import clear_stale_extension_locks
@@ -258,6 +259,7 @@ def train_pretrain(cfg: PretrainConfig, progress: bool = True, on_step=None) -> 
     stop = {"flag": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
     writer = _tensorboard(out, cfg) if rank == 0 else None
+    log = MetricsLog(out / "train_log.jsonl", resumed_step=step, enabled=rank == 0)
     metrics: dict = {}
     window_start, tokens = time.perf_counter(), 0
     try:
@@ -289,7 +291,7 @@ def train_pretrain(cfg: PretrainConfig, progress: bool = True, on_step=None) -> 
                 metrics = {"step": step, "loss": float(torch.stack(losses).mean()),
                            "masked_accuracy": torch.stack(accuracies).float().mean(0).cpu().tolist(),
                            "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s, "mfu": mfu}
-                _log(out, metrics, writer)
+                _log(log, metrics, writer)
                 if progress:
                     logger.info("step %d loss %.4f acc %s tok/s %.0f", step, metrics["loss"], [round(a, 3) for a in metrics["masked_accuracy"]], tokens_per_s)
                 window_start, tokens = time.perf_counter(), 0
@@ -359,10 +361,8 @@ def _tensorboard(out: Path, cfg: PretrainConfig):
     return SummaryWriter(str(out / "tensorboard"))
 
 
-def _log(out: Path, metrics: dict, writer) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "train_log.jsonl", "a") as fh:
-        fh.write(json.dumps(metrics) + "\n")
+def _log(log: MetricsLog, metrics: dict, writer) -> None:
+    log.write(metrics)
     if writer is not None:
         step = metrics["step"]
         writer.add_scalar("loss/masked_ce", metrics["loss"], step)

@@ -17,6 +17,7 @@ import torch
 from neurofm.config import to_dict
 from neurofm.data_shards.dataset import ShardIndex, ShardStream
 from neurofm.errors import NeuroFMError
+from neurofm.metrics_log import MetricsLog
 from neurofm.schedule import warmup_cosine
 from neurofm.tokenizers.checkpoint import load_training_state, read_config, save_tokenizer
 from neurofm.tokenizers.config import FAMILY_OF_MODALITY, TokenizerModelConfig, TokenizerTrainConfig
@@ -119,7 +120,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
     counts = np.zeros((cfg.model.levels, cfg.model.codes_per_level), dtype=np.int64)
     metrics: dict = {}
     model.train()
-    started, log_path = time.perf_counter(), out.with_name(out.name + ".log.jsonl")
+    started, first_step = time.perf_counter(), step
+    log = MetricsLog(out.with_name(out.name + ".log.jsonl"), resumed_step=step)
     while step < cfg.steps:
         batch = next(batches)
         encoder_mask = channel_dropout(batch.channel_mask, cfg.channel_dropout, generator).to(device)
@@ -138,11 +140,10 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
             metrics = {
                 "step": step, "loss": loss.item(), **{k: v.item() for k, v in losses.items() if k != "total"},
                 "commit": result["commit_loss"].item(), "lr": scheduler.get_last_lr()[0],
-                "windows_per_s": step * cfg.batch_size / (time.perf_counter() - started), **code_usage(counts),
+                "windows_per_s": (step - first_step) * cfg.batch_size / (time.perf_counter() - started), **code_usage(counts),
             }
             counts[:] = 0
-            with open(log_path, "a") as fh:
-                fh.write(json.dumps(metrics) + "\n")
+            log.write(metrics)
             if progress:
                 logger.info("step %d loss %.4f corr %.3f usage %s", step, metrics["loss"], metrics["correlation"],
                             [round(u, 2) for u in metrics["usage"]])
