@@ -59,6 +59,15 @@ def output_folder(out: str | Path, option: str = "--out") -> Path:
     return out
 
 
+def recover_replaced(out: str | Path) -> Path:
+    """Put back ``<out>.replaced`` when a crash between :func:`replaced_folder`'s two renames left no ``out``."""
+    out = Path(out)
+    old = out.with_name(out.name + ".replaced")
+    if old.is_dir() and not out.exists():
+        os.replace(old, out)
+    return out
+
+
 @contextlib.contextmanager
 def replaced_folder(out: str | Path) -> Iterator[Path]:
     """Yield an empty ``<out>.partial`` to fill; on success it replaces ``out``, on error it is removed.
@@ -66,10 +75,8 @@ def replaced_folder(out: str | Path) -> Iterator[Path]:
     The earlier ``out`` is kept until the new one is in place (as ``<out>.replaced``, restored by the next
     call if a crash fell between the two renames).
     """
-    out = Path(out)
+    out = recover_replaced(out)
     tmp, old = out.with_name(out.name + ".partial"), out.with_name(out.name + ".replaced")
-    if old.is_dir() and not out.exists():
-        os.replace(old, out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -87,4 +94,4 @@ def replaced_folder(out: str | Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["check_output", "output_folder", "refuse_file", "replaced_folder"]
+__all__ = ["check_output", "output_folder", "recover_replaced", "refuse_file", "replaced_folder"]

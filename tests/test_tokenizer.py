@@ -12,7 +12,7 @@ from neurofm.cli import main
 from neurofm.config import load_config
 from neurofm.data_shards import ShardIndex, verify_shards
 from neurofm.errors import NeuroFMError
-from neurofm.tokenizers.checkpoint import load_tokenizer, save_tokenizer
+from neurofm.tokenizers.checkpoint import load_tokenizer, load_training_state, save_tokenizer
 from neurofm.tokenizers.config import TokenizerModelConfig, TokenizerTrainConfig
 from neurofm.tokenizers.data import collate
 from neurofm.tokenizers.encode import encode_shards
@@ -227,3 +227,13 @@ def test_tokenizer_help(command, capsys):
     with pytest.raises(SystemExit):
         main([*command, "--help"])
     assert "usage: neurofm tokenizer" in capsys.readouterr().out
+
+
+def test_a_crash_between_the_checkpoint_renames_loses_nothing(corpus_shards, tmp_path):
+    """Killed after the old checkpoint moved aside and before the new one moved in: the rerun resumes
+    from the old one instead of starting over (and deleting it)."""
+    out = tmp_path / "tok"
+    train_tokenizer(train_config(corpus_shards, out, "steps=4", "checkpoint_every=2"), progress=False)
+    out.rename(tmp_path / "tok.replaced")  # the state a crash between the two renames leaves
+    state = load_training_state(out)
+    assert state is not None and int(state["step"]) == 4 and (out / "model.safetensors").is_file()

@@ -9,8 +9,6 @@ save never leaves a directory that looks valid but is not.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -20,6 +18,7 @@ import neurofm
 from neurofm.config import from_dict, to_dict
 from neurofm.errors import NeuroFMError
 from neurofm.files import load_state, load_tensors, read_json
+from neurofm.outputs import recover_replaced, replaced_folder
 from neurofm.tokenizers.config import TokenizerModelConfig
 from neurofm.tokenizers.model import SensorTokenizer
 
@@ -29,22 +28,12 @@ VERSION = 1
 
 def save_tokenizer(model: SensorTokenizer, directory: str | Path, *, extra: dict | None = None, training_state: dict | None = None) -> None:
     """Write ``model`` (and optionally its training state) to ``directory``, atomically."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(directory.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    if training_state is not None:
-        torch.save(training_state, tmp / "training_state.pt")
-    config = {"format": FORMAT, "version": VERSION, "neurofm_version": neurofm.__version__, "model": to_dict(model.cfg), **(extra or {})}
-    (tmp / "config.json").write_text(json.dumps(config, indent=1))
-    old = directory.with_name(directory.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    with replaced_folder(directory) as tmp:
+        save_model(model, str(tmp / "model.safetensors"))
+        if training_state is not None:
+            torch.save(training_state, tmp / "training_state.pt")
+        config = {"format": FORMAT, "version": VERSION, "neurofm_version": neurofm.__version__, "model": to_dict(model.cfg), **(extra or {})}
+        (tmp / "config.json").write_text(json.dumps(config, indent=1))
 
 
 def read_config(directory: str | Path) -> dict:
@@ -80,7 +69,7 @@ def load_tokenizer(directory: str | Path) -> SensorTokenizer:
 
 
 def load_training_state(directory: str | Path) -> dict | None:
-    path = Path(directory) / "training_state.pt"
+    path = recover_replaced(directory) / "training_state.pt"
     if not path.is_file():
         return None
     try:
