@@ -59,6 +59,39 @@ def output_folder(out: str | Path, option: str = "--out") -> Path:
     return out
 
 
+@contextlib.contextmanager
+def writer_lock(out: str | Path, option: str = "--out") -> Iterator[None]:
+    """Hold ``<out>.lock`` (an OS file lock) while writing ``out``; a second writer is refused at once.
+
+    The lock dies with its process, so a lock file left by a killed run is stale and simply taken over;
+    the file records the holder's PID and host for the error message.
+    """
+    import fcntl
+    import json
+    import socket
+
+    out = Path(out)
+    path = out.with_name(out.name + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise NeuroFMError(f"{option}={out} is being written by {holder} (lock {path}); wait for it to finish or choose "
+                           f"another {option}.") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    fh.flush()
+    try:
+        yield
+    finally:
+        fh.close()  # releases the lock; the file stays (harmless, reused by the next writer)
+
+
 def recover_replaced(out: str | Path) -> Path:
     """Put back ``<out>.replaced`` when a crash between :func:`replaced_folder`'s two renames left no ``out``."""
     out = Path(out)
@@ -94,4 +127,4 @@ def replaced_folder(out: str | Path) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-__all__ = ["check_output", "output_folder", "recover_replaced", "refuse_file", "replaced_folder"]
+__all__ = ["writer_lock", "check_output", "output_folder", "recover_replaced", "refuse_file", "replaced_folder"]

@@ -190,3 +190,25 @@ def test_signal_dtype_float16(tmp_path):
         member = next(m for m in tar.getmembers() if m.name.endswith(".signal.npy"))
         array = np.load(io.BytesIO(tar.extractfile(member).read()), allow_pickle=False)
     assert array.dtype == np.float16 and array.shape == (3, 512)
+
+
+def test_a_second_build_into_one_out_is_refused_and_a_dead_writers_lock_is_stale(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    config = _small_config(tmp_path)
+    out = Path(config.out)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom neurofm.outputs import writer_lock\n"
+                               f"with writer_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(NeuroFMError, match=r"is being written by .*\"pid\": %d" % holder.pid):
+            build_shards(config, progress=False)
+        assert not list(out.glob("shard-*"))
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    assert build_shards(config, progress=False)["complete"]  # the killed writer's lock file is stale

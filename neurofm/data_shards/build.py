@@ -32,7 +32,7 @@ from neurofm.data_shards.sensors import SENSOR_FEATURES, has_position
 from neurofm.data_shards.windows import iter_windows
 from neurofm.data_shards.writer import FORMAT_VERSION, MANIFEST, ShardWriter, encode_npy, read_manifest, write_json_atomic
 from neurofm.errors import NeuroFMError, ShardError
-from neurofm.outputs import output_folder
+from neurofm.outputs import output_folder, writer_lock
 
 logger = logging.getLogger("neurofm.shards")
 
@@ -155,8 +155,12 @@ def build_shards(config: ShardsConfig, *, overwrite: bool = False, progress: boo
         raise ShardError(
             "No inputs: list recordings under 'inputs' or add a 'simulate' section (see configs/demo.yaml)."
         )
-    out = Path(config.out)
-    output_folder(out, "--out")
+    out = output_folder(config.out, "--out")
+    with writer_lock(out):
+        return _build(config, out, overwrite, progress)
+
+
+def _build(config: ShardsConfig, out: Path, overwrite: bool, progress: bool) -> dict:
     manifest = _start_manifest(config, out, overwrite)
     if manifest["complete"]:
         logger.info("%s is complete (%d shards); nothing to do.", out, len(manifest["shards"]))

@@ -17,6 +17,7 @@ go to rank ``r % world``, and the step count and LR schedule carry on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ from neurofm.pretrain.config import MODALITY_IDS, PretrainConfig
 from neurofm.pretrain.extension_locks import clear_stale_extension_locks
 from neurofm.pretrain.masking import make_mask, masked_tokens
 from neurofm.pretrain.model import MaskedCodeModel, masked_code_loss
-from neurofm.outputs import output_folder
+from neurofm.outputs import output_folder, writer_lock
 from neurofm.pretrain.safe_checkpoint import universal_command, weights_only_loads
 from neurofm.tokenizers.config import FAMILY_OF_MODALITY
 from neurofm.tokenizers.data import BatchStream
@@ -191,13 +192,19 @@ def _check_resume(out: Path, tag: str, cfg: PretrainConfig, manifest: dict) -> N
 def train_pretrain(cfg: PretrainConfig, progress: bool = True, on_step=None) -> dict:
     """Pretrain (or resume) on ``cfg.codes``; returns the final metrics (also in ``out/DONE.json``).
     ``on_step(step)``, if given, is called after every optimizer step (e.g. a profiler's ``step``)."""
-    import deepspeed
-
     manifest = code_manifest(cfg.codes)
     fill_model_config(cfg, manifest)
     rank, world, local = _setup_distributed()
     device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
     out = output_folder(cfg.out, "out")
+    with writer_lock(out, "out") if rank == 0 else contextlib.nullcontext():  # one run per folder
+        return _train(cfg, manifest, rank, world, device, out, progress, on_step)
+
+
+def _train(cfg: PretrainConfig, manifest: dict, rank: int, world: int, device: torch.device, out: Path, progress: bool,
+           on_step) -> dict:
+    import deepspeed
+
     if rank == 0:
         (out / "DONE.json").unlink(missing_ok=True)  # a marker of an earlier, shorter run
     tag = latest_tag(out)

@@ -22,7 +22,7 @@ from neurofm.errors import ShardError
 from neurofm.tokenizers.checkpoint import load_tokenizer
 from neurofm.tokenizers.data import ordered_batches
 from neurofm.tokenizers.train import check_shards_fit, code_usage, count_codes
-from neurofm.outputs import output_folder
+from neurofm.outputs import output_folder, writer_lock
 
 
 def encode_shards(checkpoint: str | Path, shards: str | Path, out: str | Path, *, batch_size: int = 32, samples_per_shard: int = 1024, progress: bool = True) -> dict:
@@ -30,8 +30,12 @@ def encode_shards(checkpoint: str | Path, shards: str | Path, out: str | Path, *
     model = load_tokenizer(checkpoint)
     index = ShardIndex(shards)
     check_shards_fit(index, model.cfg)
-    out = Path(out)
-    output_folder(out, "--out")
+    out = output_folder(out, "--out")
+    with writer_lock(out):
+        return _encode(model, index, checkpoint, shards, out, batch_size, samples_per_shard, progress)
+
+
+def _encode(model, index: ShardIndex, checkpoint, shards, out: Path, batch_size: int, samples_per_shard: int, progress: bool) -> dict:
     tokenizer = {
         "path": str(Path(checkpoint).resolve()),
         "sha256": sha256_file(Path(checkpoint) / "model.safetensors"),

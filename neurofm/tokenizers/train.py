@@ -18,6 +18,7 @@ from neurofm.config import to_dict
 from neurofm.data_shards.dataset import ShardIndex, ShardStream
 from neurofm.errors import NeuroFMError
 from neurofm.metrics_log import MetricsLog
+from neurofm.outputs import output_folder, writer_lock
 from neurofm.schedule import warmup_cosine
 from neurofm.tokenizers.checkpoint import load_training_state, read_config, save_tokenizer
 from neurofm.tokenizers.config import FAMILY_OF_MODALITY, TokenizerModelConfig, TokenizerTrainConfig
@@ -84,7 +85,12 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
     Writes ``cfg.out``: the checkpoint (``config.json``, ``model.safetensors``, ``training_state.pt``)
     every ``checkpoint_every`` steps and at the end, and ``train_log.jsonl``.
     """
-    out = Path(cfg.out)
+    out = output_folder(Path(cfg.out).parent, "out").joinpath(Path(cfg.out).name)
+    with writer_lock(out, "out"):
+        return _train(cfg, out, progress)
+
+
+def _train(cfg: TokenizerTrainConfig, out: Path, progress: bool) -> dict:
     index = ShardIndex(cfg.shards)
     check_shards_fit(index, cfg.model)
     train_idx, _ = split_indices(index, cfg.eval_fraction)
