@@ -6,7 +6,11 @@ runs single-threaded: OMP_NUM_THREADS=1), for a 64-channel EEG file and for a 30
 real, its length is not). Reader throughput is samples/s and MB/s of decoded signal through a
 DataLoader with 0, 1 and 2 workers over the shards of every recording in ../shared/data.
 
-Usage: OMP_NUM_THREADS=1 python benchmarks/shard_speed.py [--shared ../shared/data]
+Parallel build (``--parallel 1,2``): the same build — every recording of ../shared/data plus simulated
+EEG/MEG/sEEG/ECoG/fMRI recordings — with each number of Dask workers, side by side in one run: wall
+time, speed-up over one worker, and a check that the shards and manifest are byte-identical.
+
+Usage: OMP_NUM_THREADS=1 python benchmarks/shard_speed.py [--shared ../shared/data] [--parallel 1,2 [--only-parallel]]
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import tempfile
 import time
 from itertools import islice
@@ -51,13 +56,42 @@ def read_speed(shards: Path, workers: int, n: int = 600) -> tuple[float, float]:
     return n / elapsed, nbytes / elapsed / 1e6
 
 
+def parallel_speed(shared: Path, out: Path, worker_counts: list[int], sim_hours: float) -> None:
+    """Wall time of one build per worker count (same folder each time, so the manifests compare)."""
+    os.chdir(ROOT)
+    items = [f"out={out}", f"simulate={{hours: {sim_hours}, recording_seconds: 60, subjects: 2}}"]
+    config = (load_config(ShardsConfig, ROOT / "configs/shared_data.yaml", [f"root={shared}", *items]) if shared.is_dir()
+              else load_config(ShardsConfig, ROOT / "configs/demo.yaml", items))
+    reference, base = None, None
+    for workers in worker_counts:
+        shutil.rmtree(out, ignore_errors=True)
+        start = time.perf_counter()
+        manifest = build_shards(config, progress=False, workers=workers)
+        seconds = time.perf_counter() - start
+        files = {s["name"]: (out / s["name"]).read_bytes() for s in manifest["shards"]}
+        files["manifest.json"] = (out / "manifest.json").read_bytes()
+        reference = reference or files
+        base = base or seconds
+        hours = sum(r["seconds"] for r in manifest["recordings"]) / 3600
+        print(f"parallel build, {workers} worker(s): {len(manifest['recordings'])} recordings, {hours:.2f} h, {seconds:.1f} s "
+              f"wall, {base / seconds:.2f}x one worker, byte-identical to the first: {files == reference}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--parallel", help="comma-separated worker counts for the parallel build, e.g. 1,2")
+    parser.add_argument("--sim-hours", type=float, default=0.25, help="simulated hours added to the parallel build")
+    parser.add_argument("--only-parallel", action="store_true")
     args = parser.parse_args()
     shared = Path(args.shared)
     mne.set_log_level("ERROR")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+    if args.parallel:
+        with tempfile.TemporaryDirectory() as tmp:
+            parallel_speed(shared, Path(tmp) / "out", [int(w) for w in args.parallel.split(",")], args.sim_hours)
+    if args.only_parallel:
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         eeg = shared / "eeg/eegmmidb_S088R10.edf"

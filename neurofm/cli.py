@@ -25,9 +25,15 @@ def _shards_build(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + ([f"out={args.out}"] if args.out else [])
     config = load_config(ShardsConfig, args.config, overrides)
-    build_shards(config, overwrite=args.overwrite, progress=not args.quiet)
+    build_shards(config, overwrite=args.overwrite, progress=not args.quiet, **_parallel(args))
     print(format_summary(summarize(config.out)))
     return 0
+
+
+def _parallel(args: argparse.Namespace) -> dict:
+    from neurofm.data_shards.parallel import available_cores
+
+    return {"workers": args.workers or available_cores(), "scheduler": args.scheduler}
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -41,7 +47,7 @@ def _simulate(args: argparse.Namespace) -> int:
         section["cache_dir"] = args.cache_dir
     overrides = [f"simulate={json.dumps(section)}", f"out={args.out}", *args.overrides]
     config = load_config(ShardsConfig, args.config, overrides)
-    build_shards(config, overwrite=args.overwrite, progress=not args.quiet)
+    build_shards(config, overwrite=args.overwrite, progress=not args.quiet, **_parallel(args))
     print(format_summary(summarize(config.out)))
     return 0
 
@@ -127,6 +133,31 @@ def _launch(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     return subprocess.call(command, shell=True)
+
+
+def _launch_shards(args: argparse.Namespace) -> int:
+    from neurofm.config import load_config
+    from neurofm.data_shards import build_shards, summarize
+    from neurofm.data_shards.config import ShardsConfig
+    from neurofm.data_shards.parallel import batch_cluster
+    from neurofm.data_shards.verify import format_summary
+
+    config = load_config(ShardsConfig, args.config, args.overrides)
+    if config.cluster is None:
+        raise NeuroFMError("launch shards needs a 'cluster:' section (kind: slurm|pbs, jobs, cores, memory, walltime, queue); "
+                           "for one machine run `neurofm shards build --workers N`.")
+    if args.dry_run:
+        cluster = batch_cluster(config.cluster)
+        try:
+            print(f"# --- the job each of cluster.jobs={config.cluster.jobs} submissions runs ({config.cluster.kind}) ---")
+            print(cluster.job_script())
+        finally:
+            cluster.close()
+        print(f"# the driver (this process) packs the shards into {config.out}")
+        return 0
+    build_shards(config, progress=not args.quiet)
+    print(format_summary(summarize(config.out)))
+    return 0
 
 
 def _embed(args: argparse.Namespace) -> int:
@@ -278,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
         "several: mappings merge, lists such as inputs add up, later values win"))
     build.add_argument("--out", help="output folder (overrides the config's 'out')")
     build.add_argument("--overwrite", action="store_true", help="delete shards built with other settings in --out")
+    build.add_argument("--workers", type=int, help="recordings processed at once on a local Dask cluster (default: the cores "
+                                                   "this process may use; 1: in this process)")
+    build.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:8786) to run on instead")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     build.set_defaults(func=_shards_build)
@@ -307,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--cache-dir", help="where gain matrices are cached (default ~/.cache/neurofm/gains)")
     simulate.add_argument("--config", action="append", help="optional ShardsConfig YAML (preprocessing, other simulate.* fields)")
     simulate.add_argument("--overwrite", action="store_true", help="delete shards built with other settings in --out")
+    simulate.add_argument("--workers", type=int, help="recordings processed at once on a local Dask cluster (default: the cores "
+                                                   "this process may use; 1: in this process)")
+    simulate.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:8786) to run on instead")
     simulate.add_argument("--quiet", action="store_true", help="no progress bar")
     simulate.add_argument("overrides", nargs="*", help=OVERRIDES_HELP + "; simulate.* fields too, e.g. simulate.recording_seconds=120")
     simulate.set_defaults(func=_simulate)
@@ -374,6 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
     lpre.add_argument("--dry-run", action="store_true", help="print the command (and files) instead of running")
     lpre.add_argument("overrides", nargs="*", help="LaunchConfig dotted.key=value, e.g. hosts=[n1,n2] slurm.partition=gpu")
     lpre.set_defaults(func=_launch)
+    lsh = lsub.add_parser("shards", help="build shards on a SLURM / PBS cluster (dask-jobqueue)", description=(
+        "Start the Dask cluster of a shards config's 'cluster:' section as batch jobs and build the shards on it "
+        "(this process is the driver that packs them); --dry-run prints the job script instead."))
+    _config_arguments(lsh, "YAML of ShardsConfig with a 'cluster:' section", "dotted overrides, e.g. cluster.jobs=8",
+                      "no progress bar")
+    lsh.add_argument("--dry-run", action="store_true", help="print the batch job script instead of submitting")
+    lsh.set_defaults(func=_launch_shards)
 
     bench = stages.add_parser("bench", help="benchmarks that run the whole pipeline", description=(
         "Benchmarks that build their own corpus and go through the real stages."))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -212,3 +213,49 @@ def test_a_second_build_into_one_out_is_refused_and_a_dead_writers_lock_is_stale
         holder.wait()
     time.sleep(0.1)
     assert build_shards(config, progress=False)["complete"]  # the killed writer's lock file is stale
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_a_build_on_dask_workers_is_byte_identical_to_the_serial_build(tmp_path, workers):
+    """One task per recording on a local Dask cluster; the driver packs them in order."""
+    from neurofm.data_shards.config import SimulateConfig
+
+    fif = [write_eeg_fif(tmp_path / f"rec{i}_raw.fif", seconds, n_channels=8, seed=i) for i, seconds in enumerate((30, 12, 20))]
+    broken = tmp_path / "broken.edf"
+    broken.write_bytes(b"\0" * 300)
+
+    def config(out):
+        cfg = load_config(ShardsConfig, None, ["inputs=[" + ", ".join(f"{{path: '{p}'}}" for p in [*fif, broken]) + "]",
+                                               f"out={tmp_path / out}", "samples_per_shard=8", "on_error=skip"])
+        cfg.simulate = SimulateConfig(hours=0.01, modalities=["eeg", "fmri"], recording_seconds=10, fmri_run_seconds=40, subjects=1)
+        return cfg
+
+    serial = build_shards(config("out"), progress=False)
+    names = [s["name"] for s in serial["shards"]] + ["manifest.json"]
+    expected = {name: (tmp_path / "out" / name).read_bytes() for name in names}
+    shutil.rmtree(tmp_path / "out")
+    build_shards(config("out"), progress=False, workers=workers)  # into the same folder: the manifest names it
+    assert len(serial["recordings"]) == 6 and [s["source"] for s in serial["skipped"]] == [str(broken)]
+    for name in names:
+        assert (tmp_path / "out" / name).read_bytes() == expected[name], name
+    assert not (tmp_path / "out" / ".staging").exists()
+
+
+def test_an_unreachable_scheduler_is_a_clear_error_within_seconds(tmp_path):
+    import time
+
+    started = time.perf_counter()
+    with pytest.raises(NeuroFMError, match="Cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        build_shards(_small_config(tmp_path), progress=False, scheduler="tcp://127.0.0.1:9")
+    assert time.perf_counter() - started < 30
+
+
+def test_launch_shards_renders_the_slurm_job_of_a_cluster_section(capsys):
+    from neurofm.cli import main
+
+    assert main(["launch", "shards", "--config", "configs/demo.yaml", "--config", "configs/shards_slurm.yaml", "--dry-run",
+                 "cluster.jobs=2", "cluster.account=neuro"]) == 0
+    script = capsys.readouterr().out
+    assert "#SBATCH -p cpu" in script and "#SBATCH --cpus-per-task=8" in script and "#SBATCH -A neuro" in script
+    assert "#SBATCH --exclusive" in script and "--nworkers 8" in script and "--nthreads 1" in script
+    assert main(["launch", "shards", "--config", "configs/demo.yaml", "--dry-run"]) == 1  # no cluster section

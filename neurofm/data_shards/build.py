@@ -26,6 +26,7 @@ from tqdm import tqdm
 import neurofm
 from neurofm.config import to_dict
 from neurofm.data_shards.config import ShardsConfig
+from neurofm.data_shards.parallel import STAGING, drop_staged, make_executor, raise_if_failed, run_recording, staged_samples
 from neurofm.data_shards.preprocess import prepare
 from neurofm.data_shards.readers import expand_inputs, read_recording, source_checksum
 from neurofm.data_shards.sensors import SENSOR_FEATURES, has_position
@@ -37,9 +38,16 @@ from neurofm.outputs import output_folder, writer_lock
 logger = logging.getLogger("neurofm.shards")
 
 
+def sample_settings(config: ShardsConfig) -> dict:
+    """The settings that make the samples (not where they are written or computed)."""
+    settings = to_dict(config)
+    settings.pop("cluster", None)
+    return settings
+
+
 def settings_hash(config: ShardsConfig) -> str:
     """Hash of everything that changes the samples (the output folder excluded)."""
-    settings = to_dict(config)
+    settings = sample_settings(config)
     settings.pop("out")
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -58,12 +66,13 @@ def _start_manifest(config: ShardsConfig, out: Path, overwrite: bool) -> dict:
         for f in list(out.glob("shard-*.tar*")) + [out / MANIFEST]:
             f.unlink(missing_ok=True)
         shutil.rmtree(out / PARCELLATIONS, ignore_errors=True)
+        shutil.rmtree(out / STAGING, ignore_errors=True)
     return {
         "format_version": FORMAT_VERSION,
         "neurofm_version": neurofm.__version__,
         "complete": False,
         "settings_hash": digest,
-        "settings": to_dict(config),
+        "settings": sample_settings(config),
         "sensor_features": list(SENSOR_FEATURES),
         "shards": [],
         "recordings": [],
@@ -128,7 +137,8 @@ def list_sources(config: ShardsConfig) -> list[Source]:
     return sources
 
 
-def build_shards(config: ShardsConfig, *, overwrite: bool = False, progress: bool = True) -> dict:
+def build_shards(config: ShardsConfig, *, overwrite: bool = False, progress: bool = True, workers: int = 1,
+                 scheduler: str | None = None) -> dict:
     """Read, preprocess and window every input and write webdataset shards plus ``manifest.json``.
 
     Parameters
@@ -139,6 +149,12 @@ def build_shards(config: ShardsConfig, *, overwrite: bool = False, progress: boo
         Delete shards built with other settings in ``config.out`` instead of stopping.
     progress : bool
         Show a tqdm progress bar over recordings.
+    workers : int
+        Recordings processed at once: 1 runs them in this process; more start a local Dask cluster of
+        that many worker processes (:mod:`neurofm.data_shards.parallel`). The shards are the same.
+    scheduler : str | None
+        Address of a running Dask scheduler (``tcp://host:8786``) to run the recordings on instead; its
+        workers must see ``config.out``.
 
     Returns
     -------
@@ -157,27 +173,43 @@ def build_shards(config: ShardsConfig, *, overwrite: bool = False, progress: boo
         )
     out = output_folder(config.out, "--out")
     with writer_lock(out):
-        return _build(config, out, overwrite, progress)
+        manifest = _start_manifest(config, out, overwrite)
+        if manifest["complete"]:
+            logger.info("%s is complete (%d shards); nothing to do.", out, len(manifest["shards"]))
+            return manifest
+        executor = make_executor(workers, scheduler, config.cluster)
+        try:
+            return _build(config, out, manifest, executor, progress)
+        finally:
+            executor.close()
 
 
-def _build(config: ShardsConfig, out: Path, overwrite: bool, progress: bool) -> dict:
-    manifest = _start_manifest(config, out, overwrite)
-    if manifest["complete"]:
-        logger.info("%s is complete (%d shards); nothing to do.", out, len(manifest["shards"]))
-        return manifest
+def _build(config: ShardsConfig, out: Path, manifest: dict, executor, progress: bool) -> dict:
     writer = ShardWriter(out, config.samples_per_shard, manifest)
     done = writer.samples_done
     known = {r["source"]: r for r in manifest["recordings"]}
+    sources = list_sources(config)
+    staging = out / STAGING
+    staging.mkdir(exist_ok=True)
+    packed = {i for i, s in enumerate(sources) if s.name in known and known[s.name]["first_sample"] + known[s.name]["n_windows"] <= done}
+    tasks, leaders = {}, {}
+    for i, source in enumerate(sources):  # one task per recording still to pack; a dataset's first one leads
+        if i not in packed:
+            lead = leaders.get(source.dataset)
+            tasks[i] = executor.submit(run_recording, config, source, i, str(staging), after=lead)
+            leaders.setdefault(source.dataset, tasks[i])
     sample_index = 0
     started = time.perf_counter()
     try:
-        for source in tqdm(list_sources(config), desc="recordings", disable=not progress, unit="rec"):
-            entry = known.get(source.name)
-            if entry is not None and sample_index + entry["n_windows"] <= done:
-                sample_index += entry["n_windows"]
+        bar = tqdm(total=len(sources), desc=f"recordings ({executor.workers} worker{'s' * (executor.workers > 1)})",
+                   disable=not progress, unit="rec")
+        for i, source in enumerate(sources):
+            bar.update(1)
+            if i in packed:
+                sample_index += known[source.name]["n_windows"]
                 continue
             try:
-                entry = _write_recording(config, writer, source, sample_index, done)
+                entry = raise_if_failed(tasks[i].result())
             except NeuroFMError as err:
                 if config.on_error == "raise":
                     raise
@@ -185,22 +217,32 @@ def _build(config: ShardsConfig, out: Path, overwrite: bool, progress: bool) -> 
                 if source.name not in {s["source"] for s in manifest["skipped"]}:
                     manifest["skipped"].append({"source": source.name, "error": str(err)})
                 continue
+            for j, (key, files) in enumerate(staged_samples(staging, i)):
+                if sample_index + j >= done:
+                    writer.write(key, files)
+            entry = {**entry, "first_sample": sample_index}
             sample_index += entry["n_windows"]
             if source.name not in known:
                 manifest["recordings"].append(entry)
                 known[source.name] = entry
+            drop_staged(staging, i)
+            bar.set_postfix(hours=f"{sum(r['seconds'] for r in manifest['recordings']) / 3600:.2f}")
+        bar.close()
         writer.close_shard()
     except BaseException:
         writer.abort()
         raise
+    shutil.rmtree(staging, ignore_errors=True)
     manifest["statistics"] = _statistics(manifest["recordings"])
-    manifest["build_seconds"] = round(time.perf_counter() - started, 3)
+    logger.info("built %s in %.1f s", out, time.perf_counter() - started)  # not in the manifest: it must not depend on the run
     manifest["complete"] = True
     write_json_atomic(out / MANIFEST, manifest)
     return manifest
 
 
-def _write_recording(config: ShardsConfig, writer: ShardWriter, source: Source, first_sample: int, done: int) -> dict:
+def recording_entry(config: ShardsConfig, source: Source, add: Callable[[str, dict[str, bytes]], None]) -> dict:
+    """Read, preprocess and window one recording, handing every sample to ``add(key, files)`` in order;
+    returns its manifest entry (without ``first_sample``, which the driver knows)."""
     recording = source.read()
     prepared = prepare(recording, config, source.input_index)
     checksum, dataset, rel = source.checksum(), source.dataset, source.name
@@ -209,15 +251,11 @@ def _write_recording(config: ShardsConfig, writer: ShardWriter, source: Source, 
     sensors = prepared.sensors.features()
     unpositioned = sum(not has_position(p) for p in prepared.sensors.positions)
     for key, signal, meta in iter_windows(prepared, relative_source=rel, checksum=checksum, dataset=dataset):
-        if first_sample + n_windows >= done:
-            writer.write(
-                key,
-                {
-                    "signal.npy": encode_npy(signal.astype(dtype)),
-                    "sensors.npy": encode_npy(sensors),
-                    "meta.json": json.dumps(meta).encode(),
-                },
-            )
+        add(key, {
+            "signal.npy": encode_npy(signal.astype(dtype)),
+            "sensors.npy": encode_npy(sensors),
+            "meta.json": json.dumps(meta).encode(),
+        })
         n_windows += 1
         valid_samples += meta["n_valid_samples"]
     durations = [seg.data.shape[1] / prepared.sfreq for seg in prepared.segments]
@@ -227,7 +265,6 @@ def _write_recording(config: ShardsConfig, writer: ShardWriter, source: Source, 
         "dataset": dataset,
         "modality": recording.modality,
         "layout": recording.layout,
-        "first_sample": first_sample,
         "n_windows": n_windows,
         "n_segments": len(prepared.segments),
         "seconds": round(float(sum(durations)), 3),

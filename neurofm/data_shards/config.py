@@ -248,6 +248,38 @@ class SimulateConfig:
 
 
 @dataclass(kw_only=True)
+class ClusterConfig:
+    """A Dask cluster of batch jobs (dask-jobqueue) that ``shards build`` starts and runs its recordings on.
+
+    Parameters
+    ----------
+    kind : 'slurm' | 'pbs'
+        The batch system.
+    jobs : int
+        Batch jobs to submit; each runs ``cores`` single-threaded Dask worker processes.
+    cores, memory, walltime : int, str, str
+        Per job (``memory`` like ``16GB``; ``walltime`` ``HH:MM:SS``).
+    queue, account : str | None
+        Partition / queue and account to submit to.
+    job_extra : list of str
+        Extra scheduler directives, e.g. ``["--exclusive"]``.
+    """
+
+    kind: Literal["slurm", "pbs"] = "slurm"
+    jobs: int = 1
+    cores: int = 4
+    memory: str = "16GB"
+    walltime: str = "02:00:00"
+    queue: str | None = None
+    account: str | None = None
+    job_extra: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1 or self.cores < 1:
+            raise ValueError(f"cluster.jobs and cluster.cores must be at least 1; got {self.jobs}, {self.cores}.")
+
+
+@dataclass(kw_only=True)
 class ShardsConfig:
     """Everything ``neurofm shards build`` needs.
 
@@ -270,6 +302,9 @@ class ShardsConfig:
     on_error : 'raise' | 'skip'
         A recording that cannot be read or preprocessed stops the build (default; completed shards
         stay and a rerun resumes) or is skipped and listed under ``skipped`` in the manifest.
+    cluster : ClusterConfig | None
+        Run the recordings on a SLURM / PBS cluster started through dask-jobqueue (``out`` must be on
+        a file system its nodes share). Where the build runs never changes the shards.
     """
 
     inputs: list[InputSpec] = field(default_factory=list)
@@ -280,6 +315,7 @@ class ShardsConfig:
     signal_dtype: Literal["float32", "float16"] = "float32"
     clip: float = 20.0
     on_error: Literal["raise", "skip"] = "raise"
+    cluster: ClusterConfig | None = None
     eeg: ElectrophysiologyPreprocess = field(default_factory=ElectrophysiologyPreprocess)
     meg: ElectrophysiologyPreprocess = field(default_factory=ElectrophysiologyPreprocess)
     ieeg: ElectrophysiologyPreprocess = field(

@@ -1,0 +1,181 @@
+"""One task per recording, on this process or on a Dask cluster.
+
+A task reads, preprocesses and windows one recording and writes its samples, in order, into a
+staging tar ``<out>/.staging/NNNNNN.tar`` (then ``NNNNNN.json``, its manifest entry, last: a task is
+finished when its JSON exists). The driver (``build_shards``) takes the finished tasks in recording
+order and packs their samples into the shards, so the shards do not depend on how many workers ran
+or in which order tasks finished. Staged recordings survive a crash: a rerun packs them without
+reading them again.
+
+Executors: :class:`InlineExecutor` runs each task when its result is asked for (one process, in
+order); :class:`DaskExecutor` runs them on ``dask.distributed`` workers — a local cluster of
+``workers`` processes, or a running scheduler at ``scheduler``. Dask reruns a task whose worker died.
+Every run of one dataset's later recordings waits for its first one (fMRI runs of a dataset share the
+parcellation that the first run fits).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from neurofm.errors import NeuroFMError
+
+STAGING = ".staging"
+
+
+def staged_paths(staging: Path, index: int) -> tuple[Path, Path]:
+    """The staging tar and JSON entry of recording ``index``."""
+    return staging / f"{index:06d}.tar", staging / f"{index:06d}.json"
+
+
+def run_recording(config, source, index: int, staging: str, after=None) -> dict:
+    """Worker task: stage recording ``index`` (see module docstring); returns its manifest entry, or
+    ``{"error": message, "error_type": class name}`` for a recording that cannot be used (so the tasks
+    waiting for this one still run; :func:`raise_if_failed` turns it back into the error).
+
+    ``after`` is a dependency only (the result of the task this one must wait for); it is not used.
+    """
+    try:
+        return _stage(config, source, index, Path(staging))
+    except NeuroFMError as err:
+        return {"error": str(err), "error_type": type(err).__name__}
+
+
+def raise_if_failed(result: dict) -> dict:
+    """The entry of a finished task; the recording's own NeuroFMError if it failed."""
+    if "error" in result:
+        import neurofm.errors
+
+        raise getattr(neurofm.errors, result["error_type"], NeuroFMError)(result["error"])
+    return result
+
+
+def _stage(config, source, index: int, staging: Path) -> dict:
+    from neurofm.data_shards.build import recording_entry
+
+    tar_path, entry_path = staged_paths(staging, index)
+    if entry_path.is_file():
+        return json.loads(entry_path.read_text())
+    partial = tar_path.with_name(tar_path.name + ".partial")
+    with tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as tar:
+        def add(key: str, files: dict[str, bytes]) -> None:
+            for name, payload in files.items():
+                info = tarfile.TarInfo(f"{key}.{name}")
+                info.size, info.mtime = len(payload), 0
+                tar.addfile(info, io.BytesIO(payload))
+
+        entry = recording_entry(config, source, add)
+    os.replace(partial, tar_path)
+    tmp = entry_path.with_name(entry_path.name + ".partial")
+    tmp.write_text(json.dumps(entry))
+    os.replace(tmp, entry_path)
+    return entry
+
+
+def staged_samples(staging: Path, index: int) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """The (key, {file name: bytes}) samples of a staged recording, in the order they were written."""
+    tar_path, _ = staged_paths(staging, index)
+    key, files = None, {}
+    with tarfile.open(tar_path, "r") as tar:
+        for member in tar:
+            sample, _, name = member.name.partition(".")
+            if key is not None and sample != key:
+                yield key, files
+                files = {}
+            key = sample
+            files[name] = tar.extractfile(member).read()
+    if key is not None:
+        yield key, files
+
+
+def drop_staged(staging: Path, index: int) -> None:
+    for path in staged_paths(staging, index):
+        path.unlink(missing_ok=True)
+
+
+class _Deferred:
+    def __init__(self, fn, args, kwargs):
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+
+    def result(self):
+        return self.fn(*self.args, **{k: (v.result() if isinstance(v, _Deferred) else v) for k, v in self.kwargs.items()})
+
+
+class InlineExecutor:
+    """Runs each task in this process when its result is asked for (results are asked for in order)."""
+
+    workers = 1
+
+    def submit(self, fn, *args, **kwargs) -> _Deferred:
+        return _Deferred(fn, args, kwargs)
+
+    def close(self) -> None:
+        pass
+
+
+def batch_cluster(cluster):
+    """The dask-jobqueue cluster (not yet scaled) that a :class:`~neurofm.data_shards.config.ClusterConfig` describes."""
+    from dask_jobqueue import PBSCluster, SLURMCluster
+
+    cls = {"slurm": SLURMCluster, "pbs": PBSCluster}[cluster.kind]
+    return cls(cores=cluster.cores, processes=cluster.cores, memory=cluster.memory, walltime=cluster.walltime,
+               queue=cluster.queue, account=cluster.account, job_extra_directives=list(cluster.job_extra),
+               dashboard_address=None)
+
+
+class DaskExecutor:
+    """Tasks on ``dask.distributed``: a local cluster of ``workers`` processes, the scheduler at
+    ``scheduler``, or batch jobs of a ``cluster`` config (SLURM / PBS through dask-jobqueue)."""
+
+    def __init__(self, workers: int | None = None, scheduler: str | None = None, cluster=None, timeout_s: float = 10.0):
+        from dask.distributed import Client, LocalCluster
+
+        self.cluster = None
+        if cluster is not None:
+            self.cluster = batch_cluster(cluster)
+            self.cluster.scale(jobs=cluster.jobs)
+            self.client = Client(self.cluster)
+        elif scheduler:
+            try:
+                self.client = Client(scheduler, timeout=f"{timeout_s}s")
+            except (OSError, TimeoutError) as err:
+                raise NeuroFMError(f"Cannot reach the Dask scheduler at {scheduler} within {timeout_s:g} s ({err}); check the "
+                                   "address (tcp://host:8786) and that the scheduler runs, or drop --scheduler.") from None
+        else:
+            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            self.client = Client(self.cluster)
+        self.workers = len(self.client.scheduler_info()["workers"]) if cluster is None else cluster.jobs * cluster.cores
+
+    def submit(self, fn, *args, **kwargs):
+        return self.client.submit(fn, *args, pure=False, **kwargs)
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+
+def make_executor(workers: int = 1, scheduler: str | None = None, cluster=None):
+    """Inline for one local worker; Dask otherwise (a ``cluster`` config wins over ``scheduler`` and ``workers``)."""
+    if workers < 1:
+        raise NeuroFMError(f"--workers must be at least 1; got {workers}.")
+    if cluster is None and scheduler is None and workers == 1:
+        return InlineExecutor()
+    return DaskExecutor(workers, scheduler, cluster)
+
+
+def available_cores() -> int:
+    """The cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+__all__ = ["batch_cluster", "DaskExecutor", "InlineExecutor", "STAGING", "available_cores", "drop_staged", "make_executor", "raise_if_failed", "run_recording",
+           "staged_samples"]
