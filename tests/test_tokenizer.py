@@ -237,3 +237,15 @@ def test_a_crash_between_the_checkpoint_renames_loses_nothing(corpus_shards, tmp
     out.rename(tmp_path / "tok.replaced")  # the state a crash between the two renames leaves
     state = load_training_state(out)
     assert state is not None and int(state["step"]) == 4 and (out / "model.safetensors").is_file()
+
+
+def test_batches_group_windows_of_similar_channel_counts(corpus_shards):
+    from neurofm.data_shards import ShardStream
+    from neurofm.tokenizers.data import BatchStream, channel_class, signal_channel_bucket
+
+    assert [channel_class(c) for c in (3, 16, 17, 64, 65, 306)] == [16, 16, 32, 64, 128, 512]
+    batches = BatchStream(ShardStream(corpus_shards, seed=0, epochs=None), 4, bucket_fn=signal_channel_bucket)
+    for _ in range(12):
+        batch = next(batches)
+        real = batch.channel_mask.sum(1)
+        assert batch.signal.shape[1] == int(real.max()) and channel_class(int(real.min())) == channel_class(int(real.max()))

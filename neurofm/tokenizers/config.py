@@ -122,6 +122,9 @@ class TokenizerTrainConfig:
         Checkpoint directory (``config.json``, ``model.safetensors``, ``training_state.pt``).
     steps, batch_size : int
         Optimiser steps and windows per batch (batches hold one modality family).
+    bucket_by_channels : bool
+        Batches also hold windows of similar channel counts (one power-of-two class: ≤ 16, 32, 64 …),
+        so a 19-channel EEG window is not padded to a 306-channel MEG one.
     lr, weight_decay, warmup_steps, grad_clip : float / int
         AdamW with linear warm-up then cosine decay; gradient norm clipping.
     channel_dropout : float
@@ -145,6 +148,7 @@ class TokenizerTrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     steps: int = 300
     batch_size: int = 16
+    bucket_by_channels: bool = True
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_steps: int = 30

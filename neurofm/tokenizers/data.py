@@ -82,6 +82,16 @@ def signal_bucket(sample: dict) -> str:
     return f"{family_of(sample['meta'])}-{sample['signal'].shape[1]}"
 
 
+def channel_class(n_channels: int) -> int:
+    """The power of two (at least 16) a window of ``n_channels`` rows is padded up to in its bucket."""
+    return max(16, 1 << (int(n_channels) - 1).bit_length())
+
+
+def signal_channel_bucket(sample: dict) -> str:
+    """Bucket of a signal sample: family, window length and channel class (less padding per batch)."""
+    return f"{signal_bucket(sample)}-c{channel_class(sample['signal'].shape[0])}"
+
+
 class BatchStream:
     """Endless batches from a shard stream, bucketed (by default by family and window length).
 

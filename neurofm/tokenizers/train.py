@@ -22,7 +22,7 @@ from neurofm.outputs import output_folder, writer_lock
 from neurofm.schedule import warmup_cosine
 from neurofm.tokenizers.checkpoint import load_training_state, read_config, save_tokenizer
 from neurofm.tokenizers.config import FAMILY_OF_MODALITY, TokenizerModelConfig, TokenizerTrainConfig
-from neurofm.tokenizers.data import BatchStream, require_signal, split_indices
+from neurofm.tokenizers.data import BatchStream, require_signal, signal_bucket, signal_channel_bucket, split_indices
 from neurofm.tokenizers.losses import reconstruction_loss
 from neurofm.tokenizers.model import SensorTokenizer
 
@@ -122,7 +122,8 @@ def _train(cfg: TokenizerTrainConfig, out: Path, progress: bool) -> dict:
             return read_config(out).get("last_metrics", {})
     stream = ShardStream(cfg.shards, seed=cfg.seed, indices=train_idx, epochs=None,
                          modality_weights=cfg.modality_weights, position=data_state["position"])
-    batches = BatchStream(stream, cfg.batch_size, data_state["pending"])
+    batches = BatchStream(stream, cfg.batch_size, data_state["pending"],
+                          bucket_fn=signal_channel_bucket if cfg.bucket_by_channels else signal_bucket)
     counts = np.zeros((cfg.model.levels, cfg.model.codes_per_level), dtype=np.int64)
     metrics: dict = {}
     model.train()
