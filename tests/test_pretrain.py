@@ -302,3 +302,29 @@ def test_a_resume_with_other_training_settings_is_refused_unless_allowed(code_sh
     with pytest.raises(NeuroFMError, match="--allow-changed steps"):
         train_pretrain(config(code_shards, run, "steps=3"), progress=False)
     assert train_pretrain(config(code_shards, run, "steps=3", "allow_changed=[steps]", "log_every=5"), progress=False)["step"] == 3
+
+
+def test_two_nodes_on_one_machine_run_the_rendered_torchrun_commands_then_resume_on_one(code_shards, tmp_path):
+    """The exact command `neurofm launch pretrain` renders for 2 nodes, started twice (node 0 and node 1: one
+    CPU rank each, gloo, c10d rendezvous on 127.0.0.1); then the checkpoint resumes on one node."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    launch = LaunchConfig(config=[str(ROOT / "configs/pretrain_tiny.yaml")], nodes=2, gpus_per_node=1, launcher="torchrun",
+                          master_addr="127.0.0.1", master_port=port, overrides=[f"codes={code_shards}", f"out={out}", *TINY, "steps=3"])
+    command = render_launch(launch)["command"]
+    assert command.startswith("torchrun --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d")
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**clean_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    nodes = [subprocess.Popen(command, shell=True, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    logs = [node.communicate(timeout=300)[0] for node in nodes]
+    done = out / "DONE.json"  # the success marker, not the exit codes alone
+    assert done.is_file(), logs[0][-2000:] + logs[1][-2000:]
+    assert json.loads(done.read_text())["world_size"] == 2
+    assert {p.name for p in (out / "step_00000003").glob("neurofm_state_rank*.json")} == {"neurofm_state_rank0.json", "neurofm_state_rank1.json"}
+    metrics = train_pretrain(config(code_shards, out, "steps=5", "allow_changed=[steps]"), progress=False)  # one node, one rank
+    assert metrics["step"] == 5 and json.loads(done.read_text())["world_size"] == 1
