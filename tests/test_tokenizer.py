@@ -249,3 +249,24 @@ def test_batches_group_windows_of_similar_channel_counts(corpus_shards):
         batch = next(batches)
         real = batch.channel_mask.sum(1)
         assert batch.signal.shape[1] == int(real.max()) and channel_class(int(real.min())) == channel_class(int(real.max()))
+
+
+def test_encoding_on_two_torchrun_processes_writes_the_code_shards_of_one(trained, corpus_shards, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    one = encode_shards(trained, corpus_shards, tmp_path / "one", batch_size=8, samples_per_shard=64, progress=False)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    code = ("import sys; from neurofm.tokenizers.encode import encode_shards; "
+            "encode_shards(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=8, samples_per_shard=64, progress=False)")
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    result = subprocess.run([torchrun, "--standalone", "--nproc-per-node=2", "--no-python", sys.executable, "-c", code,
+                             str(trained), str(corpus_shards), str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = [s["name"] for s in one["shards"]] + ["manifest.json"]
+    assert len(names) > 2
+    for name in names:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    assert not list((tmp_path / "two").glob(".staging*"))

@@ -16,6 +16,7 @@ parcellation that the first run fits).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -58,9 +59,18 @@ def raise_if_failed(result: dict) -> dict:
 def _stage(config, source, index: int, staging: Path) -> dict:
     from neurofm.data_shards.build import recording_entry
 
-    tar_path, entry_path = staged_paths(staging, index)
-    if entry_path.is_file():
-        return json.loads(entry_path.read_text())
+    done = staged_entry(staging, index)
+    if done is not None:
+        return done
+    with staging_tar(staging, index) as add:
+        entry = recording_entry(config, source, add)
+    return finish_staged(staging, index, entry)
+
+
+@contextlib.contextmanager
+def staging_tar(staging: Path, index: int) -> Iterator:
+    """Yield ``add(key, files)`` that appends a sample to unit ``index``'s staging tar (renamed into place at the end)."""
+    tar_path, _ = staged_paths(staging, index)
     partial = tar_path.with_name(tar_path.name + ".partial")
     with tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as tar:
         def add(key: str, files: dict[str, bytes]) -> None:
@@ -69,12 +79,23 @@ def _stage(config, source, index: int, staging: Path) -> dict:
                 info.size, info.mtime = len(payload), 0
                 tar.addfile(info, io.BytesIO(payload))
 
-        entry = recording_entry(config, source, add)
+        yield add
     os.replace(partial, tar_path)
+
+
+def finish_staged(staging: Path, index: int, entry: dict) -> dict:
+    """Write unit ``index``'s JSON (after its tar): from now on it counts as staged."""
+    _, entry_path = staged_paths(staging, index)
     tmp = entry_path.with_name(entry_path.name + ".partial")
     tmp.write_text(json.dumps(entry))
     os.replace(tmp, entry_path)
     return entry
+
+
+def staged_entry(staging: Path, index: int) -> dict | None:
+    """The JSON of a finished staged unit, or None."""
+    _, entry_path = staged_paths(staging, index)
+    return json.loads(entry_path.read_text()) if entry_path.is_file() else None
 
 
 def staged_samples(staging: Path, index: int) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -177,5 +198,5 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-__all__ = ["batch_cluster", "DaskExecutor", "InlineExecutor", "STAGING", "available_cores", "drop_staged", "make_executor", "raise_if_failed", "run_recording",
+__all__ = ["batch_cluster", "DaskExecutor", "InlineExecutor", "STAGING", "available_cores", "drop_staged", "finish_staged", "make_executor", "raise_if_failed", "run_recording", "staged_entry", "staging_tar",
            "staged_samples"]

@@ -145,6 +145,34 @@ def require_signal(index: ShardIndex) -> None:
                          "folder made by `neurofm shards build` (the one the codes were encoded from).")
 
 
+def sample_buckets(index: ShardIndex, indices: np.ndarray) -> list[tuple[str, int]]:
+    """(family, window samples) of each of ``indices``, from the manifest (each recording has one
+    modality and its modality one window length); read from the samples when the manifest cannot say."""
+    settings = index.manifest.get("settings", {})
+    by_index = np.empty(len(index), dtype=object)
+    for rec in index.manifest["recordings"]:
+        modality, s = rec["modality"], settings.get(rec["modality"], {})
+        if not isinstance(s, dict) or "window_seconds" not in s:
+            return [(family_of(index[int(i)]["meta"]), index[int(i)]["signal"].shape[1]) for i in indices]
+        per_second = 1 / s["tr_seconds"] if modality == "fmri" else s["sfreq"]
+        by_index[rec["first_sample"] : rec["first_sample"] + rec["n_windows"]] = [(FAMILY_OF_MODALITY[modality],
+                                                                                   int(round(s["window_seconds"] * per_second)))]
+    return [by_index[int(i)] for i in indices]
+
+
+def batch_plan(index: ShardIndex, indices, batch_size: int) -> list[np.ndarray]:
+    """The batches :func:`ordered_batches` makes of ``indices`` (a new one whenever the bucket changes or
+    one is full), as index arrays, without reading the samples — so several processes can split them."""
+    indices = np.asarray(indices, dtype=np.int64)
+    plan, start = [], 0
+    buckets = sample_buckets(index, indices)
+    for i in range(1, len(indices) + 1):
+        if i == len(indices) or buckets[i] != buckets[start] or i - start == batch_size:
+            plan.append(indices[start:i])
+            start = i
+    return [b for b in plan if len(b)]
+
+
 def ordered_batches(index: ShardIndex, indices, batch_size: int) -> Iterator[Batch]:
     """Batches of consecutive samples in stored order (a new batch whenever the bucket changes)."""
     require_signal(index)
