@@ -137,6 +137,21 @@ def _sample_rows_differ_from_sensor_rows(w, f):
         "sample bad has a signal of shape"
 
 
+def _fmri_forced_onto_eeg(w, f):
+    return ["simulate", "--out", str(w / "out"), "--hours", "0.01", "inputs=[{path: rec.edf, modality: fmri}]"], \
+        "modality: fmri cannot apply to rec.edf"
+
+
+def _all_zero_nifti(w, f):
+    import nibabel as nib
+    import numpy as np
+
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8, 20), np.float32), np.eye(4)), w / "zero.nii")
+    (w / "c.yaml").write_text(f"inputs: [{{path: '{w / 'zero.nii'}'}}]\n")
+    return ["shards", "build", "--config", str(w / "c.yaml"), "--out", str(w / "out"), "--workers", "1", "--quiet"], \
+        "zero.nii: every voxel is constant over time"
+
+
 def good_manifest(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
 
@@ -144,7 +159,7 @@ def good_manifest(folder: Path) -> dict:
 CASES = [_manifest_list, _manifest_wrong_shards, _release_weights_not_safetensors, _release_config_not_json,
          _release_weights_of_another_shape, _tokenizer_config_without_model, _garbage_training_state, _code_shards_for_signal,
          _out_is_a_file, _nan_setting, _window_shorter_than_a_patch, _empty_latest, _dangling_latest, _export_onto_its_run,
-         _changed_shard, _sample_rows_differ_from_sensor_rows]
+         _changed_shard, _sample_rows_differ_from_sensor_rows, _fmri_forced_onto_eeg, _all_zero_nifti]
 
 
 @pytest.fixture(scope="module")

@@ -171,7 +171,17 @@ def build_shards(config: ShardsConfig, *, overwrite: bool = False, progress: boo
         raise ShardError(
             "No inputs: list recordings under 'inputs' or add a 'simulate' section (see configs/demo.yaml)."
         )
+    created = not Path(config.out).exists()
     out = output_folder(config.out, "--out")
+    try:
+        return _locked_build(config, out, overwrite, progress, workers, scheduler)
+    except BaseException:
+        if created and not any(out.glob("shard-*.tar")) and not any(out.glob(f"{STAGING}/*.json")):  # nothing to resume
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _locked_build(config: ShardsConfig, out: Path, overwrite: bool, progress: bool, workers: int, scheduler: str | None) -> dict:
     with writer_lock(out):
         manifest = _start_manifest(config, out, overwrite)
         if manifest["complete"]:

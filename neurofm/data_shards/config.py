@@ -121,6 +121,11 @@ class EventEpochs:
     tmax: float = 0.8
 
 
+#: File endings of electrophysiology recordings and of fMRI runs (what a forced ``modality`` may apply to).
+RAW_EXTENSIONS = (".edf", ".bdf", ".gdf", ".fif", ".fif.gz", ".set", ".vhdr", ".sqd", ".con", ".lay", ".cnt", ".mff", ".ds")
+FMRI_EXTENSIONS = (".nii", ".nii.gz")
+
+
 @dataclass(kw_only=True)
 class InputSpec:
     """One recording, folder, glob or BIDS root, and how to read it.
@@ -178,6 +183,14 @@ class InputSpec:
     dataset: str | None = None
     epochs: EventEpochs | None = None
     events: str | None = None
+
+    def __post_init__(self) -> None:
+        name = self.path.lower()
+        if self.modality == "fmri" and name.endswith(RAW_EXTENSIONS):
+            raise ValueError(f"modality: fmri cannot apply to {self.path}, an EEG/MEG/iEEG recording format; drop 'modality' "
+                             "or give eeg, meg or ieeg.")
+        if self.modality in ("eeg", "meg", "ieeg") and name.endswith(FMRI_EXTENSIONS):
+            raise ValueError(f"modality: {self.modality} cannot apply to {self.path}, a NIfTI image; drop 'modality' or give fmri.")
 
 
 SIMULATED_MODALITIES = ("eeg", "meg", "seeg", "ecog", "fmri")

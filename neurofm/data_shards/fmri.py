@@ -176,6 +176,8 @@ def read_nifti(path: Path, spec: InputSpec, n_parcels: int = 64, detrend: bool =
         raise RecordingError(f"{path} must be a 4-D fMRI run (x, y, z, volumes); got shape {data.shape}.")
     if not np.isfinite(data).all():
         raise RecordingError(f"{path} holds NaN or infinite voxels; mask or fix them before building shards.")
+    if np.ptp(data, axis=3).max() == 0:  # before any parcellation is fitted (and stored for the dataset) on it
+        raise RecordingError(f"{path}: every voxel is constant over time (an empty or all-zero image); this run holds no BOLD to shard.")
     tr = _tr_seconds(img, path, spec)
     report: dict = {"tr_seconds_source": tr}
     if spec.atlas:

@@ -21,7 +21,7 @@ from pathlib import Path
 import mne
 import numpy as np
 
-from neurofm.data_shards.config import FmriPreprocess, InputSpec
+from neurofm.data_shards.config import FMRI_EXTENSIONS, RAW_EXTENSIONS, FmriPreprocess, InputSpec
 from neurofm.data_shards.positions import (
     BRAIN_TYPES,
     electrode_types,
@@ -31,8 +31,6 @@ from neurofm.data_shards.positions import (
 )
 from neurofm.errors import NeuroFMError, RecordingError
 
-RAW_EXTENSIONS = (".edf", ".bdf", ".gdf", ".fif", ".fif.gz", ".set", ".vhdr", ".sqd", ".con", ".lay", ".cnt", ".mff", ".ds")
-FMRI_EXTENSIONS = (".nii", ".nii.gz")
 #: MNE warnings that mean the file is damaged; they become errors instead of silently shorter data.
 FATAL_WARNINGS = ("does not match the file size", "truncated", "file is incomplete")
 
