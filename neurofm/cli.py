@@ -518,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Dask's cluster start/stop messages: only with --verbose (distributed reads this when it is imported)
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if args.verbose else "warning")
     import mne
 
     mne.set_log_level("INFO" if args.verbose else "ERROR")

@@ -203,10 +203,11 @@ def _build(config: ShardsConfig, out: Path, manifest: dict, executor, progress: 
     staging.mkdir(exist_ok=True)
     packed = {i for i, s in enumerate(sources) if s.name in known and known[s.name]["first_sample"] + known[s.name]["n_windows"] <= done}
     tasks, leaders = {}, {}
+    mne_level = logging.getLogger("mne").getEffectiveLevel()
     for i, source in enumerate(sources):  # one task per recording still to pack; a dataset's first one leads
         if i not in packed:
             lead = leaders.get(source.dataset)
-            tasks[i] = executor.submit(run_recording, config, source, i, str(staging), after=lead)
+            tasks[i] = executor.submit(run_recording, config, source, i, str(staging), after=lead, mne_log_level=mne_level)
             leaders.setdefault(source.dataset, tasks[i])
     sample_index = 0
     started = time.perf_counter()

@@ -34,13 +34,17 @@ def staged_paths(staging: Path, index: int) -> tuple[Path, Path]:
     return staging / f"{index:06d}.tar", staging / f"{index:06d}.json"
 
 
-def run_recording(config, source, index: int, staging: str, after=None) -> dict:
+def run_recording(config, source, index: int, staging: str, after=None, mne_log_level: int | str = "ERROR") -> dict:
     """Worker task: stage recording ``index`` (see module docstring); returns its manifest entry, or
     ``{"error": message, "error_type": class name}`` for a recording that cannot be used (so the tasks
     waiting for this one still run; :func:`raise_if_failed` turns it back into the error).
 
     ``after`` is a dependency only (the result of the task this one must wait for); it is not used.
+    ``mne_log_level``: the driver's MNE verbosity, for worker processes.
     """
+    import mne
+
+    mne.set_log_level(mne_log_level)
     try:
         return _stage(config, source, index, Path(staging))
     except NeuroFMError as err:
