@@ -159,7 +159,7 @@ def test_short_training_lowers_the_loss(corpus_shards, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "t.log.jsonl").read_text().splitlines()]
     first, last = np.mean([r["loss"] for r in log[:2]]), np.mean([r["loss"] for r in log[-2:]])
     assert last < 0.85 * first, (first, last)  # at least 15 % lower after 60 steps
-    assert log[-1]["correlation"] > log[0]["correlation"] + 0.1
+    assert log[-1]["correlation"] > log[0]["correlation"] + 0.05  # and the reconstruction follows the signal better
 
 
 def test_resume_continues_the_same_trajectory_and_seed_fixes_codes(corpus_shards, tmp_path):
