@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -184,3 +186,17 @@ def test_real_task_scores_every_column_on_a_planted_signal():
     assert result["windows"] == 48 and result["groups"] == 4 and set(result["classes"]) == set(CLASSES[:2])
     assert result["release/flat"]["score"] > 0.9 and result["raw"]["score"] > 0.9
     assert result["random/flat"]["score"] < 0.75 and result["chance"] == 0.5
+
+
+def test_real_task_recordings_stay_out_of_the_pretraining_corpus():
+    from neurofm.bench.config import RepresentationBenchConfig
+    from neurofm.bench.representation import _shards_config, real_task_inputs
+    from neurofm.data_shards.config import SimulateConfig
+
+    cfg = RepresentationBenchConfig()
+    held = real_task_inputs(cfg)
+    assert {"eeg/muse_n170", "eeg/eegmmidb_S088R10.edf", "eeg/n400_words-epo.fif", "ieeg/sub-pat01_acq-ecog_ieeg.edf"} <= held
+    corpus = _shards_config(SimulateConfig(hours=0.1), Path("x"), (cfg.real_inputs, "."), held)
+    kept = {spec.path.rstrip("/") for spec in corpus.inputs}
+    assert kept and not kept & {p.rstrip("/") for p in held}
+    assert len(_shards_config(SimulateConfig(hours=0.1), Path("x"), (cfg.real_inputs, "."), set()).inputs) == len(kept) + len(held)

@@ -93,8 +93,8 @@ def _real_table(results: dict, cfg: RepresentationBenchConfig) -> list[str]:
     lines = []
     for p in cfg.poolings:
         cols = [f"release/{p}", f"random/{p}", f"tokenizer/{p}"]
-        lines += [f"\nReal tasks ({p} pooling; balanced accuracy, grouped CV over runs or blocks of consecutive windows; the "
-                  "recordings are in the pretraining corpus, unlabelled):\n",
+        lines += [f"\nReal tasks ({p} pooling; balanced accuracy, grouped CV over runs or blocks of consecutive windows; "
+                  "recordings kept out of the pretraining corpus):\n",
                   "| task | windows | groups | release (inner-CV layer) | release (last layer) | random weights | tokenizer alone | raw features | chance |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for name, r in real.items():

@@ -10,8 +10,8 @@ the release against the baselines a user would pick instead, on held-out subject
 4. few labels (5 / 10 / 20 windows per class);
 5. tokenizer reconstruction on the held-out set beside the same-bitrate PCA codec;
 6. masked-code accuracy per RVQ level beside the unigram and copy-nearest predictors;
-7. real tasks on the recordings under ``real_root`` (``real_tasks``; their recordings are in the
-   pretraining corpus, unlabelled, when ``real_inputs`` names them).
+7. real tasks on the recordings under ``real_root`` (``real_tasks``; their recordings are left out of
+   the pretraining corpus).
 
 Columns: the release (layer and regularisation chosen by inner CV; and its last layer), the same
 architecture with random weights, the tokenizer alone (quantized latents), raw features, chance.
@@ -56,12 +56,22 @@ def check_held_out(corpus_manifest: dict, probe_manifest: dict, held_out_devices
     return {"corpus": corpus, "probe": probe, "held_out_devices": list(held_out_devices)}
 
 
-def _shards_config(sim, out: Path, real: tuple[str, str] | None):
+def real_task_inputs(cfg: RepresentationBenchConfig) -> set[str]:
+    """The input paths (relative to ``real_root``) of every real task: kept out of the pretraining corpus,
+    so the real tasks score recordings the release never saw."""
+    from neurofm.config import load_config
+    from neurofm.data_shards.config import ShardsConfig
+
+    return {spec.path for task in cfg.real_tasks for spec in load_config(ShardsConfig, task.shards, []).inputs}
+
+
+def _shards_config(sim, out: Path, real: tuple[str, str] | None, exclude: set[str] = frozenset()):
     from neurofm.config import load_config
     from neurofm.data_shards.config import ShardsConfig
 
     overrides = [f"out={out}"] + ([f"root={real[1]}"] if real else ["inputs=[]"])
     cfg = load_config(ShardsConfig, real[0] if real else None, overrides)
+    cfg.inputs = [spec for spec in cfg.inputs if spec.path.rstrip("/") not in {p.rstrip("/") for p in exclude}]
     cfg.simulate = sim
     return cfg
 
@@ -82,7 +92,7 @@ def build_stages(cfg: RepresentationBenchConfig, progress: bool = False) -> dict
     real = (cfg.real_inputs, cfg.real_root) if cfg.real_inputs and cfg.real_root and Path(cfg.real_root).is_dir() else None
     timings = {}
     started = time.perf_counter()
-    corpus = build_shards(_shards_config(cfg.corpus, paths["corpus"], real), progress=progress)
+    corpus = build_shards(_shards_config(cfg.corpus, paths["corpus"], real, real_task_inputs(cfg)), progress=progress)
     probe = build_shards(_shards_config(cfg.probe_set, paths["probe_set"], None), progress=progress)
     split = check_held_out(corpus, probe, cfg.held_out_devices)
     timings["shards_s"] = time.perf_counter() - started
@@ -172,4 +182,4 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
-__all__ = ["build_stages", "check_held_out", "run_real_tasks", "run_representation_bench"]
+__all__ = ["build_stages", "check_held_out", "real_task_inputs", "run_real_tasks", "run_representation_bench"]

@@ -1,6 +1,6 @@
 """Reading DeepSpeed checkpoints without running code from them.
 
-DeepSpeed reads its checkpoint files with ``torch.load(..., weights_only=False)``, i.e. full unpickling:
+DeepSpeed reads its checkpoint files with torch.load's weights-only mode switched off, i.e. full unpickling:
 a crafted run folder (a colleague's run, a cluster scratch directory) would run arbitrary code on
 ``neurofm pretrain train`` resume or ``neurofm export``. Inside :func:`weights_only_loads` every
 ``torch.load`` — DeepSpeed's included — is forced through torch's weights-only unpickler, which builds
