@@ -107,16 +107,12 @@ class BrainEncoder(nn.Module):
 def resolve_pooling(pooling: str, manifest: dict) -> str:
     """``auto`` → ``flat`` when every window of a shard set has one token count (one tokenizer family and
     one window length), else ``mean`` (flat vectors of different lengths do not stack); others as given."""
+    from neurofm.tokenizers.data import modality_window
+
     if pooling != "auto":
         return pooling
-    shapes = set()
-    for modality in {r["modality"] for r in manifest.get("recordings", [])}:
-        settings = manifest.get("settings", {}).get(modality)
-        if not isinstance(settings, dict) or "window_seconds" not in settings:
-            return "mean"  # a hand-made shard set: window lengths unknown up front
-        per_second = 1 / settings["tr_seconds"] if modality == "fmri" else settings["sfreq"]
-        shapes.add((modality == "fmri", round(settings["window_seconds"] * per_second)))
-    return "flat" if len(shapes) == 1 else "mean"
+    windows = {modality_window(manifest, r["modality"]) for r in manifest.get("recordings", [])}
+    return "flat" if len(windows) == 1 and None not in windows else "mean"
 
 
 def pool_tokens(states: torch.Tensor, valid: torch.Tensor, pooling: str, n_latents: int) -> torch.Tensor:

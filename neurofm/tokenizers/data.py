@@ -145,18 +145,25 @@ def require_signal(index: ShardIndex) -> None:
                          "folder made by `neurofm shards build` (the one the codes were encoded from).")
 
 
+def modality_window(manifest: dict, modality: str) -> tuple[str, int] | None:
+    """(family, samples per window) of ``modality``'s windows, from a shard manifest's settings (None when
+    the manifest does not say, e.g. a hand-made shard set)."""
+    settings = manifest.get("settings", {}).get(modality)
+    if not isinstance(settings, dict) or "window_seconds" not in settings:
+        return None
+    per_second = 1 / settings["tr_seconds"] if modality == "fmri" else settings["sfreq"]
+    return FAMILY_OF_MODALITY[modality], int(round(settings["window_seconds"] * per_second))
+
+
 def sample_buckets(index: ShardIndex, indices: np.ndarray) -> list[tuple[str, int]]:
     """(family, window samples) of each of ``indices``, from the manifest (each recording has one
     modality and its modality one window length); read from the samples when the manifest cannot say."""
-    settings = index.manifest.get("settings", {})
     by_index = np.empty(len(index), dtype=object)
     for rec in index.manifest["recordings"]:
-        modality, s = rec["modality"], settings.get(rec["modality"], {})
-        if not isinstance(s, dict) or "window_seconds" not in s:
+        window = modality_window(index.manifest, rec["modality"])
+        if window is None:
             return [(family_of(index[int(i)]["meta"]), index[int(i)]["signal"].shape[1]) for i in indices]
-        per_second = 1 / s["tr_seconds"] if modality == "fmri" else s["sfreq"]
-        by_index[rec["first_sample"] : rec["first_sample"] + rec["n_windows"]] = [(FAMILY_OF_MODALITY[modality],
-                                                                                   int(round(s["window_seconds"] * per_second)))]
+        by_index[rec["first_sample"] : rec["first_sample"] + rec["n_windows"]] = [window]
     return [by_index[int(i)] for i in indices]
 
 
