@@ -32,7 +32,7 @@ from neurofm.data_shards.dataset import ShardIndex, ShardStream
 from neurofm.data_shards.writer import ShardWriter, encode_npy, write_json_atomic
 from neurofm.pretrain.config import PretrainConfig
 from neurofm.pretrain.model import Stack
-from neurofm.pretrain.train import PEAK_FLOPS, code_bucket, collate_codes, flops_per_token
+from neurofm.pretrain.train import PEAK_FLOPS, collate_codes, flops_per_token
 from neurofm.tokenizers.data import BatchStream
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def synthetic_codes(template: str, out: Path, n_latents: int, patches: int, wind
 
 
 def loader_speed(codes: str, micro_batch: int, batches: int = 50) -> tuple[float, float]:
-    stream = BatchStream(ShardStream(codes, epochs=None), micro_batch, collate_fn=collate_codes, bucket_fn=code_bucket)
+    stream = BatchStream(ShardStream(codes, epochs=None), micro_batch, collate_fn=collate_codes)
     next(stream)
     start, windows, tokens = time.perf_counter(), 0, 0
     for _ in range(batches):

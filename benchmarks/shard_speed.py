@@ -10,7 +10,12 @@ Parallel build (``--parallel 1,2``): the same build — every recording of ../sh
 EEG/MEG/sEEG/ECoG/fMRI recordings — with each number of Dask workers, side by side in one run: wall
 time, speed-up over one worker, and a check that the shards and manifest are byte-identical.
 
-Usage: OMP_NUM_THREADS=1 python benchmarks/shard_speed.py [--shared ../shared/data] [--parallel 1,2 [--only-parallel]]
+Batched loading (``--loader 0,2``): training batches (32 windows of simulated 64-channel EEG, 2 s at
+256 Hz) read and collated by :class:`~neurofm.tokenizers.data.BatchStream` in the process (0) or in
+DataLoader workers, side by side: windows/s, speed-up over 0 workers, and a check that every worker
+count gives the same batches.
+
+Usage: OMP_NUM_THREADS=1 python benchmarks/shard_speed.py [--shared ../shared/data] [--parallel 1,2] [--loader 0,2] [--only-extra]
 """
 
 from __future__ import annotations
@@ -56,6 +61,29 @@ def read_speed(shards: Path, workers: int, n: int = 600) -> tuple[float, float]:
     return n / elapsed, nbytes / elapsed / 1e6
 
 
+def loader_speed(out: Path, worker_counts: list[int], batch_size: int = 32, n_batches: int = 100) -> None:
+    """Windows/s of BatchStream batches for each worker count, over simulated 64-ch EEG shards."""
+    from neurofm.tokenizers.data import BatchStream
+
+    config = load_config(ShardsConfig, None, [f"out={out}", "simulate={hours: 0.5, modalities: [eeg], eeg_montages: [biosemi64], "
+                                              "recording_seconds: 60, subjects: 2}"])
+    build_shards(config, progress=False, workers=1)
+    base, reference = None, None
+    for workers in worker_counts:
+        batches = BatchStream(ShardStream(out, seed=0, epochs=None), batch_size, num_workers=workers)
+        keys = [next(batches).keys for _ in range(2)]  # start-up (worker processes, tar indexing) is not throughput
+        start, windows = time.perf_counter(), 0
+        for _ in range(n_batches):
+            batch = next(batches)
+            windows += len(batch.keys)
+            keys.append(batch.keys)
+        rate = windows / (time.perf_counter() - start)
+        base, reference = base or rate, reference or keys
+        shape = tuple(batch.signal.shape)
+        print(f"batched read, {workers} worker(s): {rate:.0f} windows/s (batches {shape}), {rate / base:.2f}x 0 workers, "
+              f"same batches as the first: {keys == reference}")
+
+
 def parallel_speed(shared: Path, out: Path, worker_counts: list[int], sim_hours: float) -> None:
     """Wall time of one build per worker count (same folder each time, so the manifests compare)."""
     os.chdir(ROOT)
@@ -82,7 +110,8 @@ def main() -> None:
     parser.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--parallel", help="comma-separated worker counts for the parallel build, e.g. 1,2")
     parser.add_argument("--sim-hours", type=float, default=0.25, help="simulated hours added to the parallel build")
-    parser.add_argument("--only-parallel", action="store_true")
+    parser.add_argument("--loader", help="comma-separated DataLoader worker counts for batched loading, e.g. 0,2")
+    parser.add_argument("--only-extra", "--only-parallel", action="store_true", help="only --parallel / --loader")
     args = parser.parse_args()
     shared = Path(args.shared)
     mne.set_log_level("ERROR")
@@ -90,7 +119,10 @@ def main() -> None:
     if args.parallel:
         with tempfile.TemporaryDirectory() as tmp:
             parallel_speed(shared, Path(tmp) / "out", [int(w) for w in args.parallel.split(",")], args.sim_hours)
-    if args.only_parallel:
+    if args.loader:
+        with tempfile.TemporaryDirectory() as tmp:
+            loader_speed(Path(tmp) / "eeg", [int(w) for w in args.loader.split(",")])
+    if args.only_extra:
         return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -24,14 +24,14 @@ import torch
 from neurofm.config import load_config
 from neurofm.data_shards import ShardStream
 from neurofm.tokenizers.config import TokenizerTrainConfig
-from neurofm.tokenizers.data import BatchStream, signal_bucket, signal_channel_bucket
+from neurofm.tokenizers.data import BatchStream
 from neurofm.tokenizers.train import train_tokenizer
 
 
-def padding(shards: str, batch_size: int, bucket_fn, n: int = 40) -> float:
+def padding(shards: str, batch_size: int, by_channels: bool, n: int = 40) -> float:
     """Channel rows per real channel row over ``n`` batches (1.0 = no padding)."""
     batches = BatchStream(ShardStream(shards, seed=0, epochs=None, modality_weights={"eeg": 1.0, "meg": 1.0}), batch_size,
-                          bucket_fn=bucket_fn)
+                          by_channels=by_channels)
     rows = real = 0
     for _ in range(n):
         batch = next(batches)
@@ -61,7 +61,7 @@ def main() -> None:
             seconds = time.perf_counter() - start
             log = Path(tmp) / f"{grouped}.log.jsonl"
             rate = json.loads(log.read_text().splitlines()[-1])["windows_per_s"]
-            pad = padding(args.shards, args.batch_size, signal_channel_bucket if grouped else signal_bucket)
+            pad = padding(args.shards, args.batch_size, grouped)
             rates[grouped] = rate
             print(f"{'grouped by channel class' if grouped else 'family + length only'}: {rate:.1f} windows/s "
                   f"({args.steps} steps of {args.batch_size}, {seconds:.0f} s wall incl. start-up), "

@@ -52,12 +52,27 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _allow_changed(config, args: argparse.Namespace) -> None:
+    """Add the command line's ``--allow-changed KEY`` to the config's ``allow_changed``."""
+    config.allow_changed = sorted({*config.allow_changed, *(args.allow_changed or [])})
+
+
+def _device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (a GPU when torch sees one, else the CPU), cpu, cuda or cuda:N")
+
+
+def _allow_changed_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-changed", action="append", metavar="KEY",
+                        help="a setting a resume may change on purpose (e.g. steps, epochs); repeat for several")
+
+
 def _tokenizer_train(args: argparse.Namespace) -> int:
     from neurofm.config import load_config
     from neurofm.tokenizers.config import TokenizerTrainConfig
     from neurofm.tokenizers.train import train_tokenizer
 
     config = load_config(TokenizerTrainConfig, args.config, args.overrides)
+    _allow_changed(config, args)
     metrics = train_tokenizer(config, progress=not args.quiet)
     print(json.dumps({k: metrics.get(k) for k in ("step", "loss", "correlation", "usage", "perplexity")}))
     print(f"checkpoint: {config.out}")
@@ -67,7 +82,7 @@ def _tokenizer_train(args: argparse.Namespace) -> int:
 def _tokenizer_eval(args: argparse.Namespace) -> int:
     from neurofm.tokenizers.evaluate import evaluate_tokenizer
 
-    metrics = evaluate_tokenizer(args.checkpoint, args.shards, args.out, max_windows=args.max_windows)
+    metrics = evaluate_tokenizer(args.checkpoint, args.shards, args.out, max_windows=args.max_windows, device=args.device)
     print(f"{'modality':<9}{'windows':>8}{'PCC':>7}{'R2':>7}{'spec.err':>9}{'bit/s':>8}")
     for modality, m in metrics["modalities"].items():
         print(f"{modality:<9}{m['windows']:>8}{m['pcc']:>7.3f}{m['r2']:>7.3f}{m['spectral_error']:>9.3f}{m['bits_per_second']:>8.0f}")
@@ -82,7 +97,7 @@ def _tokenizer_encode(args: argparse.Namespace) -> int:
     from neurofm.data_shards import summarize
     from neurofm.tokenizers.encode import encode_shards
 
-    encode_shards(args.checkpoint, args.shards, args.out, progress=not args.quiet)
+    encode_shards(args.checkpoint, args.shards, args.out, progress=not args.quiet, device=args.device)
     summary = summarize(args.out)
     print(f"{args.out}: {summary['shards']} code shards, {summary['samples']} windows, {summary['bytes'] / 2**20:.1f} MiB")
     return 0
@@ -94,7 +109,7 @@ def _pretrain_train(args: argparse.Namespace) -> int:
     from neurofm.pretrain.train import train_pretrain
 
     config = load_config(PretrainConfig, args.config, args.overrides)
-    config.allow_changed = sorted({*config.allow_changed, *(args.allow_changed or [])})
+    _allow_changed(config, args)
     metrics = train_pretrain(config, progress=not args.quiet)
     if metrics:
         print(json.dumps({k: metrics.get(k) for k in ("step", "loss", "masked_accuracy", "tokens_per_s")}))
@@ -163,7 +178,7 @@ def _launch_shards(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     from neurofm.finetune.embed import embed_shards
 
-    print(f"embeddings: {embed_shards(args.release, args.shards, args.out, pooling=args.pooling)}")
+    print(f"embeddings: {embed_shards(args.release, args.shards, args.out, pooling=args.pooling, device=args.device)}")
     return 0
 
 
@@ -172,7 +187,7 @@ def _probe(args: argparse.Namespace) -> int:
 
     metrics = probe_release(args.release, args.shards, args.out, labels=args.labels.split(",") if args.labels else None,
                             label_key=args.label_key, n_splits=args.folds, block=args.group_block, ridge=args.ridge,
-                            group_by=args.group_by, pooling=args.pooling)
+                            group_by=args.group_by, pooling=args.pooling, device=args.device)
     raw = metrics["raw_features"]
     if args.ridge:
         print(f"{metrics['windows']} windows, ridge probes of '{metrics['target']}', {metrics['folds']}-fold grouped CV "
@@ -218,6 +233,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from neurofm.finetune.train import finetune
 
     config = load_config(FinetuneConfig, args.config, args.overrides)
+    _allow_changed(config, args)
     report = finetune(config, progress=not args.quiet, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:  # one report when launched on several processes
         print(format_report(report))
@@ -359,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arguments(train, "YAML of TokenizerTrainConfig (configs/tokenizer_tiny.yaml …)",
                       "dotted.key=value overrides, e.g. shards=runs/demo/shards out=runs/tok steps=500 model.levels=8",
                       "no per-step log lines")
+    _allow_changed_argument(train)
     train.set_defaults(func=_tokenizer_train)
     evaluate = tok.add_parser("eval", help="reconstruction quality on held-out windows", description=(
         "Evaluate a checkpoint on the held-out windows of signal shards (the last eval_fraction of each "
@@ -366,12 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and perplexity; writes metrics.json and a PNG of original vs reconstruction per modality."))
     _io_arguments(evaluate, "checkpoint", "tokenizer checkpoint directory", "folder for metrics.json and PNGs")
     evaluate.add_argument("--max-windows", type=int, help="evaluate at most this many held-out windows")
+    _device_argument(evaluate)
     evaluate.set_defaults(func=_tokenizer_eval)
     encode = tok.add_parser("encode", help="signal shards → code shards", description=(
         "Encode every window of signal shards into code shards (codes.npy int16, latent × time patch × "
         "level, with sensors.npy and meta.json) plus a manifest naming the tokenizer. Resumable."))
     _io_arguments(encode, "checkpoint", "tokenizer checkpoint directory", "output folder for code shards")
     encode.add_argument("--quiet", action="store_true", help="no progress bar")
+    _device_argument(encode)
     encode.set_defaults(func=_tokenizer_encode)
 
     pretrain = stages.add_parser("pretrain", help="masked-code pretraining with DeepSpeed", description=(
@@ -384,8 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint_every steps and on SIGTERM; rerunning resumes the same trajectory."))
     _config_arguments(ptrain, "YAML of PretrainConfig (configs/pretrain_*.yaml)",
                       "dotted.key=value, e.g. codes=runs/demo/codes out=runs/pt zero_stage=2", "no per-step log lines")
-    ptrain.add_argument("--allow-changed", action="append", metavar="KEY",
-                        help="a setting a resume may change on purpose (e.g. steps); repeat for several")
+    _allow_changed_argument(ptrain)
     ptrain.set_defaults(func=_pretrain_train)
 
     export = stages.add_parser("export", help="pretraining checkpoint → release directory", description=(
@@ -451,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--pooling", choices=PROBE_POOLINGS, default="auto",
                        help="tokens → one vector per window: mean over tokens holding signal, time (one mean per time patch), "
                             "flat (every token), or auto (default: flat when all windows have one length, else mean)")
+    _device_argument(probe)
     probe.set_defaults(func=_probe)
 
     embed = stages.add_parser("embed", help="per-layer embeddings of every window of a shard set", description=(
@@ -461,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--pooling", choices=PROBE_POOLINGS, default="auto",
                        help="tokens → one vector per window: mean, time (one mean per time patch), flat (every token), "
                             "or auto (default: flat when all windows have one length, else mean)")
+    _device_argument(embed)
     embed.set_defaults(func=_embed)
 
     targets = stages.add_parser("targets", help="target embeddings of images, texts or speech, cached", description=(
@@ -504,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arguments(tune, "YAML of FinetuneConfig (configs/examples/finetune_*.yaml); repeat to layer several",
                       "dotted overrides, e.g. release=runs/demo/release mode=lora lora.rank=4", "less logging", required=False)
     tune.add_argument("--overwrite", action="store_true", help="replace a finished run in out= (the inputs are never touched)")
+    _allow_changed_argument(tune)
     tune.set_defaults(func=_finetune)
     return parser
 

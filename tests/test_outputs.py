@@ -58,17 +58,3 @@ def test_replaced_folder_keeps_the_old_result_until_the_new_one_is_whole(tmp_pat
         with replaced_folder(out):
             raise RuntimeError
     assert (out / "new.txt").is_file()
-
-
-def test_metrics_log_is_cut_back_to_the_resumed_step(tmp_path):
-    import json
-
-    from neurofm.metrics_log import MetricsLog
-
-    path = tmp_path / "train_log.jsonl"
-    path.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 6)) + '{"step": 6, "lo')
-    log = MetricsLog(path, resumed_step=3)  # checkpointed at 3, killed at 6 mid-line
-    log.write({"step": 4, "loss": 0.0})
-    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4]
-    MetricsLog(path, resumed_step=4, enabled=False).write({"step": 5})  # another rank: touches nothing
-    assert len(path.read_text().splitlines()) == 4

@@ -124,6 +124,27 @@ def test_save_load_identical_and_other_version_refused(windows, tmp_path):
         load_tokenizer(tmp_path)
 
 
+def test_spatial_field_averages_over_sensors_and_old_checkpoints_load_without_it(windows, tmp_path):
+    model = small_model(spatial_field=True).double().eval()
+    batch = collate(windows["eeg"][:1])
+    twice = collate([{**windows["eeg"][0], "signal": np.concatenate([windows["eeg"][0]["signal"]] * 2),
+                      "sensors": np.concatenate([windows["eeg"][0]["sensors"]] * 2)}])
+    with torch.no_grad():
+        def virtual(b):  # the field's K virtual channels of a window: [1, P, K, D]
+            patches = b.signal.double().reshape(*b.signal.shape[:2], -1, 64)
+            return model.field.encode(patches, model.sensor_encoder(b.sensors.double()), b.channel_mask, "electro")
+        # every sensor given twice is the same field sampled twice: the same virtual channels
+        assert torch.allclose(virtual(batch), virtual(twice), atol=1e-9)
+    # a checkpoint written before the field existed has no such setting and no such weights
+    old = small_model(spatial_field=False)
+    save_tokenizer(old, tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["model"]["spatial_field"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    loaded = load_tokenizer(tmp_path / "old")
+    assert loaded.field is None and loaded.cfg.spatial_field is False
+
+
 def test_bad_windows_are_clear_errors(windows):
     model = small_model().eval()
     batch = collate(windows["eeg"][:1])
@@ -188,8 +209,15 @@ def test_resume_continues_the_same_trajectory_and_seed_fixes_codes(corpus_shards
     a = (tmp_path / "a" / "model.safetensors").read_bytes()
     b = (tmp_path / "b" / "model.safetensors").read_bytes()
     assert a == b  # same seed, same data, same steps: bit-identical weights, resumed or not
-    with pytest.raises(NeuroFMError, match="other settings"):
+    with pytest.raises(NeuroFMError, match=r"other settings.*'lr'"):
         train_tokenizer(train_config(corpus_shards, tmp_path / "b", "steps=12", "checkpoint_every=6", "lr=1e-2"), progress=False)
+    with pytest.raises(NeuroFMError, match=r"another architecture.*'n_latents'"):
+        train_tokenizer(train_config(corpus_shards, tmp_path / "b", "steps=12", "checkpoint_every=6", "model.n_latents=3"), progress=False)
+    # a deliberately longer schedule continues the run (and its logs, once per step)
+    longer = train_config(corpus_shards, tmp_path / "b", "steps=14", "checkpoint_every=6", "allow_changed=[steps]")
+    assert train_tokenizer(longer, progress=False)["step"] == 14
+    logged = [json.loads(line)["step"] for line in (tmp_path / "b.log.jsonl").read_text().splitlines()]
+    assert logged == sorted(set(logged)) and logged[-1] == 14
 
 
 def test_eval_reports_every_modality(trained, corpus_shards, tmp_path):
@@ -241,10 +269,10 @@ def test_a_crash_between_the_checkpoint_renames_loses_nothing(corpus_shards, tmp
 
 def test_batches_group_windows_of_similar_channel_counts(corpus_shards):
     from neurofm.data_shards import ShardStream
-    from neurofm.tokenizers.data import BatchStream, channel_class, signal_channel_bucket
+    from neurofm.tokenizers.data import BatchStream, channel_class
 
     assert [channel_class(c) for c in (3, 16, 17, 64, 65, 306)] == [16, 16, 32, 64, 128, 512]
-    batches = BatchStream(ShardStream(corpus_shards, seed=0, epochs=None), 4, bucket_fn=signal_channel_bucket)
+    batches = BatchStream(ShardStream(corpus_shards, seed=0, epochs=None), 4, by_channels=True)
     for _ in range(12):
         batch = next(batches)
         real = batch.channel_mask.sum(1)

@@ -47,7 +47,7 @@ def device_of(meta: dict) -> str:
 def random_encoder(release_encoder: BrainEncoder, seed: int) -> BrainEncoder:
     """The release's architecture with freshly initialised encoder weights (the tokenizer is kept)."""
     torch.manual_seed(seed)
-    return BrainEncoder(release_encoder.tokenizer, MaskedCodeModel(release_encoder.model.cfg).eval())
+    return BrainEncoder(release_encoder.tokenizer, MaskedCodeModel(release_encoder.model.cfg).eval()).to(release_encoder.device)
 
 
 def collect(release: str | Path, shards: str | Path, poolings: tuple[str, ...] = ("mean", "time"), seed: int = 0,

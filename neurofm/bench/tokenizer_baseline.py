@@ -32,10 +32,11 @@ def quantize(x: np.ndarray, bits: int) -> np.ndarray:
     return np.round((x / scale + 1) / 2 * levels) / levels * 2 * scale - scale
 
 
-def pca_codec(window: np.ndarray, rank: int, t_prime: int, bits: int) -> np.ndarray:
-    """Rank-r SVD of a window [C, T]; quantized maps and decimated, quantized time courses → [C, T]."""
+def pca_codec(window: np.ndarray, rank: int, t_prime: int, bits: int, svd: tuple | None = None) -> np.ndarray:
+    """Rank-r SVD of a window [C, T]; quantized maps and decimated, quantized time courses → [C, T].
+    ``svd``: the window's ``np.linalg.svd(window, full_matrices=False)`` if already computed."""
     c, t = window.shape
-    u, s, vt = np.linalg.svd(window, full_matrices=False)
+    u, s, vt = np.linalg.svd(window, full_matrices=False) if svd is None else svd
     rank = min(rank, len(s))
     maps = quantize(u[:, :rank], bits)
     courses = s[:rank, None] * vt[:rank]  # [r, T]
@@ -56,15 +57,19 @@ def pcc_sse_sst(original: np.ndarray, reconstruction: np.ndarray) -> tuple[float
 
 def best_pca(items: list[np.ndarray], budget_bits: float) -> dict | None:
     """The best PCA codec (by PCC) whose bits per window fit ``budget_bits``, over windows [C, T]."""
+    from threadpoolctl import threadpool_limits
+
     best = None
+    with threadpool_limits(limits=1, user_api="blas"):  # small SVDs: BLAS threads only contend (100× slower beside a busy process)
+        svds = [np.linalg.svd(window, full_matrices=False) for window in items]  # one per window, not per setting
     for rank, frac, bits in PCA_GRID:
         total = np.zeros(4)
-        for window in items:
+        for window, svd in zip(items, svds):
             c, t = window.shape
             t_prime = max(2, t // frac)
             if rank * (c + t_prime) * bits + 32 * rank > budget_bits:
                 break
-            total += pcc_sse_sst(window, pca_codec(window, rank, t_prime, bits))
+            total += pcc_sse_sst(window, pca_codec(window, rank, t_prime, bits, svd))
         else:
             if total[1] and (best is None or total[0] / total[1] > best["pcc"]):
                 best = {"pcc": total[0] / total[1], "r2": 1 - total[2] / total[3], "rank": rank, "decimation": frac, "bits": bits}

@@ -138,6 +138,11 @@ class FinetuneConfig:
         A finetune run whose head, pooling and adapters to start from (e.g. to add new subjects).
     seed : int
         Seed of the split, initialisation and shuffling.
+    tensorboard : bool
+        Log each training's epochs as TensorBoard scalars (``tensorboard/<training>/`` in the run folder).
+    allow_changed : list of str
+        Settings a resume may change on purpose (e.g. ``steps`` for a longer schedule); any other
+        setting that changes the trajectory must equal the checkpoint's (``--allow-changed KEY``).
     """
 
     release: str
@@ -180,6 +185,8 @@ class FinetuneConfig:
     generate_tokens: int = 8
     init_from: str | None = None
     seed: int = 0
+    tensorboard: bool = True
+    allow_changed: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         checks = [

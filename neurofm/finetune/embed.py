@@ -15,16 +15,19 @@ import torch
 from safetensors.torch import save_file
 
 from neurofm.data_shards.dataset import ShardIndex
+from neurofm.devices import resolve_device
 from neurofm.errors import NeuroFMError
 from neurofm.finetune.encoder import BrainEncoder, resolve_pooling
 from neurofm.tokenizers.data import ordered_batches
 from neurofm.outputs import output_folder
 
 
-def embed_shards(release: str | Path, shards: str | Path, out: str | Path, *, batch_size: int = 32, pooling: str = "auto") -> Path:
-    """Embed every window of ``shards`` with ``release`` (pooled over the tokens that hold signal, see
-    :func:`neurofm.finetune.encoder.pool_tokens`); returns the output folder."""
-    encoder = BrainEncoder.from_pretrained(release)
+def embed_shards(release: str | Path, shards: str | Path, out: str | Path, *, batch_size: int = 32, pooling: str = "auto",
+                 device: str = "auto") -> Path:
+    """Embed every window of ``shards`` with ``release`` on ``device`` (pooled over the tokens that hold
+    signal, see :func:`neurofm.finetune.encoder.pool_tokens`); returns the output folder."""
+    torch_device = resolve_device(device)
+    encoder = BrainEncoder.from_pretrained(release).to(torch_device)
     index = ShardIndex(shards)
     pooling = resolve_pooling(pooling, index.manifest)
     chunks, rows = [], []

@@ -56,17 +56,23 @@ class BrainEncoder(nn.Module):
     def d_model(self) -> int:
         return self.model.cfg.d_model
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     @torch.no_grad()
     def codes(self, signal, sensors, channel_mask, family: str) -> torch.Tensor:
-        """signal [B, C, T], sensors [B, C, 12], channel_mask [B, C] → codes [B, P, K, L] (long)."""
-        return self.tokenizer.quantize(self.tokenizer.encode(signal, sensors, channel_mask, family))[1]
+        """signal [B, C, T], sensors [B, C, 12], channel_mask [B, C] → codes [B, P, K, L] (long), on
+        the encoder's device (inputs are moved there)."""
+        inputs = (t.to(self.device) for t in (signal, sensors, channel_mask))
+        return self.tokenizer.quantize(self.tokenizer.encode(*inputs, family))[1]
 
     def valid_tokens(self, codes: torch.Tensor, n_valid_samples: torch.Tensor, window_samples: int) -> torch.Tensor:
         """Tokens whose time patch holds recorded signal (not zero padding): [B, N] bool."""
         p, k = codes.shape[1], codes.shape[2]
         patch = window_samples / p
-        valid_patches = torch.ceil(n_valid_samples.float() / patch).clamp(1, p)
-        return rearrange((torch.arange(p)[None] < valid_patches[:, None])[..., None].expand(-1, -1, k), "b p k -> b (p k)")
+        valid_patches = torch.ceil(n_valid_samples.float().to(codes.device) / patch).clamp(1, p)
+        return rearrange((torch.arange(p, device=codes.device)[None] < valid_patches[:, None])[..., None].expand(-1, -1, k), "b p k -> b (p k)")
 
     def hidden_states(self, codes: torch.Tensor, modality: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
         """[input, block 1, …] token states [B, N, D] up to layer ``upto`` (default: all; the last
@@ -87,21 +93,23 @@ class BrainEncoder(nn.Module):
                          n_valid_samples: torch.Tensor | None = None, pooling: str = "mean") -> torch.Tensor:
         """signal [B, C, T], sensors [B, C, 12], channel_mask [B, C] → embeddings [layers, B, F] of every
         layer, pooled over the tokens that hold signal (``n_valid_samples`` [B]; default: all) — see
-        :func:`pool_tokens` for ``pooling`` and F."""
+        :func:`pool_tokens` for ``pooling`` and F. Runs on the encoder's device; returned on the CPU."""
         codes = self.codes(signal, sensors, channel_mask, family)
         n_valid = n_valid_samples if n_valid_samples is not None else torch.full((len(codes),), signal.shape[2])
         valid = self.valid_tokens(codes, n_valid, signal.shape[2])
         k = codes.shape[2]
-        return torch.stack([pool_tokens(h, valid, pooling, k) for h in self.hidden_states(codes, self.modality_ids(modalities))])
+        states = self.hidden_states(codes, self.modality_ids(modalities).to(self.device))
+        return torch.stack([pool_tokens(h, valid, pooling, k) for h in states]).cpu()
 
     @torch.no_grad()
     def tokenizer_embeddings(self, signal, sensors, channel_mask, family: str, n_valid_samples: torch.Tensor | None = None,
                              pooling: str = "mean") -> torch.Tensor:
         """The tokenizer alone: its quantized latents [B, P, K, D_tok], pooled like ``layer_embeddings`` → [B, F]."""
-        quantized, codes, _ = self.tokenizer.quantize(self.tokenizer.encode(signal, sensors, channel_mask, family))
+        inputs = (t.to(self.device) for t in (signal, sensors, channel_mask))
+        quantized, codes, _ = self.tokenizer.quantize(self.tokenizer.encode(*inputs, family))
         n_valid = n_valid_samples if n_valid_samples is not None else torch.full((len(codes),), signal.shape[2])
         valid = self.valid_tokens(codes, n_valid, signal.shape[2])
-        return pool_tokens(rearrange(quantized, "b p k d -> b (p k) d"), valid, pooling, codes.shape[2])
+        return pool_tokens(rearrange(quantized, "b p k d -> b (p k) d"), valid, pooling, codes.shape[2]).cpu()
 
 
 def resolve_pooling(pooling: str, manifest: dict) -> str:

@@ -24,6 +24,7 @@ from sklearn.pipeline import make_pipeline
 
 from neurofm.bench.probes import make_features
 from neurofm.data_shards.dataset import ShardIndex
+from neurofm.devices import resolve_device
 from neurofm.errors import NeuroFMError
 from neurofm.finetune.config import PROBE_GROUPINGS
 from neurofm.finetune.encoder import BrainEncoder, resolve_pooling
@@ -126,7 +127,7 @@ def _grouping(groups: np.ndarray, group_by: str, block: int, n_splits: int) -> i
 
 def probe_release(release: str | Path, shards: str | Path, out: str | Path, *, labels: list[str] | None = None,
                   label_key: str | None = None, n_splits: int = 5, block: int = 10, seed: int = 0, ridge: bool = False,
-                  group_by: str = "auto", pooling: str = "auto") -> dict:
+                  group_by: str = "auto", pooling: str = "auto", device: str = "auto") -> dict:
     """Probe every layer of ``release`` on the labelled windows of ``shards``; write results to ``out``.
 
     Logistic probes of classes, or (``ridge``) ridge probes of a numeric ``label_key`` (R², Pearson r).
@@ -135,7 +136,8 @@ def probe_release(release: str | Path, shards: str | Path, out: str | Path, *, l
     """
     if ridge and not label_key:
         raise NeuroFMError("--ridge probes a numeric meta field: give --label-key.")
-    encoder = BrainEncoder.from_pretrained(release)
+    torch_device = resolve_device(device)
+    encoder = BrainEncoder.from_pretrained(release).to(torch_device)
     pooling = resolve_pooling(pooling, ShardIndex(shards).manifest)
     x, y, groups, baselines = collect(encoder, shards, labels, label_key, block, group_by, pooling, random_seed=seed + 1)
     if group_by == "auto":

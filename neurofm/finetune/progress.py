@@ -1,6 +1,7 @@
 """Epoch checkpoints of a finetune run, so an interrupted ``neurofm finetune`` resumes where it stopped.
 
-Layout: ``<out>.progress/config.json`` (the run's config; a different config refuses to resume) and
+Layout: ``<out>.progress/config.json`` (the run's config; other trajectory settings refuse to resume,
+naming them, unless allowed with ``--allow-changed KEY``), ``tensorboard/<training>/`` (epoch scalars) and
 one folder per training (``model``, ``shuffled``, ``random_encoder``) holding ``state.json`` — epoch,
 loss history, best validation loss, patience count, the data-order RNG state, ``done`` — and the
 folder it names, ``epoch-NNNN/``: ``last.safetensors`` and ``best.safetensors`` (the trainable
@@ -20,7 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from neurofm.data_shards.writer import write_json_atomic
-from neurofm.errors import NeuroFMError
+from neurofm.files import read_json
+from neurofm.training import MetricsLog, check_resume_settings
 
 
 def progress_root(out: str | Path) -> Path:
@@ -28,15 +30,18 @@ def progress_root(out: str | Path) -> Path:
     return out.with_name(out.name + ".progress")
 
 
-def check_config(root: Path, config: dict) -> None:
-    """Create ``root`` for ``config``, or check that an existing one was made with the same config."""
+#: settings that do not change a finetune's trajectory
+TRAJECTORY_FREE = frozenset({"out", "tensorboard", "allow_changed"})
+
+
+def check_config(root: Path, config: dict, allow_changed: list[str] | tuple[str, ...] = ()) -> None:
+    """Create ``root`` for ``config``, or check that an existing one was made with the same settings
+    (those in ``allow_changed`` may differ on purpose)."""
     path = root / "config.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved != json.loads(json.dumps(config)):
-            changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
-            raise NeuroFMError(f"{root} holds an interrupted run with other settings ({changed[:5]}); rerun with the same "
-                               f"settings to resume it, or delete {root} to start over.")
+        saved = read_json(path, f"delete {root} to start over.")
+        check_resume_settings(f"{root} (an interrupted finetune)", saved, json.loads(json.dumps(config)),
+                              free=TRAJECTORY_FREE, allow_changed=allow_changed)
         return
     root.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, config)
@@ -47,6 +52,12 @@ class TrainingProgress:
 
     def __init__(self, root: Path, name: str, enabled: bool = True):
         self.dir, self.enabled = root / name, enabled
+
+    def metrics_log(self, resumed_epoch: int, tensorboard: bool) -> MetricsLog:
+        """The epoch log of this training (JSONL beside its checkpoints; TensorBoard scalars in
+        ``<progress root>/tensorboard/<training>/``, copied into the run folder when it is written)."""
+        return MetricsLog(self.dir / "train_log.jsonl", resumed_step=resumed_epoch, enabled=self.enabled,
+                          tensorboard=self.dir.parent / "tensorboard" / self.dir.name if tensorboard else None)
 
     def state(self) -> dict | None:
         path = self.dir / "state.json"

@@ -7,7 +7,8 @@ One command trains the model and its baselines on the same grouped split and wri
 - ``head.safetensors``: the finetuned tensors (head, pooling, adapters, LoRA / unfrozen encoder
   weights) and ``config.json`` (the finetune config, classes or target info) — load with
   :func:`load_finetuned`;
-- ``train_log.jsonl`` (loss per epoch), ``curves.png`` and ``confusion.png`` (classification) or
+- ``train_log.jsonl`` (loss per epoch), ``tensorboard/<training>/`` (the same as TensorBoard scalars, per
+  training: model and each baseline), ``curves.png`` and ``confusion.png`` (classification) or
   ``similarity.png`` (retrieval).
 
 Multi-GPU: launch with ``accelerate launch -m neurofm.cli finetune …`` (or torchrun); batches are
@@ -39,6 +40,7 @@ from neurofm.finetune.progress import TrainingProgress, check_config, progress_r
 from neurofm.outputs import check_output, replaced_folder
 from neurofm.finetune.targets import load_targets
 from neurofm.pretrain.model import MaskedCodeModel
+from neurofm.training import MetricsLog
 
 logger = logging.getLogger("neurofm.finetune")
 KNOWN_BASELINES = ("shuffled", "random_encoder")
@@ -143,6 +145,7 @@ def train_one(cfg: FinetuneConfig, encoder: BrainEncoder, windows: Windows, task
         rng.bit_generator.state = saved["rng"]
         torch.set_rng_state(progress.tensors(saved, "rng.safetensors")["torch"])
         logger.info("resuming %s after epoch %d", progress.dir, first_epoch)
+    log = progress.metrics_log(first_epoch, cfg.tensorboard) if progress is not None else MetricsLog("", enabled=False)
     for epoch in range(first_epoch, 0 if done else cfg.epochs):
         model.train()
         losses = []
@@ -162,6 +165,7 @@ def train_one(cfg: FinetuneConfig, encoder: BrainEncoder, windows: Windows, task
             losses.append(loss.item())
         val_loss = evaluate_loss(inner, windows, task, val, rows_t, cfg.batch_size, accelerator)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None, "val_loss": val_loss})
+        log.write({"step": epoch + 1, **history[-1]})
         if val_loss < best_loss - 1e-6:
             best, best_loss, waited = copy.deepcopy(trainable_state(inner)), val_loss, 0
         else:
@@ -172,6 +176,7 @@ def train_one(cfg: FinetuneConfig, encoder: BrainEncoder, windows: Windows, task
                            "rng": rng.bit_generator.state, "done": stop}, trainable_state(inner), best, optimizer.state_dict())
         if stop:
             break
+    log.close()
     if best is not None:
         inner.load_state_dict(best, strict=False)
     inner.eval()
@@ -269,7 +274,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, overwrite: bool = False
     task.balance(split[0])
     init = _init_state(cfg, task.n_outputs) if cfg.init_from else None
     root = progress_root(cfg.out)
-    check_config(root, to_dict(cfg))
+    check_config(root, to_dict(cfg), cfg.allow_changed)
     track = lambda name: TrainingProgress(root, name, enabled=accelerator.is_main_process)  # noqa: E731
     model, history = train_one(cfg, encoder, windows, task, split, task.index, accelerator, init, track("model"))
     metrics, matrix = test_metrics(model, windows, task, split[2], cfg)
@@ -328,6 +333,8 @@ def _write_run(cfg, model, task, report, history, matrix, windows, split) -> Non
         (tmp / "train_log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
         (tmp / "metrics.json").write_text(json.dumps(report, indent=1, default=float))
         _plots(tmp, cfg, history, matrix, report, windows.y[split[2]])
+        if (progress_root(cfg.out) / "tensorboard").is_dir():
+            shutil.copytree(progress_root(cfg.out) / "tensorboard", tmp / "tensorboard")
 
 
 def _plots(out: Path, cfg, history, matrix, report, y_test) -> None:

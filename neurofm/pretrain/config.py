@@ -87,6 +87,9 @@ class PretrainConfig:
         ``torch.compile`` the model.
     modality_weights : dict | None
         Sampling weights per modality.
+    num_workers : int
+        DataLoader worker processes that read and collate micro-batches (0: in the training process);
+        the batches are the same for any count, so a resume may change it.
     allow_changed : list of str
         Settings a resume may change on purpose (e.g. ``steps`` for a longer schedule); any other
         setting that changes the trajectory must equal the checkpoint's (``--allow-changed KEY``).
@@ -112,10 +115,13 @@ class PretrainConfig:
     keep_checkpoints: int = 2
     seed: int = 0
     tensorboard: bool = True
+    num_workers: int = 0
     allow_changed: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not 0 <= self.zero_stage <= 3:
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3; got {self.zero_stage}.")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be ≥ 0; got {self.num_workers}.")
         if self.steps < 1 or self.micro_batch < 1 or self.grad_accum < 1:
             raise ValueError("steps, micro_batch and grad_accum must be at least 1.")

@@ -34,7 +34,7 @@ from neurofm.config import to_dict
 from neurofm.data_shards.dataset import ShardIndex, ShardStream
 from neurofm.errors import NeuroFMError
 from neurofm.files import read_json
-from neurofm.metrics_log import MetricsLog
+from neurofm.training import MetricsLog, check_resume_settings
 from neurofm.schedule import warmup_cosine
 from neurofm.pretrain.config import MODALITY_IDS, PretrainConfig
 from neurofm.pretrain.extension_locks import clear_stale_extension_locks
@@ -42,7 +42,6 @@ from neurofm.pretrain.masking import make_mask, masked_tokens
 from neurofm.pretrain.model import MaskedCodeModel, masked_code_loss
 from neurofm.outputs import output_folder, writer_lock
 from neurofm.pretrain.safe_checkpoint import universal_command, weights_only_loads
-from neurofm.tokenizers.config import FAMILY_OF_MODALITY
 from neurofm.tokenizers.data import BatchStream
 
 logger = logging.getLogger("neurofm.pretrain")
@@ -56,10 +55,6 @@ def collate_codes(samples: list[dict]) -> dict:
     codes = torch.stack([torch.from_numpy(s["codes"].astype(np.int64)).permute(1, 0, 2) for s in samples])
     modality = torch.tensor([MODALITY_IDS[s["meta"]["modality"]] for s in samples])
     return {"codes": codes, "modality": modality, "keys": [s["__key__"] for s in samples]}
-
-
-def code_bucket(sample: dict) -> str:
-    return f"{FAMILY_OF_MODALITY[sample['meta']['modality']]}-{sample['codes'].shape[1]}"
 
 
 def code_manifest(codes_dir: str | Path) -> dict:
@@ -158,7 +153,7 @@ def latest_tag(out: Path) -> str | None:
 
 # settings that do not change the training trajectory (where data and logs go, how often to save)
 TRAJECTORY_FREE = frozenset({"codes", "out", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "compile",
-                             "allow_changed"})
+                             "allow_changed", "num_workers"})
 
 
 def _check_resume(out: Path, tag: str, cfg: PretrainConfig, manifest: dict) -> None:
@@ -176,17 +171,7 @@ def _check_resume(out: Path, tag: str, cfg: PretrainConfig, manifest: dict) -> N
             "resume on the same code shards or start a new run."
         )
     now = {k: v for k, v in to_dict(cfg).items() if k != "model"}
-    changed = {k: (saved["training"][k], v) for k, v in now.items()
-               if k in saved.get("training", {}) and k not in TRAJECTORY_FREE and saved["training"][k] != v}
-    refused = {k: d for k, d in changed.items() if k not in cfg.allow_changed}
-    if refused:
-        raise NeuroFMError(
-            f"{out}/{tag} was trained with other settings (saved vs now: {refused}); resuming would not continue its "
-            "trajectory. Resume with the settings it was made with, start another out=…, or pass --allow-changed KEY for "
-            "each deliberate change (e.g. a longer schedule: --allow-changed steps)."
-        )
-    if changed:
-        logger.warning("resuming %s/%s with deliberately changed settings (saved vs now): %s", out, tag, changed)
+    check_resume_settings(f"{out}/{tag}", saved.get("training", {}), now, free=TRAJECTORY_FREE, allow_changed=cfg.allow_changed)
 
 
 def train_pretrain(cfg: PretrainConfig, progress: bool = True, on_step=None) -> dict:
@@ -262,11 +247,12 @@ def _train(cfg: PretrainConfig, manifest: dict, rank: int, world: int, device: t
     stream = ShardStream(cfg.codes, rank=rank, world_size=world, seed=cfg.seed, epochs=None,
                          modality_weights=cfg.modality_weights, position=data_state["position"],
                          offset=data_state.get("offset", 0))
-    batches = BatchStream(stream, cfg.micro_batch, data_state["pending"], collate_fn=collate_codes, bucket_fn=code_bucket)
+    batches = BatchStream(stream, cfg.micro_batch, data_state["pending"], collate_fn=collate_codes,
+                          num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     stop = {"flag": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
-    writer = _tensorboard(out, cfg) if rank == 0 else None
-    log = MetricsLog(out / "train_log.jsonl", resumed_step=step, enabled=rank == 0)
+    log = MetricsLog(out / "train_log.jsonl", resumed_step=step, enabled=rank == 0,
+                     tensorboard=out / "tensorboard" if cfg.tensorboard else None)
     metrics: dict = {}
     window_start, tokens = time.perf_counter(), 0
     try:
@@ -298,7 +284,7 @@ def _train(cfg: PretrainConfig, manifest: dict, rank: int, world: int, device: t
                 metrics = {"step": step, "loss": float(torch.stack(losses).mean()),
                            "masked_accuracy": torch.stack(accuracies).float().mean(0).cpu().tolist(),
                            "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s, "mfu": mfu}
-                _log(log, metrics, writer)
+                log.write(metrics)
                 if progress:
                     logger.info("step %d loss %.4f acc %s tok/s %.0f", step, metrics["loss"], [round(a, 3) for a in metrics["masked_accuracy"]], tokens_per_s)
                 window_start, tokens = time.perf_counter(), 0
@@ -309,8 +295,7 @@ def _train(cfg: PretrainConfig, manifest: dict, rank: int, world: int, device: t
                 break
     finally:
         signal.signal(signal.SIGTERM, previous)
-        if writer is not None:
-            writer.close()
+        log.close()
     if step >= cfg.steps:
         probe = probe_logits(engine, cfg.codes, device)  # every rank: ZeRO-3 gathers parameters collectively
         if rank == 0:
@@ -358,24 +343,3 @@ def save_checkpoint(engine, out: Path, step: int, cfg: PretrainConfig, manifest:
         for old in tags[: -cfg.keep_checkpoints]:
             shutil.rmtree(out / old, ignore_errors=True)
             shutil.rmtree(out / f"{old}_universal", ignore_errors=True)
-
-
-def _tensorboard(out: Path, cfg: PretrainConfig):
-    if not cfg.tensorboard:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(out / "tensorboard"))
-
-
-def _log(log: MetricsLog, metrics: dict, writer) -> None:
-    log.write(metrics)
-    if writer is not None:
-        step = metrics["step"]
-        writer.add_scalar("loss/masked_ce", metrics["loss"], step)
-        for level, acc in enumerate(metrics["masked_accuracy"]):
-            writer.add_scalar(f"masked_accuracy/level_{level}", acc, step)
-        writer.add_scalar("lr", metrics["lr"], step)
-        writer.add_scalar("throughput/tokens_per_s", metrics["tokens_per_s"], step)
-        if metrics["mfu"] is not None:
-            writer.add_scalar("throughput/mfu", metrics["mfu"], step)

@@ -56,13 +56,19 @@ def read_config(directory: str | Path) -> dict:
     return config
 
 
+def stored_model_settings(config: dict) -> dict:
+    """The model settings of a checkpoint's ``config.json``, with the defaults of settings added since
+    it was written (``spatial_field`` off: checkpoints before it have no field weights)."""
+    return {"spatial_field": False, **config["model"]}
+
+
 def load_tokenizer(directory: str | Path) -> SensorTokenizer:
     """The tokenizer in ``directory``, in eval mode."""
     config = read_config(directory)
     fix = "retrain the tokenizer, or copy its folder again."
     if not isinstance(config.get("model"), dict):
         raise NeuroFMError(f"{directory}/config.json has no 'model' settings; {fix}")
-    model = SensorTokenizer(from_dict(TokenizerModelConfig, config["model"], prefix=f"{directory}/config.json: model"))
+    model = SensorTokenizer(from_dict(TokenizerModelConfig, stored_model_settings(config), prefix=f"{directory}/config.json: model"))
     weights = Path(directory) / "model.safetensors"
     load_state(model, load_tensors(weights, fix), weights, fix)
     return model.eval()

@@ -46,6 +46,13 @@ class TokenizerModelConfig:
         FSQ levels per code dimension.
     commitment_weight, ema_decay, dead_code_threshold : float
         RVQ commitment loss weight, EMA decay, and usage (EMA count) below which a code is restarted.
+    spatial_field : bool
+        A linear path beside the attention: K signed spatial filters, functions of the sensors, map the
+        channels to the latents' starting values and the latents back to the channels
+        (:class:`~neurofm.tokenizers.model.SpatialField`). Off by default: it lifts held-out
+        reconstruction above the same-bitrate PCA codec but the release's evoked decoding falls (see
+        benchmarks/RESULTS.md, representation candidates). Checkpoints written before it existed load
+        with it off.
     """
 
     d_model: int = 64
@@ -68,6 +75,7 @@ class TokenizerModelConfig:
     commitment_weight: float = 0.25
     ema_decay: float = 0.99
     dead_code_threshold: float = 2.0
+    spatial_field: bool = False
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -140,6 +148,15 @@ class TokenizerTrainConfig:
         Seed of initialisation, data order and channel dropout.
     device : 'auto' | 'cpu' | 'cuda'
         Where to train (``auto``: a GPU when torch sees one).
+    num_workers : int
+        DataLoader worker processes that read and collate batches (0: in the training process); the
+        batches are the same for any count, so a resume may change it.
+    tensorboard : bool
+        Also log the metrics as TensorBoard scalars in ``<out>.tensorboard/`` (the JSONL log is
+        ``<out>.log.jsonl``).
+    allow_changed : list of str
+        Settings a resume may change on purpose (e.g. ``steps`` for a longer schedule); any other
+        setting that changes the trajectory must equal the checkpoint's (``--allow-changed KEY``).
     """
 
     shards: str = "runs/demo/shards"
@@ -160,8 +177,13 @@ class TokenizerTrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = 0
+    tensorboard: bool = True
+    allow_changed: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be ≥ 0; got {self.num_workers}.")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be at least 1.")
         if not 0 <= self.channel_dropout < 1:

@@ -53,6 +53,11 @@ class Batch:
     metas: list[dict]
     indices: list[int] = field(default_factory=list)
 
+    def pin_memory(self) -> "Batch":
+        """The batch with its tensors in page-locked memory (for fast, asynchronous copies to a GPU)."""
+        pinned = {k: getattr(self, k).pin_memory() for k in ("signal", "sensors", "channel_mask", "time_mask")}
+        return Batch(**pinned, family=self.family, keys=self.keys, metas=self.metas, indices=self.indices)
+
 
 def family_of(meta: dict) -> str:
     return FAMILY_OF_MODALITY[meta["modality"]]
@@ -77,23 +82,86 @@ def collate(samples: list[dict]) -> Batch:
                  [s["__key__"] for s in samples], [s["meta"] for s in samples], [s.get("__index__", -1) for s in samples])
 
 
-def signal_bucket(sample: dict) -> str:
-    """Bucket of a signal sample: its family and window length."""
-    return f"{family_of(sample['meta'])}-{sample['signal'].shape[1]}"
-
-
 def channel_class(n_channels: int) -> int:
     """The power of two (at least 16) a window of ``n_channels`` rows is padded up to in its bucket."""
     return max(16, 1 << (int(n_channels) - 1).bit_length())
 
 
-def signal_channel_bucket(sample: dict) -> str:
-    """Bucket of a signal sample: family, window length and channel class (less padding per batch)."""
-    return f"{signal_bucket(sample)}-c{channel_class(sample['signal'].shape[0])}"
+def bucket_names(index: ShardIndex, by_channels: bool = False) -> np.ndarray:
+    """The batch bucket of every sample of ``index`` [N] (str): its family and window length, and with
+    ``by_channels`` its channel class (:func:`channel_class`). Read from the manifest (each recording
+    has one modality, one window length and one channel count), so batches can be planned without
+    reading a sample; a recording the manifest does not describe is read once."""
+    names = np.empty(len(index), dtype=object)
+    for rec in index.manifest["recordings"]:
+        rows = slice(rec["first_sample"], rec["first_sample"] + rec["n_windows"])
+        window, n_channels = modality_window(index.manifest, rec["modality"]), rec.get("n_channels")
+        if window is None or (by_channels and n_channels is None):
+            sample = index[rec["first_sample"]]
+            data = sample["signal"] if "signal" in sample else sample["codes"]
+            window = (family_of(sample["meta"]), window[1] if window else data.shape[-2 if "codes" in sample else 1])
+            n_channels = sample["sensors"].shape[0]
+        names[rows] = f"{window[0]}-{window[1]}" + (f"-c{channel_class(n_channels)}" if by_channels else "")
+    return names
+
+
+class BatchPlanner:
+    """Stream items → batches of global sample indices, by bucket, with the resume state after each.
+
+    A sample waits in its bucket's queue until the bucket holds ``batch_size``; the queues are part of
+    the state, so a run resumed from the state after batch b plans exactly the batches b + 1, … that an
+    uninterrupted run would. Pure index arithmetic: nothing is read.
+    """
+
+    def __init__(self, stream: ShardStream, batch_size: int, buckets: np.ndarray, pending: dict[str, list[int]] | None = None):
+        self.stream, self.batch_size, self.buckets = stream, batch_size, buckets
+        self.position = stream.position
+        self.queues: dict[str, list[int]] = {}
+        for indices in (pending or {}).values():  # re-bucketed: names of older versions may differ
+            for i in indices:
+                self.queues.setdefault(buckets[int(i)], []).append(int(i))
+        self._items = stream.items(stream.position)
+
+    def state(self) -> dict:
+        return {"position": self.position, "offset": self.stream.offset,
+                "pending": {k: list(v) for k, v in self.queues.items() if v}}
+
+    def __iter__(self) -> Iterator[tuple[list[int], dict]]:
+        return self
+
+    def __next__(self) -> tuple[list[int], dict]:
+        while True:
+            position, index = next(self._items)
+            self.position = position + 1
+            queue = self.queues.setdefault(self.buckets[index], [])
+            queue.append(index)
+            if len(queue) == self.batch_size:
+                self.queues[self.buckets[index]] = []
+                return queue, self.state()
+
+
+class PlannedBatches(torch.utils.data.IterableDataset):
+    """The planned batches, read and collated: (batch, resume state after it). In ``DataLoader``
+    worker w of W, every worker plans all batches (cheap) and reads and collates batches w, w + W, …
+    — the order a ``DataLoader`` returns them in, so the stream is the same for any worker count."""
+
+    def __init__(self, stream: ShardStream, batch_size: int, buckets: np.ndarray, pending: dict | None, collate_fn):
+        super().__init__()
+        self.stream, self.batch_size, self.buckets, self.pending, self.collate_fn = stream, batch_size, buckets, pending, collate_fn
+
+    def __iter__(self) -> Iterator[tuple[object, dict]]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        index = self.stream.index
+        for b, (indices, state) in enumerate(BatchPlanner(self.stream, self.batch_size, self.buckets, self.pending)):
+            if b % workers == worker:
+                yield self.collate_fn([{**index[i], "__index__": i} for i in indices]), state
 
 
 class BatchStream:
-    """Endless batches from a shard stream, bucketed (by default by family and window length).
+    """Endless batches from a shard stream, bucketed by family and window length (and with
+    ``by_channels`` by channel class), read and collated in ``num_workers`` DataLoader worker
+    processes (0: in this process), pinned in memory for a GPU with ``pin_memory``.
 
     Parameters
     ----------
@@ -102,40 +170,44 @@ class BatchStream:
     batch_size : int
         Windows per batch.
     pending : dict | None
-        Saved queue: bucket name → global sample indices waiting in it.
-    collate_fn, bucket_fn : callable
-        Samples → batch, and sample → bucket name (signal shards by default; code shards pass theirs).
+        Saved queues (bucket name → global sample indices waiting in it), from :meth:`state`.
+    collate_fn : callable
+        Samples → batch (signal windows by default; code shards pass theirs).
+    by_channels : bool
+        Also group windows by channel class, so few-channel windows are not padded to many-channel ones.
+    num_workers, pin_memory : int, bool
+        DataLoader settings; the batches and :meth:`state` are the same for every ``num_workers``.
     """
 
     def __init__(self, stream: ShardStream, batch_size: int, pending: dict[str, list[int]] | None = None,
-                 collate_fn=None, bucket_fn=signal_bucket):
-        self.stream, self.batch_size = stream, batch_size
-        self.collate_fn, self.bucket_fn = collate_fn or collate, bucket_fn
-        self.position = stream.position
-        self.buckets: dict[str, list[dict]] = {}
-        for name, indices in (pending or {}).items():
-            self.buckets[name] = [{**stream.index[i], "__index__": i} for i in indices]
-        self._items = stream.items(stream.position)
+                 collate_fn=None, by_channels: bool = False, num_workers: int = 0, pin_memory: bool = False):
+        buckets = bucket_names(stream.index, by_channels)
+        dataset = PlannedBatches(stream, batch_size, buckets, pending, collate_fn or collate)
+        self._state = BatchPlanner(stream, batch_size, buckets, pending).state()
+        if num_workers > 0:
+            loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)
+            self._batches = iter(loader)
+        else:
+            self._batches = iter(dataset)
+        self.pin_memory = pin_memory and num_workers == 0
 
     def state(self) -> dict:
-        """Resume point: the next stream position and the queued samples."""
-        return {"position": self.position, "offset": self.stream.offset,
-                "pending": {k: [s["__index__"] for s in v] for k, v in self.buckets.items()}}
+        """Resume point after the last batch returned: the next stream position and the queued samples."""
+        return self._state
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator:
         return self
 
-    def __next__(self) -> Batch:
-        while True:
-            position, index = next(self._items)
-            sample = {**self.stream.index[index], "__index__": index}
-            self.position = position + 1
-            bucket = self.bucket_fn(sample)
-            queue = self.buckets.setdefault(bucket, [])
-            queue.append(sample)
-            if len(queue) == self.batch_size:
-                self.buckets[bucket] = []
-                return self.collate_fn(queue)
+    def __next__(self):
+        batch, self._state = next(self._batches)
+        return _pinned(batch) if self.pin_memory else batch
+
+
+def _pinned(batch):
+    """A :class:`Batch` or a dict batch (code shards) with its tensors in page-locked memory."""
+    if isinstance(batch, dict):
+        return {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in batch.items()}
+    return batch.pin_memory()
 
 
 def require_signal(index: ShardIndex) -> None:
@@ -155,24 +227,12 @@ def modality_window(manifest: dict, modality: str) -> tuple[str, int] | None:
     return FAMILY_OF_MODALITY[modality], int(round(settings["window_seconds"] * per_second))
 
 
-def sample_buckets(index: ShardIndex, indices: np.ndarray) -> list[tuple[str, int]]:
-    """(family, window samples) of each of ``indices``, from the manifest (each recording has one
-    modality and its modality one window length); read from the samples when the manifest cannot say."""
-    by_index = np.empty(len(index), dtype=object)
-    for rec in index.manifest["recordings"]:
-        window = modality_window(index.manifest, rec["modality"])
-        if window is None:
-            return [(family_of(index[int(i)]["meta"]), index[int(i)]["signal"].shape[1]) for i in indices]
-        by_index[rec["first_sample"] : rec["first_sample"] + rec["n_windows"]] = [window]
-    return [by_index[int(i)] for i in indices]
-
-
 def batch_plan(index: ShardIndex, indices, batch_size: int) -> list[np.ndarray]:
     """The batches :func:`ordered_batches` makes of ``indices`` (a new one whenever the bucket changes or
     one is full), as index arrays, without reading the samples — so several processes can split them."""
     indices = np.asarray(indices, dtype=np.int64)
     plan, start = [], 0
-    buckets = sample_buckets(index, indices)
+    buckets = bucket_names(index)[indices]
     for i in range(1, len(indices) + 1):
         if i == len(indices) or buckets[i] != buckets[start] or i - start == batch_size:
             plan.append(indices[start:i])
@@ -183,15 +243,5 @@ def batch_plan(index: ShardIndex, indices, batch_size: int) -> list[np.ndarray]:
 def ordered_batches(index: ShardIndex, indices, batch_size: int) -> Iterator[Batch]:
     """Batches of consecutive samples in stored order (a new batch whenever the bucket changes)."""
     require_signal(index)
-    current: list[dict] = []
-    bucket = None
-    for i in indices:
-        sample = {**index[int(i)], "__index__": int(i)}
-        this = (family_of(sample["meta"]), sample["signal"].shape[1])
-        if current and (this != bucket or len(current) == batch_size):
-            yield collate(current)
-            current = []
-        current.append(sample)
-        bucket = this
-    if current:
-        yield collate(current)
+    for planned in batch_plan(index, indices, batch_size):
+        yield collate([{**index[int(i)], "__index__": int(i)} for i in planned])

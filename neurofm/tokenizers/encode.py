@@ -22,6 +22,7 @@ import neurofm
 from neurofm.data_shards.dataset import ShardIndex
 from neurofm.data_shards.writer import FORMAT_VERSION, MANIFEST, ShardWriter, encode_npy, read_manifest, sha256_file, write_json_atomic
 from neurofm.data_shards.parallel import finish_staged, staged_entry, staged_samples, staging_tar
+from neurofm.devices import resolve_device
 from neurofm.errors import ShardError
 from neurofm.tokenizers.checkpoint import load_tokenizer
 from neurofm.tokenizers.data import batch_plan, collate
@@ -29,14 +30,17 @@ from neurofm.tokenizers.train import check_shards_fit, code_usage, count_codes
 from neurofm.outputs import output_folder, writer_lock
 
 
-def encode_shards(checkpoint: str | Path, shards: str | Path, out: str | Path, *, batch_size: int = 32, samples_per_shard: int = 1024, progress: bool = True) -> dict:
-    """Encode every window of ``shards`` with the tokenizer in ``checkpoint`` into code shards in ``out``.
+def encode_shards(checkpoint: str | Path, shards: str | Path, out: str | Path, *, batch_size: int = 32, samples_per_shard: int = 1024,
+                  progress: bool = True, device: str = "auto") -> dict:
+    """Encode every window of ``shards`` with the tokenizer in ``checkpoint`` into code shards in ``out``
+    on ``device`` (``auto``: this process's GPU when there is one, see :func:`neurofm.devices.resolve_device`).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process encodes every ``world``-th batch of the same
     batch plan (:func:`~neurofm.tokenizers.data.batch_plan`) into ``<out>/.staging/``; rank 0 then
     packs them in order, so the code shards are the ones one process writes.
     """
-    model = load_tokenizer(checkpoint)
+    torch_device = resolve_device(device)
+    model = load_tokenizer(checkpoint).to(torch_device)
     index = ShardIndex(shards)
     check_shards_fit(index, model.cfg)
     out = output_folder(out, "--out")
@@ -107,8 +111,9 @@ def _encode(model, index: ShardIndex, manifest: dict, out: Path, batch_size: int
 def _encode_batch(model, index: ShardIndex, indices: np.ndarray, staging: Path, first: int) -> dict:
     """Codes of one planned batch into its staging tar; returns its code counts [L, V] as a list."""
     batch = collate([{**index[int(i)], "__index__": int(i)} for i in indices])
-    latents = model.encode(batch.signal, batch.sensors, batch.channel_mask, batch.family)
-    codes = model.quantize(latents)[1].numpy()  # [B, P, K, L]
+    device = next(model.parameters()).device
+    latents = model.encode(batch.signal.to(device), batch.sensors.to(device), batch.channel_mask.to(device), batch.family)
+    codes = model.quantize(latents)[1].cpu().numpy()  # [B, P, K, L]
     counts = np.zeros((model.cfg.levels, model.cfg.codes_per_level), dtype=np.int64)
     count_codes(counts, codes)
     with staging_tar(staging, first) as add:

@@ -23,6 +23,7 @@ import torch
 from scipy import signal as sps
 
 from neurofm.data_shards.dataset import ShardIndex
+from neurofm.devices import resolve_device
 from neurofm.tokenizers.checkpoint import load_tokenizer, read_config
 from neurofm.tokenizers.data import ordered_batches, split_indices
 from neurofm.tokenizers.train import check_shards_fit, code_usage, count_codes
@@ -54,10 +55,11 @@ def _finish(acc: dict) -> dict:
 
 
 def evaluate_tokenizer(checkpoint: str | Path, shards: str | Path, out: str | Path, *, batch_size: int = 16, max_windows: int | None = None,
-                       plot: bool = True, indices=None) -> dict:
+                       plot: bool = True, indices=None, device: str = "auto") -> dict:
     """Evaluate ``checkpoint`` on the held-out windows of ``shards`` (or on the windows ``indices``,
-    e.g. of recordings it never trained on); write ``metrics.json`` and PNGs to ``out``."""
-    model = load_tokenizer(checkpoint)
+    e.g. of recordings it never trained on) on ``device``; write ``metrics.json`` and PNGs to ``out``."""
+    torch_device = resolve_device(device)
+    model = load_tokenizer(checkpoint).to(torch_device)
     config = read_config(checkpoint)
     eval_fraction = config.get("training", {}).get("eval_fraction", 0.2)
     index = ShardIndex(shards)
@@ -72,7 +74,8 @@ def evaluate_tokenizer(checkpoint: str | Path, shards: str | Path, out: str | Pa
     examples: dict[str, tuple] = {}
     with torch.no_grad():
         for batch in ordered_batches(index, held_out, batch_size):
-            result = model(batch.signal, batch.sensors, batch.channel_mask, batch.family)
+            result = model(*(t.to(torch_device) for t in (batch.signal, batch.sensors, batch.channel_mask)), batch.family)
+            result = {k: v.cpu() for k, v in result.items()}
             count_codes(counts, result["codes"].numpy())
             for i, meta in enumerate(batch.metas):
                 c, t = int(batch.channel_mask[i].sum()), int(batch.time_mask[i].sum())

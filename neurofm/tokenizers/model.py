@@ -13,12 +13,15 @@ Order of the parts, as data flows:
    plus its sensor embedding.
 3. ``SpatialCompressor``: K learned queries cross-attend over the C channels of each patch (padded
    channels masked out) → [B, P, K, D]. No channel order enters anywhere, so shuffling channels gives
-   the same latents, and any channel count works.
+   the same latents, and any channel count works. With ``spatial_field`` the queries start from
+   ``SpatialField``'s K virtual channels: signed spatial filters that are functions of the sensor
+   (a linear path, so whatever a PCA of the channels keeps, the latents can keep).
 4. ``TemporalMixer``: each latent attends across the P patches of its window.
 5. ``Quantizer``: residual VQ (EMA codebooks, k-means init, dead-code restarts) or residual FSQ from
    ``vector-quantize-pytorch`` → codes [B, P, K, L].
 6. ``SensorDecoder``: every sensor's embedding attends to the K quantized latents of each patch and a
-   family head turns the result into that channel's S samples → [B, C, T].
+   family head turns the result into that channel's S samples → [B, C, T]; with ``spatial_field``
+   the field's linear back-projection of the latents is added.
 """
 
 from __future__ import annotations
@@ -95,11 +98,44 @@ class SpatialCompressor(nn.Module):
         self.cross = CrossBlock(cfg.d_model, cfg.n_heads)
         self.blocks = nn.ModuleList(SelfBlock(cfg.d_model, cfg.n_heads) for _ in range(cfg.encoder_layers))
 
-    def forward(self, channels: torch.Tensor, ignore: torch.Tensor) -> torch.Tensor:
-        latents = self.cross(repeat(self.queries, "k d -> n k d", n=channels.shape[0]), channels, ignore)
+    def forward(self, channels: torch.Tensor, ignore: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+        """channels [N, C, D], ignore [N, C] (True = padding), start [N, K, D] added to the queries."""
+        queries = repeat(self.queries, "k d -> n k d", n=channels.shape[0])
+        latents = self.cross(queries if start is None else queries + start, channels, ignore)
         for block in self.blocks:
             latents = block(latents)
         return latents
+
+
+class SpatialField(nn.Module):
+    """A linear path between channels and latents through K signed spatial filters of the sensors.
+
+    Filter k's weight on a channel is a linear function of that channel's sensor embedding (position,
+    orientation, kind), so the filters are fields over sensor space and apply to any montage. Encoding
+    averages filter × signal over the real channels (an integral over the field, comparable between
+    19 and 306 sensors) into K virtual channels, [B, P, K, S] → projected to [B, P, K, D]; decoding
+    projects each latent back to S samples and spreads it over the channels by the same kind of field.
+    """
+
+    def __init__(self, cfg: TokenizerModelConfig):
+        super().__init__()
+        self.encode_filters = nn.Linear(cfg.d_model, cfg.n_latents)
+        self.decode_filters = nn.Linear(cfg.d_model, cfg.n_latents)
+        self.course_in = nn.ModuleDict({f: nn.Linear(cfg.patch_samples(f), cfg.d_model) for f in FAMILIES})
+        self.course_out = nn.ModuleDict({f: nn.Linear(cfg.d_model, cfg.patch_samples(f)) for f in FAMILIES})
+
+    def encode(self, patches: torch.Tensor, sensor_embedding: torch.Tensor, channel_mask: torch.Tensor, family: str) -> torch.Tensor:
+        """patches [B, C, P, S], sensor_embedding [B, C, D], channel_mask [B, C] → [B, P, K, D]."""
+        weights = self.encode_filters(sensor_embedding) * channel_mask[..., None]  # [B, C, K]
+        virtual = torch.einsum("bck,bcps->bpks", weights, patches)
+        virtual = virtual / channel_mask.sum(1).clamp(min=1)[:, None, None, None]
+        return self.course_in[family](virtual)
+
+    def decode(self, latents: torch.Tensor, sensor_embedding: torch.Tensor, family: str) -> torch.Tensor:
+        """latents [B, P, K, D], sensor_embedding [B, C, D] → [B, C, P·S]."""
+        courses = self.course_out[family](latents)  # [B, P, K, S]
+        spread = torch.einsum("bck,bpks->bcps", self.decode_filters(sensor_embedding), courses)
+        return rearrange(spread, "b c p s -> b c (p s)")
 
 
 class TemporalMixer(nn.Module):
@@ -187,16 +223,21 @@ class SensorTokenizer(nn.Module):
         self.temporal = TemporalMixer(cfg)
         self.quantizer = Quantizer(cfg)
         self.decoder = SensorDecoder(cfg)
+        self.field = SpatialField(cfg) if cfg.spatial_field else None
 
     def encode(self, signal: torch.Tensor, sensors: torch.Tensor, channel_mask: torch.Tensor, family: str) -> torch.Tensor:
         """signal [B, C, T], sensors [B, C, 12], channel_mask [B, C] (True = real channel) → latents [B, P, K, D]."""
         check_window(signal, sensors, channel_mask, self.cfg, family)
         s = self.cfg.patch_samples(family)
         patches = rearrange(signal, "b c (p s) -> b c p s", s=s)
-        channels = self.patch_encoders[family](patches) + self.sensor_encoder(sensors)[:, :, None]  # [B, C, P, D]
+        sensor_embedding = self.sensor_encoder(sensors)
+        channels = self.patch_encoders[family](patches) + sensor_embedding[:, :, None]  # [B, C, P, D]
         p = channels.shape[2]
         ignore = repeat(~channel_mask, "b c -> (b p) c", p=p)
-        latents = self.compressor(rearrange(channels, "b c p d -> (b p) c d"), ignore)
+        start = None
+        if self.field is not None:
+            start = rearrange(self.field.encode(patches, sensor_embedding, channel_mask, family), "b p k d -> (b p) k d")
+        latents = self.compressor(rearrange(channels, "b c p d -> (b p) c d"), ignore, start)
         return self.temporal(rearrange(latents, "(b p) k d -> b p k d", p=p))
 
     def quantize(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -208,7 +249,11 @@ class SensorTokenizer(nn.Module):
 
     def decode(self, quantized: torch.Tensor, sensors: torch.Tensor, family: str) -> torch.Tensor:
         """quantized [B, P, K, D], sensors [B, C, 12] → signal [B, C, T] for every given sensor."""
-        return self.decoder(quantized, self.sensor_encoder(sensors), family)
+        sensor_embedding = self.sensor_encoder(sensors)
+        signal = self.decoder(quantized, sensor_embedding, family)
+        if self.field is not None:
+            signal = signal + self.field.decode(quantized, sensor_embedding, family)
+        return signal
 
     def decode_codes(self, codes: torch.Tensor, sensors: torch.Tensor, family: str) -> torch.Tensor:
         """codes [B, P, K, L] → signal [B, C, T]."""

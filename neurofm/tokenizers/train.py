@@ -17,12 +17,13 @@ import torch
 from neurofm.config import to_dict
 from neurofm.data_shards.dataset import ShardIndex, ShardStream
 from neurofm.errors import NeuroFMError
-from neurofm.metrics_log import MetricsLog
+from neurofm.devices import resolve_device
+from neurofm.training import MetricsLog, changed_settings, check_resume_settings
 from neurofm.outputs import output_folder, writer_lock
 from neurofm.schedule import warmup_cosine
-from neurofm.tokenizers.checkpoint import load_training_state, read_config, save_tokenizer
+from neurofm.tokenizers.checkpoint import load_training_state, read_config, save_tokenizer, stored_model_settings
 from neurofm.tokenizers.config import FAMILY_OF_MODALITY, TokenizerModelConfig, TokenizerTrainConfig
-from neurofm.tokenizers.data import BatchStream, require_signal, signal_bucket, signal_channel_bucket, split_indices
+from neurofm.tokenizers.data import BatchStream, require_signal, split_indices
 from neurofm.tokenizers.losses import reconstruction_loss
 from neurofm.tokenizers.model import SensorTokenizer
 
@@ -79,6 +80,10 @@ def channel_dropout(channel_mask: torch.Tensor, fraction: float, generator: torc
     return encoder_mask
 
 
+# settings that do not change the training trajectory (where data and logs go, how often to save)
+TRAJECTORY_FREE = frozenset({"shards", "out", "log_every", "checkpoint_every", "tensorboard", "allow_changed", "num_workers"})
+
+
 def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
     """Train (or resume training) a tokenizer; returns the last logged metrics.
 
@@ -94,7 +99,7 @@ def _train(cfg: TokenizerTrainConfig, out: Path, progress: bool) -> dict:
     index = ShardIndex(cfg.shards)
     check_shards_fit(index, cfg.model)
     train_idx, _ = split_indices(index, cfg.eval_fraction)
-    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = SensorTokenizer(cfg.model).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -106,8 +111,12 @@ def _train(cfg: TokenizerTrainConfig, out: Path, progress: bool) -> dict:
     state = load_training_state(out)
     if state is not None:
         saved = read_config(out)
-        if saved.get("training") != to_dict(cfg):
-            raise NeuroFMError(f"{out} holds a run with other settings; pass another out=… or delete it to start over.")
+        model_changed = changed_settings(stored_model_settings(saved), to_dict(cfg.model))
+        if model_changed:
+            raise NeuroFMError(f"{out} holds a tokenizer of another architecture (saved vs now: {model_changed}); resume "
+                               "with the config it was made with, pass another out=…, or delete it to start over.")
+        now = {k: v for k, v in to_dict(cfg).items() if k != "model"}
+        check_resume_settings(str(out), saved.get("training", {}), now, free=TRAJECTORY_FREE, allow_changed=cfg.allow_changed)
         from safetensors.torch import load_model
 
         load_model(model, str(out / "model.safetensors"), device=str(device))
@@ -123,44 +132,45 @@ def _train(cfg: TokenizerTrainConfig, out: Path, progress: bool) -> dict:
     stream = ShardStream(cfg.shards, seed=cfg.seed, indices=train_idx, epochs=None,
                          modality_weights=cfg.modality_weights, position=data_state["position"])
     batches = BatchStream(stream, cfg.batch_size, data_state["pending"],
-                          bucket_fn=signal_channel_bucket if cfg.bucket_by_channels else signal_bucket)
+                          by_channels=cfg.bucket_by_channels, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     counts = np.zeros((cfg.model.levels, cfg.model.codes_per_level), dtype=np.int64)
     metrics: dict = {}
     model.train()
     started, first_step = time.perf_counter(), step
-    log = MetricsLog(out.with_name(out.name + ".log.jsonl"), resumed_step=step)
-    while step < cfg.steps:
-        batch = next(batches)
-        encoder_mask = channel_dropout(batch.channel_mask, cfg.channel_dropout, generator).to(device)
-        signal, sensors, channel_mask, time_mask = (t.to(device) for t in (batch.signal, batch.sensors, batch.channel_mask, batch.time_mask))
-        result = model(signal, sensors, channel_mask, batch.family, encoder_mask)
-        losses = reconstruction_loss(signal, result["reconstruction"], channel_mask, time_mask, cfg.loss)
-        loss = losses["total"] + result["commit_loss"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        count_codes(counts, result["codes"].cpu().numpy())
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            metrics = {
-                "step": step, "loss": loss.item(), **{k: v.item() for k, v in losses.items() if k != "total"},
-                "commit": result["commit_loss"].item(), "lr": scheduler.get_last_lr()[0],
-                "windows_per_s": (step - first_step) * cfg.batch_size / (time.perf_counter() - started), **code_usage(counts),
-            }
-            counts[:] = 0
-            log.write(metrics)
-            if progress:
-                logger.info("step %d loss %.4f corr %.3f usage %s", step, metrics["loss"], metrics["correlation"],
-                            [round(u, 2) for u in metrics["usage"]])
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            training_state = {
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "data": json.dumps(batches.state()),
-            }
-            save_tokenizer(model, out, extra={"training": to_dict(cfg), "trained_steps": step,
-                                              "shards": str(cfg.shards), "last_metrics": metrics},
-                           training_state=training_state)
+    with MetricsLog(out.with_name(out.name + ".log.jsonl"), resumed_step=step,
+                    tensorboard=out.with_name(out.name + ".tensorboard") if cfg.tensorboard else None) as log:
+        while step < cfg.steps:
+            batch = next(batches)
+            encoder_mask = channel_dropout(batch.channel_mask, cfg.channel_dropout, generator).to(device)
+            signal, sensors, channel_mask, time_mask = (t.to(device) for t in (batch.signal, batch.sensors, batch.channel_mask, batch.time_mask))
+            result = model(signal, sensors, channel_mask, batch.family, encoder_mask)
+            losses = reconstruction_loss(signal, result["reconstruction"], channel_mask, time_mask, cfg.loss)
+            loss = losses["total"] + result["commit_loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            count_codes(counts, result["codes"].cpu().numpy())
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                metrics = {
+                    "step": step, "loss": loss.item(), **{k: v.item() for k, v in losses.items() if k != "total"},
+                    "commit": result["commit_loss"].item(), "lr": scheduler.get_last_lr()[0],
+                    "windows_per_s": (step - first_step) * cfg.batch_size / (time.perf_counter() - started), **code_usage(counts),
+                }
+                counts[:] = 0
+                log.write(metrics)
+                if progress:
+                    logger.info("step %d loss %.4f corr %.3f usage %s", step, metrics["loss"], metrics["correlation"],
+                                [round(u, 2) for u in metrics["usage"]])
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                training_state = {
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                    "data": json.dumps(batches.state()),
+                }
+                save_tokenizer(model, out, extra={"training": to_dict(cfg), "trained_steps": step,
+                                                  "shards": str(cfg.shards), "last_metrics": metrics},
+                               training_state=training_state)
     return metrics
