@@ -152,6 +152,29 @@ def _all_zero_nifti(w, f):
         "zero.nii: every voxel is constant over time"
 
 
+def _brainvision_cut(w, keep_bytes):
+    from conftest import SHARED
+
+    source = SHARED / "eeg" / "brainvision"
+    if not source.is_dir():
+        pytest.skip(f"{source} is absent: this case cuts the project's BrainVision recording")
+    folder = _copy(source, w / "bv")
+    for f in folder.iterdir():
+        f.chmod(0o644)
+    data = (folder / "test.eeg").read_bytes()
+    (folder / "test.eeg").write_bytes(data[: keep_bytes(len(data))])
+    (w / "c.yaml").write_text(f"inputs: [{{path: '{folder / 'test.vhdr'}'}}]\n")
+    return ["shards", "build", "--config", str(w / "c.yaml"), "--out", str(w / "out"), "--workers", "1", "--quiet"]
+
+
+def _brainvision_truncated(w, f):  # 7.9 s cut to 16 ms: read as a whole 16-ms recording before
+    return _brainvision_cut(w, lambda n: 32 * 2 * 16), "markers run past the end of the data"
+
+
+def _brainvision_cut_mid_sample(w, f):  # markers still inside the data, but a partial last sample
+    return _brainvision_cut(w, lambda n: n - 32 * 2 * 10 - 3), "is not a whole number of samples of 32 channels"
+
+
 def good_manifest(folder: Path) -> dict:
     return json.loads((folder / "manifest.json").read_text())
 
@@ -159,7 +182,8 @@ def good_manifest(folder: Path) -> dict:
 CASES = [_manifest_list, _manifest_wrong_shards, _release_weights_not_safetensors, _release_config_not_json,
          _release_weights_of_another_shape, _tokenizer_config_without_model, _garbage_training_state, _code_shards_for_signal,
          _out_is_a_file, _nan_setting, _window_shorter_than_a_patch, _empty_latest, _dangling_latest, _export_onto_its_run,
-         _changed_shard, _sample_rows_differ_from_sensor_rows, _fmri_forced_onto_eeg, _all_zero_nifti]
+         _changed_shard, _sample_rows_differ_from_sensor_rows, _fmri_forced_onto_eeg, _all_zero_nifti, _brainvision_truncated,
+         _brainvision_cut_mid_sample]
 
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,8 @@ from neurofm.errors import NeuroFMError, RecordingError
 
 #: MNE warnings that mean the file is damaged; they become errors instead of silently shorter data.
 FATAL_WARNINGS = ("does not match the file size", "truncated", "file is incomplete")
+FATAL_HINTS = {"outside data range": " (markers run past the end of the data: the data file is shorter than recorded, "
+                                     "i.e. truncated)."}
 
 
 @dataclass
@@ -147,8 +149,9 @@ def source_checksum(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _mne_read(fn, path: Path, **kwargs):
-    """Call an MNE reader, turning its failures and damage warnings into :class:`RecordingError`."""
+def _mne_read(fn, path: Path, fatal: tuple[str, ...] = (), **kwargs):
+    """Call an MNE reader, turning its failures and damage warnings (``FATAL_WARNINGS`` and ``fatal``)
+    into :class:`RecordingError`."""
     # Some MNE readers print to stdout (Persyst: "Unable to process birthdate"); keep stdout clean.
     with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("always")
@@ -162,9 +165,10 @@ def _mne_read(fn, path: Path, **kwargs):
                 "is complete and in a format MNE reads (EDF, BDF, FIF, EEGLAB, BrainVision, CTF, KIT, Persyst …)."
             ) from None
     for w in caught:
-        if any(s in str(w.message) for s in FATAL_WARNINGS):
+        if any(s in str(w.message) for s in (*FATAL_WARNINGS, *fatal)):
+            hint = next((h for s, h in FATAL_HINTS.items() if s in str(w.message)), "")
             raise RecordingError(
-                f"{path} is damaged: {w.message} Re-export or re-copy the file; nothing was written for it."
+                f"{path} is damaged: {w.message}{hint} Re-export or re-copy the file; nothing was written for it."
             )
     return inst
 
@@ -174,7 +178,31 @@ def _read_raw(path: Path):
     if name.endswith((".edf", ".bdf", ".gdf")):
         # EDF labels like "EEG Fp1-Ref" and "ECG ECG1" carry the type before the space.
         return _mne_read(mne.io.read_raw, path, preload=True, infer_types=True)
+    if name.endswith(".vhdr"):
+        # MNE sizes a BrainVision recording by its .eeg file, so a cut file reads as a short whole one;
+        # its markers (in the .vmrk) still run to the original end
+        raw = _mne_read(mne.io.read_raw, path, fatal=("outside data range",), preload=True)
+        _check_brainvision_size(path, raw)
+        return raw
     return _mne_read(mne.io.read_raw, path, preload=True)
+
+
+BRAINVISION_BYTES = {"INT_16": 2, "UINT_16": 2, "INT_32": 4, "IEEE_FLOAT_32": 4}
+
+
+def _check_brainvision_size(vhdr: Path, raw) -> None:
+    """A binary BrainVision data file must hold whole samples of every channel."""
+    header = vhdr.read_text(errors="replace")
+    data_file = re.search(r"^DataFile=(.+?)\s*$", header, re.M)
+    binary = re.search(r"^BinaryFormat=(\w+)", header, re.M)
+    if not data_file or not binary or binary.group(1) not in BRAINVISION_BYTES:
+        return
+    eeg = vhdr.parent / data_file.group(1)
+    frame = BRAINVISION_BYTES[binary.group(1)] * len(raw.ch_names)
+    if eeg.is_file() and eeg.stat().st_size % frame:
+        raise RecordingError(f"{eeg} is truncated: {eeg.stat().st_size} bytes is not a whole number of samples of "
+                             f"{len(raw.ch_names)} channels × {BRAINVISION_BYTES[binary.group(1)]} bytes. Re-copy the file; "
+                             "nothing was written for it.")
 
 
 def _annotation_events(raw: mne.io.BaseRaw) -> list[dict]:
