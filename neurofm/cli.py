@@ -178,7 +178,9 @@ def _launch_shards(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     from neurofm.finetune.embed import embed_shards
 
-    print(f"embeddings: {embed_shards(args.release, args.shards, args.out, pooling=args.pooling, device=args.device)}")
+    out = embed_shards(args.release, args.shards, args.out, pooling=args.pooling, device=args.device)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"embeddings: {out}")
     return 0
 
 
@@ -188,6 +190,8 @@ def _probe(args: argparse.Namespace) -> int:
     metrics = probe_release(args.release, args.shards, args.out, labels=args.labels.split(",") if args.labels else None,
                             label_key=args.label_key, n_splits=args.folds, block=args.group_block, ridge=args.ridge,
                             group_by=args.group_by, pooling=args.pooling, device=args.device)
+    if not metrics:  # under torchrun, rank 0 reports
+        return 0
     raw = metrics["raw_features"]
     if args.ridge:
         print(f"{metrics['windows']} windows, ridge probes of '{metrics['target']}', {metrics['folds']}-fold grouped CV "

@@ -43,6 +43,30 @@ def write_eeg_fif(path: Path, seconds: float, sfreq: float = 256.0, n_channels: 
     return path
 
 
+def torchrun_processes(n: int, code: str, *args, timeout: int = 300):
+    """Run ``python -c code args…`` as ``n`` torchrun processes on this machine (gloo, one thread each;
+    with n = 1 the single-process reference under the same thread count)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    result = subprocess.run([torchrun, "--standalone", f"--nproc-per-node={n}", "--no-python", sys.executable, "-c", code,
+                             *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def one_and_two_processes(code: str, out: Path, *args) -> list[Path]:
+    """Run ``code`` (its last argument: an output folder) as 1 and as 2 torchrun processes; the two folders."""
+    folders = [out / "1", out / "2"]
+    for n, folder in zip((1, 2), folders):
+        torchrun_processes(n, code, *args, folder)
+    return folders
+
+
 def shared_config(**overrides):
     """configs/shared_data.yaml with root pointing at ../shared/data and optional overrides."""
     from neurofm.config import load_config

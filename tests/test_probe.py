@@ -82,6 +82,30 @@ def test_embed_writes_every_layer_in_stored_order(release, corpus_shards, tmp_pa
     assert np.allclose(direct[:, 0].numpy(), np.stack([tensors[f"layer_{i}"][0] for i in range(3)]), atol=1e-5)
 
 
+def test_embed_on_two_torchrun_processes_writes_the_files_of_one(release, corpus_shards, tmp_path):
+    from conftest import one_and_two_processes
+
+    code = "import sys; from neurofm.finetune.embed import embed_shards; embed_shards(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=4)"
+    one_and_two_processes(code, tmp_path, release, corpus_shards)
+    from safetensors import safe_open
+
+    assert (tmp_path / "1" / "index.json").read_bytes() == (tmp_path / "2" / "index.json").read_bytes()
+    one, two = (safe_open(str(tmp_path / n / "embeddings.safetensors"), "np") for n in ("1", "2"))
+    assert one.metadata() == two.metadata()  # (safetensors writes its metadata map in no fixed key order)
+    assert sorted(one.keys()) == sorted(two.keys()) and len(one.keys()) == 3
+    for name in one.keys():
+        assert np.array_equal(one.get_tensor(name), two.get_tensor(name)), name
+
+
+def test_probe_on_two_torchrun_processes_gives_the_scores_of_one(release, corpus_shards, tmp_path):
+    from conftest import one_and_two_processes
+
+    code = ("import sys; from neurofm.finetune.probe import probe_release; "
+            "probe_release(sys.argv[1], sys.argv[2], sys.argv[3], label_key='modality', n_splits=3)")
+    one, two = (json.loads((f / "metrics.json").read_text()) for f in one_and_two_processes(code, tmp_path, release, corpus_shards))
+    assert one == two and one["windows"] > 8
+
+
 def test_auto_pooling_is_flat_for_one_window_length_and_mean_for_several():
     from neurofm.finetune.encoder import resolve_pooling
 

@@ -220,6 +220,15 @@ def test_resume_continues_the_same_trajectory_and_seed_fixes_codes(corpus_shards
     assert logged == sorted(set(logged)) and logged[-1] == 14
 
 
+def test_eval_on_two_torchrun_processes_gives_the_metrics_of_one(trained, corpus_shards, tmp_path):
+    from conftest import one_and_two_processes
+
+    code = ("import sys; from neurofm.tokenizers.evaluate import evaluate_tokenizer; "
+            "evaluate_tokenizer(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=4, plot=False)")
+    one, two = (json.loads((f / "metrics.json").read_text()) for f in one_and_two_processes(code, tmp_path, trained, corpus_shards))
+    assert one == two and one["held_out_windows"] > 8
+
+
 def test_eval_reports_every_modality(trained, corpus_shards, tmp_path):
     metrics = evaluate_tokenizer(trained, corpus_shards, tmp_path / "eval")
     assert set(metrics["modalities"]) == {"eeg", "meg", "ieeg", "fmri"}
@@ -280,19 +289,12 @@ def test_batches_group_windows_of_similar_channel_counts(corpus_shards):
 
 
 def test_encoding_on_two_torchrun_processes_writes_the_code_shards_of_one(trained, corpus_shards, tmp_path):
-    import os
-    import subprocess
-    import sys
+    from conftest import torchrun_processes
 
     one = encode_shards(trained, corpus_shards, tmp_path / "one", batch_size=8, samples_per_shard=64, progress=False)
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    code = ("import sys; from neurofm.tokenizers.encode import encode_shards; "
-            "encode_shards(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=8, samples_per_shard=64, progress=False)")
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    result = subprocess.run([torchrun, "--standalone", "--nproc-per-node=2", "--no-python", sys.executable, "-c", code,
-                             str(trained), str(corpus_shards), str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    torchrun_processes(2, "import sys; from neurofm.tokenizers.encode import encode_shards; "
+                 "encode_shards(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=8, samples_per_shard=64, progress=False)",
+                 trained, corpus_shards, tmp_path / "two")
     names = [s["name"] for s in one["shards"]] + ["manifest.json"]
     assert len(names) > 2
     for name in names:

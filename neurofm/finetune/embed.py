@@ -18,32 +18,44 @@ from neurofm.data_shards.dataset import ShardIndex
 from neurofm.devices import resolve_device
 from neurofm.errors import NeuroFMError
 from neurofm.finetune.encoder import BrainEncoder, resolve_pooling
-from neurofm.tokenizers.data import ordered_batches
+from neurofm.distributed import barrier, gather_in_plan_order, my_batches, process_group
+from neurofm.tokenizers.data import batch_plan, collate, require_signal
 from neurofm.outputs import output_folder
 
 
 def embed_shards(release: str | Path, shards: str | Path, out: str | Path, *, batch_size: int = 32, pooling: str = "auto",
                  device: str = "auto") -> Path:
     """Embed every window of ``shards`` with ``release`` on ``device`` (pooled over the tokens that hold
-    signal, see :func:`neurofm.finetune.encoder.pool_tokens`); returns the output folder."""
+    signal, see :func:`neurofm.finetune.encoder.pool_tokens`); returns the output folder. Under
+    ``torchrun`` each process embeds every world-th batch and rank 0 writes them in order: the same
+    files as one process."""
     torch_device = resolve_device(device)
     encoder = BrainEncoder.from_pretrained(release).to(torch_device)
     index = ShardIndex(shards)
+    require_signal(index)
     pooling = resolve_pooling(pooling, index.manifest)
-    chunks, rows = [], []
-    for batch in ordered_batches(index, range(len(index)), batch_size):
+    rank, world = process_group()
+    plan = batch_plan(index, range(len(index)), batch_size)
+    mine = {}
+    for j in my_batches(len(plan), rank, world):
+        batch = collate([{**index[int(i)], "__index__": int(i)} for i in plan[j]])
         n_valid = batch.time_mask.sum(1)  # samples holding signal (collate reads n_valid_samples)
-        chunks.append(encoder.layer_embeddings(batch.signal, batch.sensors, batch.channel_mask, batch.family,
-                                               [m["modality"] for m in batch.metas], n_valid, pooling))
-        rows += [{"key": k, "source": m["source"], "modality": m["modality"], "window_onset": m.get("window_onset"),
-                  "labels": m.get("labels", {}), "events": m.get("events", [])} for k, m in zip(batch.keys, batch.metas)]
-    if len({c.shape[2] for c in chunks}) > 1:
-        raise NeuroFMError(f"Windows of {shards} have different lengths, so '{pooling}' pooling gives vectors of different sizes; "
-                           "use --pooling mean, or embed one window length at a time.")
-    embeddings = torch.cat(chunks, dim=1).float()  # [layers, windows, F]
+        embeddings = encoder.layer_embeddings(batch.signal, batch.sensors, batch.channel_mask, batch.family,
+                                              [m["modality"] for m in batch.metas], n_valid, pooling)
+        rows = [{"key": k, "source": m["source"], "modality": m["modality"], "window_onset": m.get("window_onset"),
+                 "labels": m.get("labels", {}), "events": m.get("events", [])} for k, m in zip(batch.keys, batch.metas)]
+        mine[j] = (embeddings, rows)
+    results = gather_in_plan_order(mine, rank, world)
     out = Path(out)
-    output_folder(out, "--out")
-    save_file({f"layer_{i}": e.contiguous() for i, e in enumerate(embeddings)}, str(out / "embeddings.safetensors"),
-              metadata={"release": str(release), "shards": str(shards), "pooling": pooling})
-    (out / "index.json").write_text(json.dumps(rows, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
+    if results is not None:  # rank 0 writes
+        if len({e.shape[2] for e, _ in results}) > 1:
+            raise NeuroFMError(f"Windows of {shards} have different lengths, so '{pooling}' pooling gives vectors of different sizes; "
+                               "use --pooling mean, or embed one window length at a time.")
+        embeddings = torch.cat([e for e, _ in results], dim=1).float()  # [layers, windows, F]
+        output_folder(out, "--out")
+        save_file({f"layer_{i}": e.contiguous() for i, e in enumerate(embeddings)}, str(out / "embeddings.safetensors"),
+                  metadata={"release": str(release), "shards": str(shards), "pooling": pooling})
+        rows = [row for _, r in results for row in r]
+        (out / "index.json").write_text(json.dumps(rows, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
+    barrier(world)
     return out

@@ -30,7 +30,8 @@ from neurofm.finetune.config import PROBE_GROUPINGS
 from neurofm.finetune.encoder import BrainEncoder, resolve_pooling
 from neurofm.finetune.metrics import classification_metrics
 from neurofm.finetune.plots import save_confusion
-from neurofm.tokenizers.data import ordered_batches
+from neurofm.distributed import barrier, gather_in_plan_order, my_batches, process_group
+from neurofm.tokenizers.data import batch_plan, collate
 from neurofm.outputs import output_folder
 
 
@@ -57,26 +58,41 @@ def window_group(meta: dict, position: int, group_by: str, block: int) -> str:
 def collect(encoder: BrainEncoder, shards: str | Path, labels: list[str] | None, key: str | None, block: int,
             group_by: str = "auto", pooling: str = "mean", random_seed: int | None = None):
     """Embeddings [layers, n, F], labels [n], groups [n] of every labelled window; with ``random_seed``,
-    also the random-weights encoder's embeddings [layers, n, F] and raw features [n, F_raw]."""
+    also the random-weights encoder's embeddings [layers, n, F] and raw features [n, F_raw]. Under
+    ``torchrun`` each process embeds every world-th batch; rank 0 gets them all, in order (the arrays of
+    one process), the other ranks None."""
     from neurofm.bench.embeddings import random_encoder
     from neurofm.bench.features import device_features
 
     index = ShardIndex(shards)
     random = random_encoder(encoder, random_seed) if random_seed is not None else None
-    feats, random_feats, raw, ys, groups = [], [], [], [], []
-    position: dict[str, int] = {}
-    for batch in ordered_batches(index, range(len(index)), 32):
+    rank, world = process_group()
+    plan = batch_plan(index, range(len(index)), 32)
+    mine = {}
+    for j in my_batches(len(plan), rank, world):
+        batch = collate([{**index[int(i)], "__index__": int(i)} for i in plan[j]])
         keep = [i for i, m in enumerate(batch.metas) if window_label(m, labels, key) is not None]
         if not keep:
             continue
         metas = [batch.metas[i] for i in keep]
         n_valid = batch.time_mask[keep].sum(1)
         args = (batch.signal[keep], batch.sensors[keep], batch.channel_mask[keep], batch.family, [m["modality"] for m in metas], n_valid, pooling)
-        feats.append(encoder.layer_embeddings(*args).numpy())
+        part = {"metas": metas, "feats": encoder.layer_embeddings(*args).numpy()}
         if random is not None:
-            random_feats.append(random.layer_embeddings(*args).numpy())
-            raw += [(batch.signal[i, : int(batch.channel_mask[i].sum()), : int(v)].numpy(), batch.metas[i]) for i, v in zip(keep, n_valid)]
-        for meta in metas:
+            part["random"] = random.layer_embeddings(*args).numpy()
+            part["raw"] = [(batch.signal[i, : int(batch.channel_mask[i].sum()), : int(v)].numpy(), batch.metas[i]) for i, v in zip(keep, n_valid)]
+        mine[j] = part
+    parts = gather_in_plan_order(mine, rank, world)
+    if parts is None:  # ranks other than 0: rank 0 probes
+        return None
+    feats, random_feats, raw, ys, groups = [], [], [], [], []
+    position: dict[str, int] = {}
+    for part in parts:
+        feats.append(part["feats"])
+        if random is not None:
+            random_feats.append(part["random"])
+            raw += part["raw"]
+        for meta in part["metas"]:
             ys.append(window_label(meta, labels, key))
             count = position.get(meta["source"], 0)
             position[meta["source"]] = count + 1
@@ -139,7 +155,11 @@ def probe_release(release: str | Path, shards: str | Path, out: str | Path, *, l
     torch_device = resolve_device(device)
     encoder = BrainEncoder.from_pretrained(release).to(torch_device)
     pooling = resolve_pooling(pooling, ShardIndex(shards).manifest)
-    x, y, groups, baselines = collect(encoder, shards, labels, label_key, block, group_by, pooling, random_seed=seed + 1)
+    collected = collect(encoder, shards, labels, label_key, block, group_by, pooling, random_seed=seed + 1)
+    if collected is None:  # under torchrun, ranks other than 0 only embed their batches
+        barrier(process_group()[1])
+        return {}
+    x, y, groups, baselines = collected
     if group_by == "auto":
         group_by = "block" if any("#" in g for g in groups) else "recording"
     if ridge:
@@ -177,6 +197,7 @@ def probe_release(release: str | Path, shards: str | Path, out: str | Path, *, l
         _plots(metrics, None, out, "r2", "R² (out of fold)", (y, best[2]))
     else:
         _plots(metrics, confusion_matrix(y, best[2], labels=classes), out, "balanced_accuracy", "balanced accuracy")
+    barrier(process_group()[1])
     return metrics
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from neurofm.data_shards.dataset import ShardIndex
 from neurofm.data_shards.writer import FORMAT_VERSION, MANIFEST, ShardWriter, encode_npy, read_manifest, sha256_file, write_json_atomic
 from neurofm.data_shards.parallel import finish_staged, staged_entry, staged_samples, staging_tar
 from neurofm.devices import resolve_device
+from neurofm.distributed import process_group
 from neurofm.errors import ShardError
 from neurofm.tokenizers.checkpoint import load_tokenizer
 from neurofm.tokenizers.data import batch_plan, collate
@@ -44,22 +44,12 @@ def encode_shards(checkpoint: str | Path, shards: str | Path, out: str | Path, *
     index = ShardIndex(shards)
     check_shards_fit(index, model.cfg)
     out = output_folder(out, "--out")
-    rank, world = _process_group()
+    rank, world = process_group()
     with writer_lock(out) if rank == 0 else contextlib.nullcontext():
         manifest = _start(model, index, checkpoint, shards, out)
         if not manifest["complete"]:
             manifest = _encode(model, index, manifest, out, batch_size, samples_per_shard, progress, rank, world)
     return manifest
-
-
-def _process_group() -> tuple[int, int]:
-    """(rank, world size) under torchrun (a gloo group is started when none is), else (0, 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")
-    return torch.distributed.get_rank(), world
 
 
 def _start(model, index: ShardIndex, checkpoint, shards, out: Path) -> dict:

@@ -24,8 +24,9 @@ from scipy import signal as sps
 
 from neurofm.data_shards.dataset import ShardIndex
 from neurofm.devices import resolve_device
+from neurofm.distributed import barrier, gather_in_plan_order, my_batches, process_group
 from neurofm.tokenizers.checkpoint import load_tokenizer, read_config
-from neurofm.tokenizers.data import ordered_batches, split_indices
+from neurofm.tokenizers.data import batch_plan, collate, require_signal, split_indices
 from neurofm.tokenizers.train import check_shards_fit, code_usage, count_codes
 from neurofm.outputs import output_folder, refuse_file
 
@@ -57,36 +58,54 @@ def _finish(acc: dict) -> dict:
 def evaluate_tokenizer(checkpoint: str | Path, shards: str | Path, out: str | Path, *, batch_size: int = 16, max_windows: int | None = None,
                        plot: bool = True, indices=None, device: str = "auto") -> dict:
     """Evaluate ``checkpoint`` on the held-out windows of ``shards`` (or on the windows ``indices``,
-    e.g. of recordings it never trained on) on ``device``; write ``metrics.json`` and PNGs to ``out``."""
+    e.g. of recordings it never trained on) on ``device``; write ``metrics.json`` and PNGs to ``out``.
+    Under ``torchrun`` each process evaluates every world-th batch; rank 0 sums them in order (the
+    metrics of one process) and writes; other ranks return ``{}``."""
     torch_device = resolve_device(device)
     model = load_tokenizer(checkpoint).to(torch_device)
     config = read_config(checkpoint)
     eval_fraction = config.get("training", {}).get("eval_fraction", 0.2)
     index = ShardIndex(shards)
+    require_signal(index)
     check_shards_fit(index, model.cfg)
     held_out = np.asarray(indices) if indices is not None else split_indices(index, eval_fraction)[1]
     if max_windows is not None:
         held_out = held_out[:max_windows]
     out = refuse_file(out, "--out")
+    rank, world = process_group()
+    plan = batch_plan(index, held_out, batch_size)
+    mine, seen = {}, set()
+    with torch.no_grad():
+        for j in my_batches(len(plan), rank, world):
+            batch = collate([{**index[int(i)], "__index__": int(i)} for i in plan[j]])
+            result = model(*(t.to(torch_device) for t in (batch.signal, batch.sensors, batch.channel_mask)), batch.family)
+            codes, reconstruction = result["codes"].cpu().numpy(), result["reconstruction"].cpu()
+            windows, examples = [], {}
+            for i, meta in enumerate(batch.metas):
+                c, t = int(batch.channel_mask[i].sum()), int(batch.time_mask[i].sum())
+                original, rebuilt = batch.signal[i, :c, :t].numpy(), reconstruction[i, :c, :t].numpy()
+                windows.append((meta, window_metrics(original, rebuilt, meta["sfreq"], batch.family)))
+                if meta["modality"] not in seen:  # this process's first window of a modality: a plot candidate
+                    seen.add(meta["modality"])
+                    examples[meta["modality"]] = (original, rebuilt, meta)
+            mine[j] = (codes, windows, examples)
+    results = gather_in_plan_order(mine, rank, world)
+    if results is None:  # ranks other than 0: rank 0 writes
+        barrier(world)
+        return {}
     blank = lambda: {"pcc_sum": 0.0, "channels": 0, "sse": 0.0, "sst": 0.0, "spectral_sum": 0.0, "windows": 0}  # noqa: E731
     by_modality, by_recording = defaultdict(blank), defaultdict(blank)
     counts = np.zeros((model.cfg.levels, model.cfg.codes_per_level), dtype=np.int64)
     examples: dict[str, tuple] = {}
-    with torch.no_grad():
-        for batch in ordered_batches(index, held_out, batch_size):
-            result = model(*(t.to(torch_device) for t in (batch.signal, batch.sensors, batch.channel_mask)), batch.family)
-            result = {k: v.cpu() for k, v in result.items()}
-            count_codes(counts, result["codes"].numpy())
-            for i, meta in enumerate(batch.metas):
-                c, t = int(batch.channel_mask[i].sum()), int(batch.time_mask[i].sum())
-                original = batch.signal[i, :c, :t].numpy()
-                reconstruction = result["reconstruction"][i, :c, :t].numpy()
-                m = window_metrics(original, reconstruction, meta["sfreq"], batch.family)
-                for acc in (by_modality[meta["modality"]], by_recording[meta["source"]]):
-                    for key, value in m.items():
-                        acc[key] += value
-                    acc["windows"] += 1
-                examples.setdefault(meta["modality"], (original, reconstruction, meta))
+    for codes, windows, candidates in results:  # in plan order: the sums of one process
+        count_codes(counts, codes)
+        for meta, m in windows:
+            for acc in (by_modality[meta["modality"]], by_recording[meta["source"]]):
+                for key, value in m.items():
+                    acc[key] += value
+                acc["windows"] += 1
+        for modality, example in candidates.items():
+            examples.setdefault(modality, example)
     bits = {m: model.cfg.bits_per_second("bold" if m == "fmri" else "electro") for m in by_modality}
     metrics = {
         "checkpoint": str(checkpoint),
@@ -101,6 +120,7 @@ def evaluate_tokenizer(checkpoint: str | Path, shards: str | Path, out: str | Pa
     if plot:
         for modality, (original, reconstruction, meta) in examples.items():
             plot_reconstruction(original, reconstruction, meta, out / f"reconstruction_{modality}.png")
+    barrier(world)
     return metrics
 
 

@@ -1,0 +1,47 @@
+"""Commands that split their batches over ``torchrun`` processes (encode, embed, eval, probe).
+
+Every process makes the same batch plan (:func:`neurofm.tokenizers.data.batch_plan`), runs batches
+``rank, rank + world, …`` and rank 0 puts the results back in plan order, so the output is the one a
+single process writes. Outside ``torchrun`` (``WORLD_SIZE`` unset or 1) nothing here starts anything.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def process_group() -> tuple[int, int]:
+    """(rank, world size) under torchrun (a gloo group is started when none is), else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("gloo")
+    return torch.distributed.get_rank(), world
+
+
+def my_batches(n_batches: int, rank: int, world: int) -> range:
+    """The plan positions this process runs."""
+    return range(rank, n_batches, world)
+
+
+def gather_in_plan_order(results: dict[int, object], rank: int, world: int) -> list | None:
+    """Each process's {plan position: result} → on rank 0 every result in plan order (None elsewhere)."""
+    if world == 1:
+        return [results[j] for j in sorted(results)]
+    gathered = [None] * world if rank == 0 else None
+    torch.distributed.gather_object(results, gathered, dst=0)
+    if rank != 0:
+        return None
+    merged = {j: r for part in gathered for j, r in part.items()}
+    return [merged[j] for j in sorted(merged)]
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        torch.distributed.barrier()
+
+
+__all__ = ["barrier", "gather_in_plan_order", "my_batches", "process_group"]
