@@ -130,7 +130,7 @@ def _launch(args: argparse.Namespace) -> int:
     from neurofm.config import load_config
     from neurofm.launch import LaunchConfig, render_launch
 
-    items = list(args.overrides)
+    items = [f"stage={args.command}", *args.overrides]
     if args.config:
         items.append(f"config={json.dumps(args.config)}")
     for key in ("nodes", "gpus_per_node", "launcher", "scheduler"):
@@ -423,16 +423,17 @@ def build_parser() -> argparse.ArgumentParser:
         "Render the command for one process, torchrun, the deepspeed launcher with a hostfile, or a SLURM "
         "batch script, from a launch config (configs/launch_*.yaml) and flags; --dry-run prints it."))
     lsub = launch.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    lpre = lsub.add_parser("pretrain", help="launch pretraining", description="Launch `neurofm pretrain train` on a topology.")
-    lpre.add_argument("--launch-config", action="append", help="YAML of LaunchConfig (configs/launch_1x8.yaml …)")
-    lpre.add_argument("--config", action="append", help="pretraining config(s) passed on")
-    lpre.add_argument("--nodes", type=int, help="number of nodes")
-    lpre.add_argument("--gpus-per-node", dest="gpus_per_node", type=int, help="GPUs per node")
-    lpre.add_argument("--launcher", choices=["auto", "single", "torchrun", "deepspeed"], help="process launcher")
-    lpre.add_argument("--scheduler", choices=["none", "slurm"], help="render an sbatch script")
-    lpre.add_argument("--dry-run", action="store_true", help="print the command (and files) instead of running")
-    lpre.add_argument("overrides", nargs="*", help="LaunchConfig dotted.key=value, e.g. hosts=[n1,n2] slurm.partition=gpu")
-    lpre.set_defaults(func=_launch)
+    for stage, what in (("pretrain", "pretraining (DeepSpeed)"), ("tokenizer", "tokenizer training (DDP)")):
+        lpre = lsub.add_parser(stage, help=f"launch {what}", description=f"Launch `neurofm {stage} train` on a topology.")
+        lpre.add_argument("--launch-config", action="append", help="YAML of LaunchConfig (configs/launch_1x8.yaml …)")
+        lpre.add_argument("--config", action="append", help=f"{stage} config(s) passed on")
+        lpre.add_argument("--nodes", type=int, help="number of nodes")
+        lpre.add_argument("--gpus-per-node", dest="gpus_per_node", type=int, help="GPUs per node")
+        lpre.add_argument("--launcher", choices=["auto", "single", "torchrun", "deepspeed"], help="process launcher")
+        lpre.add_argument("--scheduler", choices=["none", "slurm"], help="render an sbatch script")
+        lpre.add_argument("--dry-run", action="store_true", help="print the command (and files) instead of running")
+        lpre.add_argument("overrides", nargs="*", help="LaunchConfig dotted.key=value, e.g. hosts=[n1,n2] slurm.partition=gpu")
+        lpre.set_defaults(func=_launch)
     lsh = lsub.add_parser("shards", help="build shards on a SLURM / PBS cluster (dask-jobqueue)", description=(
         "Start the Dask cluster of a shards config's 'cluster:' section as batch jobs and build the shards on it "
         "(this process is the driver that packs them); --dry-run prints the job script instead."))

@@ -12,13 +12,13 @@ import os
 import torch
 
 
-def process_group() -> tuple[int, int]:
-    """(rank, world size) under torchrun (a gloo group is started when none is), else (0, 1)."""
+def process_group(backend: str = "gloo") -> tuple[int, int]:
+    """(rank, world size) under torchrun (a ``backend`` group is started when none is), else (0, 1)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo")
+        torch.distributed.init_process_group(backend)
     return torch.distributed.get_rank(), world
 
 

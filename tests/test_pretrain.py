@@ -22,7 +22,7 @@ from neurofm.pretrain.masking import make_mask, masked_tokens
 from neurofm.pretrain.model import MaskedCodeModel, masked_code_loss
 from neurofm.pretrain.safe_checkpoint import weights_only_loads
 from neurofm.pretrain.train import probe_logits, train_pretrain
-from tests.conftest import ROOT
+from tests.conftest import ROOT, clean_env
 
 TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "micro_batch=4", "log_every=1", "warmup_steps=2",
         "tensorboard=false"]
@@ -30,12 +30,6 @@ TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "micro_batch=
 
 def config(codes, out, *extra) -> PretrainConfig:
     return load_config(PretrainConfig, None, [f"codes={codes}", f"out={out}", *TINY, *extra])
-
-
-def clean_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")}
-    env["OMP_NUM_THREADS"] = "1"
-    return env
 
 
 @pytest.mark.parametrize("strategy", ["random", "time", "latent"])
@@ -309,21 +303,14 @@ def test_a_resume_with_other_training_settings_is_refused_unless_allowed(code_sh
 def test_two_nodes_on_one_machine_run_the_rendered_torchrun_commands_then_resume_on_one(code_shards, tmp_path):
     """The exact command `neurofm launch pretrain` renders for 2 nodes, started twice (node 0 and node 1: one
     CPU rank each, gloo, c10d rendezvous on 127.0.0.1); then the checkpoint resumes on one node."""
-    import socket
+    from conftest import free_port, run_as_two_nodes
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "run"
     launch = LaunchConfig(config=[str(ROOT / "configs/pretrain_tiny.yaml")], nodes=2, gpus_per_node=1, launcher="torchrun",
-                          master_addr="127.0.0.1", master_port=port, overrides=[f"codes={code_shards}", f"out={out}", *TINY, "steps=3"])
+                          master_addr="127.0.0.1", master_port=free_port(), overrides=[f"codes={code_shards}", f"out={out}", *TINY, "steps=3"])
     command = render_launch(launch)["command"]
     assert command.startswith("torchrun --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d")
-    bin_dir = os.path.dirname(sys.executable)
-    env = {**clean_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    nodes = [subprocess.Popen(command, shell=True, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]
-    logs = [node.communicate(timeout=300)[0] for node in nodes]
+    logs = run_as_two_nodes(command)
     done = out / "DONE.json"  # the success marker, not the exit codes alone
     assert done.is_file(), logs[0][-2000:] + logs[1][-2000:]
     assert json.loads(done.read_text())["world_size"] == 2

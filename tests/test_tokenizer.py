@@ -300,3 +300,68 @@ def test_encoding_on_two_torchrun_processes_writes_the_code_shards_of_one(traine
     for name in names:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     assert not list((tmp_path / "two").glob(".staging*"))
+
+
+TRAIN_CODE = ("import sys; from neurofm.config import load_config; from neurofm.tokenizers.config import TokenizerTrainConfig; "
+              "from neurofm.tokenizers.train import train_tokenizer; "
+              "train_tokenizer(load_config(TokenizerTrainConfig, None, sys.argv[1:]), progress=False)")
+
+
+def logged(out) -> list[dict]:
+    return [json.loads(line) for line in out.with_name(out.name + ".log.jsonl").read_text().splitlines()]
+
+
+def test_two_ranks_follow_the_loss_curve_of_one_at_the_same_global_batch(corpus_shards, tmp_path):
+    """DDP: each rank takes half of every global batch; the shares of the loss make the averaged
+    gradients those of the whole batch (FSQ: no codebook sampling that differs between rank counts)."""
+    from conftest import torchrun_processes
+
+    args = [f"shards={corpus_shards}", *SMALL, "model.quantizer=fsq", "model.fsq_levels=[4,4]", "steps=5", "log_every=1",
+            "tensorboard=false"]
+    for n in (1, 2):
+        torchrun_processes(n, TRAIN_CODE, *args, f"out={tmp_path / str(n)}")
+    one, two = logged(tmp_path / "1"), logged(tmp_path / "2")
+    assert [r["step"] for r in two] == [1, 2, 3, 4, 5]
+    for a, b in zip(one, two):
+        for key in ("loss", "time_l1", "correlation", "spectrum_l1"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
+    assert json.loads((tmp_path / "2.done.json").read_text())["world_size"] == 2  # both ranks reached the end
+
+
+def test_two_ranks_resume_exactly_with_synced_codebooks(corpus_shards, tmp_path):
+    from conftest import torchrun_processes
+
+    args = [f"shards={corpus_shards}", *SMALL, "steps=6", "checkpoint_every=3", "tensorboard=false"]
+    torchrun_processes(2, TRAIN_CODE, *args, f"out={tmp_path / 'whole'}")
+    dying = ("import torch; real = torch.optim.AdamW.step; calls = [0]\n"
+             "def step(self, *a, **k):\n    calls[0] += 1\n    if calls[0] == 5:\n        raise SystemExit(3)\n"
+             "    return real(self, *a, **k)\n"
+             "torch.optim.AdamW.step = step\n" + TRAIN_CODE)
+    killed = torchrun_processes(2, dying, *args, f"out={tmp_path / 'cut'}", check=False)
+    assert killed.returncode != 0 and json.loads((tmp_path / "cut" / "config.json").read_text())["trained_steps"] == 3
+    torchrun_processes(2, TRAIN_CODE, *args, f"out={tmp_path / 'cut'}")
+    assert (tmp_path / "whole" / "model.safetensors").read_bytes() == (tmp_path / "cut" / "model.safetensors").read_bytes()
+    model = load_tokenizer(tmp_path / "whole")  # one set of codebooks: the ranks' EMA updates were all-reduced
+    assert model.cfg.quantizer == "rvq" and torch.isfinite(model.quantizer.residual.codebooks).all()
+
+
+def test_two_nodes_on_one_machine_run_the_rendered_tokenizer_command_then_resume_on_one(corpus_shards, tmp_path):
+    """The command `neurofm launch tokenizer` renders for 2 nodes, started as node 0 and node 1 (one CPU
+    rank each, gloo, c10d rendezvous on 127.0.0.1); then the checkpoint resumes on one node."""
+    from conftest import ROOT, free_port, run_as_two_nodes
+    from neurofm.launch import LaunchConfig, render_launch
+
+    out = tmp_path / "tok"
+    launch = LaunchConfig(stage="tokenizer", config=[str(ROOT / "configs/tokenizer_tiny.yaml")], nodes=2, gpus_per_node=1,
+                          launcher="torchrun", master_addr="127.0.0.1", master_port=free_port(),
+                          overrides=[f"shards={corpus_shards}", f"out={out}", *SMALL, "steps=3", "tensorboard=false"])
+    command = render_launch(launch)["command"]
+    assert command.startswith("torchrun --nnodes=2 --nproc-per-node=1 --rdzv-backend=c10d") and "tokenizer train" in command
+    logs = run_as_two_nodes(command)
+    done = out.with_name("tok.done.json")  # the success marker (both ranks reached it), not the exit codes alone
+    assert done.is_file(), logs[0][-2000:] + logs[1][-2000:]
+    assert json.loads(done.read_text())["world_size"] == 2
+    resumed = load_config(TokenizerTrainConfig, ROOT / "configs/tokenizer_tiny.yaml",
+                          [*launch.overrides, "steps=5", "allow_changed=[steps]"])
+    assert train_tokenizer(resumed, progress=False)["step"] == 5  # one node, one rank
+    assert json.loads((out / "config.json").read_text())["world_size"] == 1

@@ -1,4 +1,4 @@
-"""Render the command that runs ``neurofm pretrain train`` on a given topology.
+"""Render the command that runs ``neurofm pretrain train`` (or ``neurofm tokenizer train``) on a topology.
 
 - one node, one GPU (or a CPU): ``neurofm pretrain train --config …``;
 - ``torchrun``: one process per GPU; on several nodes with a c10d rendezvous at ``master_addr:port``
@@ -16,12 +16,14 @@ from typing import Literal
 
 @dataclass(kw_only=True)
 class LaunchConfig:
-    """Topology and launcher of a pretraining run (``configs/launch_*.yaml``).
+    """Topology and launcher of a pretraining or tokenizer-training run (``configs/launch_*.yaml``).
 
     Parameters
     ----------
+    stage : 'pretrain' | 'tokenizer'
+        What to launch: ``neurofm pretrain train`` (DeepSpeed) or ``neurofm tokenizer train`` (DDP).
     config : list of str
-        Pretraining config file(s) passed on to ``neurofm pretrain train``.
+        Config file(s) passed on to the training command (default: ``configs/<stage>_tiny.yaml``).
     nodes, gpus_per_node : int
         Topology.
     launcher : 'auto' | 'single' | 'torchrun' | 'deepspeed'
@@ -40,7 +42,8 @@ class LaunchConfig:
         ``dotted.key=value`` overrides for the pretraining config.
     """
 
-    config: list[str] = field(default_factory=lambda: ["configs/pretrain_tiny.yaml"])
+    stage: Literal["pretrain", "tokenizer"] = "pretrain"
+    config: list[str] = field(default_factory=list)
     nodes: int = 1
     gpus_per_node: int = 1
     launcher: Literal["auto", "single", "torchrun", "deepspeed"] = "auto"
@@ -49,11 +52,13 @@ class LaunchConfig:
     master_port: int = 29500
     hosts: list[str] = field(default_factory=list)
     hostfile: str = "hostfile"
-    job_name: str = "neurofm-pretrain"
+    job_name: str = ""
     slurm: dict[str, str] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.config = self.config or [f"configs/{self.stage}_tiny.yaml"]
+        self.job_name = self.job_name or f"neurofm-{self.stage}"
         if self.nodes < 1 or self.gpus_per_node < 1:
             raise ValueError("nodes and gpus_per_node must be at least 1.")
         if self.launcher == "single" and self.nodes * self.gpus_per_node > 1:
@@ -63,7 +68,7 @@ class LaunchConfig:
 
 
 def _train_args(cfg: LaunchConfig) -> list[str]:
-    args = ["pretrain", "train"]
+    args = [cfg.stage, "train"]
     for path in cfg.config:
         args += ["--config", path]
     return args + list(cfg.overrides)

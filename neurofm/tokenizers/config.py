@@ -129,7 +129,8 @@ class TokenizerTrainConfig:
     out : str
         Checkpoint directory (``config.json``, ``model.safetensors``, ``training_state.pt``).
     steps, batch_size : int
-        Optimiser steps and windows per batch (batches hold one modality family).
+        Optimiser steps and windows per batch (batches hold one modality family). Under ``torchrun``
+        (data parallelism with DDP) ``batch_size`` is the global batch, split over the processes.
     bucket_by_channels : bool
         Batches also hold windows of similar channel counts (one power-of-two class: ≤ 16, 32, 64 …),
         so a 19-channel EEG window is not padded to a 306-channel MEG one.
@@ -151,6 +152,8 @@ class TokenizerTrainConfig:
     num_workers : int
         DataLoader worker processes that read and collate batches (0: in the training process); the
         batches are the same for any count, so a resume may change it.
+    autocast_bf16 : bool
+        Run the model's forward under bf16 autocast (GPUs; the loss and the weights stay fp32).
     tensorboard : bool
         Also log the metrics as TensorBoard scalars in ``<out>.tensorboard/`` (the JSONL log is
         ``<out>.log.jsonl``).
@@ -178,6 +181,7 @@ class TokenizerTrainConfig:
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = 0
+    autocast_bf16: bool = False
     tensorboard: bool = True
     allow_changed: list[str] = field(default_factory=list)
 

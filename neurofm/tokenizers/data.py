@@ -145,9 +145,11 @@ class PlannedBatches(torch.utils.data.IterableDataset):
     worker w of W, every worker plans all batches (cheap) and reads and collates batches w, w + W, …
     — the order a ``DataLoader`` returns them in, so the stream is the same for any worker count."""
 
-    def __init__(self, stream: ShardStream, batch_size: int, buckets: np.ndarray, pending: dict | None, collate_fn):
+    def __init__(self, stream: ShardStream, batch_size: int, buckets: np.ndarray, pending: dict | None, collate_fn,
+                 part: tuple[int, int] = (0, 1)):
         super().__init__()
         self.stream, self.batch_size, self.buckets, self.pending, self.collate_fn = stream, batch_size, buckets, pending, collate_fn
+        self.part = part
 
     def __iter__(self) -> Iterator[tuple[object, dict]]:
         info = torch.utils.data.get_worker_info()
@@ -155,7 +157,8 @@ class PlannedBatches(torch.utils.data.IterableDataset):
         index = self.stream.index
         for b, (indices, state) in enumerate(BatchPlanner(self.stream, self.batch_size, self.buckets, self.pending)):
             if b % workers == worker:
-                yield self.collate_fn([{**index[i], "__index__": i} for i in indices]), state
+                rank, ranks = self.part
+                yield self.collate_fn([{**index[i], "__index__": i} for i in indices[rank::ranks]]), state
 
 
 class BatchStream:
@@ -177,12 +180,16 @@ class BatchStream:
         Also group windows by channel class, so few-channel windows are not padded to many-channel ones.
     num_workers, pin_memory : int, bool
         DataLoader settings; the batches and :meth:`state` are the same for every ``num_workers``.
+    part : (rank, ranks)
+        Data parallelism: every rank plans the same global batches of ``batch_size`` and reads rows
+        ``rank, rank + ranks, …`` of each (``state`` is the global one, the same on every rank).
     """
 
     def __init__(self, stream: ShardStream, batch_size: int, pending: dict[str, list[int]] | None = None,
-                 collate_fn=None, by_channels: bool = False, num_workers: int = 0, pin_memory: bool = False):
+                 collate_fn=None, by_channels: bool = False, num_workers: int = 0, pin_memory: bool = False,
+                 part: tuple[int, int] = (0, 1)):
         buckets = bucket_names(stream.index, by_channels)
-        dataset = PlannedBatches(stream, batch_size, buckets, pending, collate_fn or collate)
+        dataset = PlannedBatches(stream, batch_size, buckets, pending, collate_fn or collate, part)
         self._state = BatchPlanner(stream, batch_size, buckets, pending).state()
         if num_workers > 0:
             loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory)

@@ -32,12 +32,19 @@ def log_spectrum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.log1p((spectrum.real.pow(2) + spectrum.imag.pow(2) + 1e-12).sqrt())
 
 
-def reconstruction_loss(target, reconstruction, channel_mask, time_mask, weights: LossConfig) -> dict[str, torch.Tensor]:
-    """Time L1, 1 − correlation and log-spectrum L1, averaged over real channels."""
+def reconstruction_loss(target, reconstruction, channel_mask, time_mask, weights: LossConfig, share=None) -> dict[str, torch.Tensor]:
+    """Time L1, 1 − correlation and log-spectrum L1, averaged over real channels.
+
+    ``share(samples, channels)``, under data parallelism: turns this rank's count of weighted samples
+    and of channel rows into its share of the global batch's (times the number of ranks), so that the
+    ranks' averaged gradients are the gradients of the global batch's means. The returned terms are
+    then this rank's contributions (sum them over ranks and divide by the ranks for the global value).
+    """
     t, r, w = real_channels(target, reconstruction, channel_mask, time_mask)
-    l1 = ((r - t).abs() * w).sum() / w.sum().clamp(min=1)
-    mse = ((r - t).pow(2) * w).sum() / w.sum().clamp(min=1)
-    corr = correlation(t, r, w).mean()
-    spectrum = (log_spectrum(r, w) - log_spectrum(t, w)).abs().mean()
-    total = weights.time_l1 * l1 + weights.time_mse * mse + weights.correlation * (1 - corr) + weights.spectrum * spectrum
+    sample_share, channel_share = share(w.sum(), float(len(t))) if share is not None else (1.0, 1.0)
+    l1 = ((r - t).abs() * w).sum() / w.sum().clamp(min=1) * sample_share
+    mse = ((r - t).pow(2) * w).sum() / w.sum().clamp(min=1) * sample_share
+    corr = correlation(t, r, w).mean() * channel_share
+    spectrum = (log_spectrum(r, w) - log_spectrum(t, w)).abs().mean() * channel_share
+    total = weights.time_l1 * l1 + weights.time_mse * mse + weights.correlation * (channel_share - corr) + weights.spectrum * spectrum
     return {"total": total, "time_l1": l1, "time_mse": mse, "correlation": corr, "spectrum_l1": spectrum}

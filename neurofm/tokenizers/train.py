@@ -6,6 +6,7 @@ checkpoint module saves; the loop itself is short.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from neurofm.config import to_dict
 from neurofm.data_shards.dataset import ShardIndex, ShardStream
 from neurofm.errors import NeuroFMError
 from neurofm.devices import resolve_device
+from neurofm.distributed import barrier, process_group
 from neurofm.training import MetricsLog, changed_settings, check_resume_settings
 from neurofm.outputs import output_folder, writer_lock
 from neurofm.schedule import warmup_cosine
@@ -69,11 +71,19 @@ def count_codes(counts: np.ndarray, codes: np.ndarray) -> None:
         counts[level] += np.bincount(flat[:, level], minlength=counts.shape[1])
 
 
-def channel_dropout(channel_mask: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
-    """Hide ``fraction`` of each window's real channels from the encoder (keeping at least one)."""
+def channel_dropout(channel_mask: torch.Tensor, fraction: float, seed: int, step: int, windows: list[int]) -> torch.Tensor:
+    """Hide ``fraction`` of each window's real channels from the encoder (keeping at least one).
+
+    Each window's draw depends only on (seed, step, its sample index ``windows[i]``), not on the batch's
+    padding or on which rank holds it, so data-parallel ranks hide what one process would.
+    """
     if fraction == 0:
         return channel_mask
-    keep = torch.rand(channel_mask.shape, generator=generator) >= fraction
+    keep = torch.ones_like(channel_mask)
+    for row, window in enumerate(windows):
+        n = int(channel_mask[row].sum())
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, window]).generate_state(1)[0]))
+        keep[row, :n] = torch.rand(n, generator=g) >= fraction
     encoder_mask = channel_mask & keep
     empty = ~encoder_mask.any(dim=1)
     encoder_mask[empty] = channel_mask[empty]
@@ -91,24 +101,32 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
     every ``checkpoint_every`` steps and at the end, and ``train_log.jsonl``.
     """
     out = output_folder(Path(cfg.out).parent, "out").joinpath(Path(cfg.out).name)
-    with writer_lock(out, "out"):
-        return _train(cfg, out, progress)
+    device = resolve_device(cfg.device)
+    rank, world = process_group("nccl" if device.type == "cuda" else "gloo")
+    if cfg.batch_size % world:
+        raise NeuroFMError(f"batch_size={cfg.batch_size} does not split over {world} processes; use a multiple of {world} "
+                           "(batch_size is the global batch).")
+    with writer_lock(out, "out") if rank == 0 else contextlib.nullcontext():
+        return _train(cfg, out, progress, device, rank, world)
 
 
-def _train(cfg: TokenizerTrainConfig, out: Path, progress: bool) -> dict:
+def _train(cfg: TokenizerTrainConfig, out: Path, progress: bool, device: torch.device, rank: int, world: int) -> dict:
     index = ShardIndex(cfg.shards)
     check_shards_fit(index, cfg.model)
     train_idx, _ = split_indices(index, cfg.eval_fraction)
-    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model = SensorTokenizer(cfg.model).to(device)
+    model = SensorTokenizer(cfg.model).to(device)  # built after the process group: RVQ then syncs its codebooks
+    ddp = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)
     )
-    generator = torch.Generator().manual_seed(cfg.seed)
     step, data_state = 0, {"position": 0, "pending": {}}
-    state = load_training_state(out)
+    state = load_training_state(out) if rank == 0 else None  # rank 0 first: it repairs an interrupted save
+    barrier(world)
+    if rank != 0:
+        state = load_training_state(out)
     if state is not None:
         saved = read_config(out)
         model_changed = changed_settings(stored_model_settings(saved), to_dict(cfg.model))
@@ -122,29 +140,32 @@ def _train(cfg: TokenizerTrainConfig, out: Path, progress: bool) -> dict:
         load_model(model, str(out / "model.safetensors"), device=str(device))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        rng = state.get("torch_rng_by_rank")
+        torch.set_rng_state(rng[rank] if rng is not None and len(rng) == world else state["torch_rng"])
         step = int(state["step"])
         data_state = json.loads(state["data"])
         logger.info("resuming %s at step %d", out, step)
         if step >= cfg.steps:
             return read_config(out).get("last_metrics", {})
-    stream = ShardStream(cfg.shards, seed=cfg.seed, indices=train_idx, epochs=None,
+    # one global stream on every rank (each reads its rows of every global batch, see BatchStream's part)
+    stream = ShardStream(cfg.shards, seed=cfg.seed, indices=train_idx, epochs=None, rank=0, world_size=1,
                          modality_weights=cfg.modality_weights, position=data_state["position"])
-    batches = BatchStream(stream, cfg.batch_size, data_state["pending"],
-                          by_channels=cfg.bucket_by_channels, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    batches = BatchStream(stream, cfg.batch_size, data_state["pending"], by_channels=cfg.bucket_by_channels,
+                          num_workers=cfg.num_workers, pin_memory=device.type == "cuda", part=(rank, world))
+    share = None if world == 1 else _global_share(world)
     counts = np.zeros((cfg.model.levels, cfg.model.codes_per_level), dtype=np.int64)
     metrics: dict = {}
     model.train()
     started, first_step = time.perf_counter(), step
-    with MetricsLog(out.with_name(out.name + ".log.jsonl"), resumed_step=step,
+    with MetricsLog(out.with_name(out.name + ".log.jsonl"), resumed_step=step, enabled=rank == 0,
                     tensorboard=out.with_name(out.name + ".tensorboard") if cfg.tensorboard else None) as log:
         while step < cfg.steps:
             batch = next(batches)
-            encoder_mask = channel_dropout(batch.channel_mask, cfg.channel_dropout, generator).to(device)
-            signal, sensors, channel_mask, time_mask = (t.to(device) for t in (batch.signal, batch.sensors, batch.channel_mask, batch.time_mask))
-            result = model(signal, sensors, channel_mask, batch.family, encoder_mask)
-            losses = reconstruction_loss(signal, result["reconstruction"], channel_mask, time_mask, cfg.loss)
+            encoder_mask = channel_dropout(batch.channel_mask, cfg.channel_dropout, cfg.seed, step, batch.indices).to(device)
+            signal, sensors, channel_mask, time_mask = (t.to(device, non_blocking=True) for t in (batch.signal, batch.sensors, batch.channel_mask, batch.time_mask))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+                result = ddp(signal, sensors, channel_mask, batch.family, encoder_mask)
+            losses = reconstruction_loss(signal, result["reconstruction"].float(), channel_mask, time_mask, cfg.loss, share)
             loss = losses["total"] + result["commit_loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -154,10 +175,12 @@ def _train(cfg: TokenizerTrainConfig, out: Path, progress: bool) -> dict:
             step += 1
             count_codes(counts, result["codes"].cpu().numpy())
             if step % cfg.log_every == 0 or step == cfg.steps:
+                terms = {"loss": loss, **{k: v for k, v in losses.items() if k != "total"}, "commit": result["commit_loss"]}
+                terms = _global_means(terms, world)
                 metrics = {
-                    "step": step, "loss": loss.item(), **{k: v.item() for k, v in losses.items() if k != "total"},
-                    "commit": result["commit_loss"].item(), "lr": scheduler.get_last_lr()[0],
-                    "windows_per_s": (step - first_step) * cfg.batch_size / (time.perf_counter() - started), **code_usage(counts),
+                    "step": step, **terms, "lr": scheduler.get_last_lr()[0],
+                    "windows_per_s": (step - first_step) * cfg.batch_size / (time.perf_counter() - started),
+                    **code_usage(_global_sum(counts, world)),
                 }
                 counts[:] = 0
                 log.write(metrics)
@@ -165,12 +188,52 @@ def _train(cfg: TokenizerTrainConfig, out: Path, progress: bool) -> dict:
                     logger.info("step %d loss %.4f corr %.3f usage %s", step, metrics["loss"], metrics["correlation"],
                                 [round(u, 2) for u in metrics["usage"]])
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                training_state = {
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                    "data": json.dumps(batches.state()),
-                }
-                save_tokenizer(model, out, extra={"training": to_dict(cfg), "trained_steps": step,
-                                                  "shards": str(cfg.shards), "last_metrics": metrics},
-                               training_state=training_state)
+                rngs = _gather(torch.get_rng_state(), world)  # every rank's: codebook restarts draw per rank
+                if rank == 0:
+                    training_state = {
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                        "torch_rng": torch.get_rng_state(), "torch_rng_by_rank": rngs, "data": json.dumps(batches.state()),
+                        "world_size": world,
+                    }
+                    save_tokenizer(model, out, extra={"training": to_dict(cfg), "trained_steps": step, "world_size": world,
+                                                      "shards": str(cfg.shards), "last_metrics": metrics},
+                                   training_state=training_state)
+                barrier(world)
+    if rank == 0 and world > 1:
+        (out.with_name(out.name + ".done.json")).write_text(json.dumps({"step": step, "world_size": world}))
     return metrics
+
+
+def _global_share(world: int):
+    """``share`` for :func:`reconstruction_loss`: this rank's fraction of the global counts × ranks."""
+    def share(samples: torch.Tensor, channels: float):
+        local = torch.stack([samples.detach().float().cpu(), torch.tensor(float(channels))])
+        total = local.clone()
+        torch.distributed.all_reduce(total)
+        return tuple((local / total.clamp(min=1) * world).tolist())
+    return share
+
+
+def _global_means(terms: dict[str, torch.Tensor], world: int) -> dict[str, float]:
+    """Each term's global value: the mean over ranks of their (share-weighted) contributions."""
+    values = torch.stack([t.detach().float().cpu() for t in terms.values()])
+    if world > 1:
+        torch.distributed.all_reduce(values)
+        values /= world
+    return dict(zip(terms, values.tolist()))
+
+
+def _global_sum(counts: np.ndarray, world: int) -> np.ndarray:
+    if world == 1:
+        return counts
+    total = torch.from_numpy(counts.copy())
+    torch.distributed.all_reduce(total)
+    return total.numpy()
+
+
+def _gather(value: torch.Tensor, world: int) -> list[torch.Tensor]:
+    if world == 1:
+        return [value]
+    gathered = [None] * world
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
