@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -553,6 +554,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except NeuroFMError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        # every writer removes its unfinished file or folder; finished shards, checkpoints and results stay
+        print(f"error: no space left on the device while writing {err.filename or 'the output'}; the unfinished part was "
+              "removed and finished work is kept. Free some space and rerun the same command: it resumes.", file=sys.stderr)
         return 1
 
 

@@ -58,3 +58,32 @@ def test_replaced_folder_keeps_the_old_result_until_the_new_one_is_whole(tmp_pat
         with replaced_folder(out):
             raise RuntimeError
     assert (out / "new.txt").is_file()
+
+
+def test_a_full_disk_during_a_shard_build_is_one_line_and_leaves_nothing_half_written(tmp_path, monkeypatch, capsys):
+    from conftest import write_eeg_fif
+
+    from neurofm.cli import main
+    from neurofm.data_shards import writer
+
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        write_eeg_fif(tmp_path / "in" / f"rec{i}_raw.fif", seconds=30.0, seed=i)
+    (tmp_path / "c.yaml").write_text(f"inputs: [{{path: '{tmp_path / 'in'}'}}]\nsamples_per_shard: 8\n")
+    argv = ["shards", "build", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out"), "--workers", "1", "--quiet"]
+    real, written = writer.ShardWriter.write, {"n": 0}
+
+    def full_disk(self, key, files):
+        written["n"] += 1
+        if written["n"] == 20:  # two shards of 8 are finished, the third is half-written
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.out / (self._name + ".partial")))
+        return real(self, key, files)
+
+    monkeypatch.setattr(writer.ShardWriter, "write", full_disk)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no space left on the device") and "Traceback" not in err
+    assert not list((tmp_path / "out").rglob("*.partial"))
+    monkeypatch.setattr(writer.ShardWriter, "write", real)
+    assert main(argv) == 0  # space freed: the same command finishes the build
+    assert main(["shards", "verify", str(tmp_path / "out")]) == 0

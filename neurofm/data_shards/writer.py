@@ -35,7 +35,11 @@ def sha256_file(path: Path) -> str:
 def write_json_atomic(path: Path, obj) -> None:
     """Write JSON to ``path`` through a temporary file and ``os.replace``."""
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False))
+    try:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=False))
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: the old file stays, no half-written one beside it
+        raise
     os.replace(tmp, path)
 
 

@@ -327,17 +327,22 @@ def save_checkpoint(engine, out: Path, step: int, cfg: PretrainConfig, manifest:
     """Our per-rank state into the tag, then DeepSpeed's files (which update ``latest`` last)."""
     tag = f"step_{step:08d}"
     (out / tag).mkdir(parents=True, exist_ok=True)
-    state = {"step": step, "data": batches.state(), "mask_generator": generator.get_state().tolist(),
-             "torch_rng": torch.get_rng_state().tolist()}
-    (out / tag / f"neurofm_state_rank{rank}.json").write_text(json.dumps(state))
-    if rank == 0:
-        (out / tag / "neurofm_config.json").write_text(json.dumps({
-            "model": to_dict(cfg.model), "training": to_dict(cfg), "tokenizer_sha256": manifest["tokenizer"]["sha256"],
-            "tokenizer_path": manifest["tokenizer"]["path"], "codes": str(Path(cfg.codes).resolve()),
-        }))
-    torch.distributed.barrier()
-    # universal_checkpoint_info lets DeepSpeed's ds_to_universal convert this tag for another rank count
-    engine.save_checkpoint(str(out), tag=tag, client_state={"universal_checkpoint_info": {"universal_checkpoint_version": 0.2}})
+    try:
+        state = {"step": step, "data": batches.state(), "mask_generator": generator.get_state().tolist(),
+                 "torch_rng": torch.get_rng_state().tolist()}
+        (out / tag / f"neurofm_state_rank{rank}.json").write_text(json.dumps(state))
+        if rank == 0:
+            (out / tag / "neurofm_config.json").write_text(json.dumps({
+                "model": to_dict(cfg.model), "training": to_dict(cfg), "tokenizer_sha256": manifest["tokenizer"]["sha256"],
+                "tokenizer_path": manifest["tokenizer"]["path"], "codes": str(Path(cfg.codes).resolve()),
+            }))
+        torch.distributed.barrier()
+        # universal_checkpoint_info lets DeepSpeed's ds_to_universal convert this tag for another rank count
+        engine.save_checkpoint(str(out), tag=tag, client_state={"universal_checkpoint_info": {"universal_checkpoint_version": 0.2}})
+    except OSError:
+        if rank == 0 and latest_tag(out) != tag:  # e.g. a full disk: no half-written tag beside the last good one
+            shutil.rmtree(out / tag, ignore_errors=True)
+        raise
     if rank == 0:
         tags = sorted(p.name for p in out.glob("step_*") if p.is_dir() and p.name[5:].isdigit())
         for old in tags[: -cfg.keep_checkpoints]:
