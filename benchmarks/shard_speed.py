@@ -61,7 +61,7 @@ def read_speed(shards: Path, workers: int, n: int = 600) -> tuple[float, float]:
     return n / elapsed, nbytes / elapsed / 1e6
 
 
-def loader_speed(out: Path, worker_counts: list[int], batch_size: int = 32, n_batches: int = 100) -> None:
+def loader_speed(out: Path, worker_counts: list[int], batch_size: int = 32, n_batches: int = 400) -> None:
     """Windows/s of BatchStream batches for each worker count, over simulated 64-ch EEG shards."""
     from neurofm.tokenizers.data import BatchStream
 
@@ -71,7 +71,7 @@ def loader_speed(out: Path, worker_counts: list[int], batch_size: int = 32, n_ba
     base, reference = None, None
     for workers in worker_counts:
         batches = BatchStream(ShardStream(out, seed=0, epochs=None), batch_size, num_workers=workers)
-        keys = [next(batches).keys for _ in range(2)]  # start-up (worker processes, tar indexing) is not throughput
+        keys = [next(batches).keys for _ in range(4 * max(1, workers))]  # start-up (worker processes, tar indexing) is not throughput
         start, windows = time.perf_counter(), 0
         for _ in range(n_batches):
             batch = next(batches)
@@ -79,9 +79,9 @@ def loader_speed(out: Path, worker_counts: list[int], batch_size: int = 32, n_ba
             keys.append(batch.keys)
         rate = windows / (time.perf_counter() - start)
         base, reference = base or rate, reference or keys
-        shape = tuple(batch.signal.shape)
-        print(f"batched read, {workers} worker(s): {rate:.0f} windows/s (batches {shape}), {rate / base:.2f}x 0 workers, "
-              f"same batches as the first: {keys == reference}")
+        shape, n = tuple(batch.signal.shape), min(len(keys), len(reference))
+        print(f"batched read, {workers} worker(s): {rate:.0f} windows/s (batches {shape}), {rate / base:.2f}x the first, "
+              f"same batches as the first: {keys[:n] == reference[:n]}")
 
 
 def parallel_speed(shared: Path, out: Path, worker_counts: list[int], sim_hours: float) -> None:
