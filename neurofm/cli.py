@@ -555,6 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     except NeuroFMError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into a reader that stopped (`… --dry-run | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as err:
         if err.errno != errno.ENOSPC:
             raise
