@@ -22,11 +22,6 @@ def process_group(backend: str = "gloo") -> tuple[int, int]:
     return torch.distributed.get_rank(), world
 
 
-def my_batches(n_batches: int, rank: int, world: int) -> range:
-    """The plan positions this process runs."""
-    return range(rank, n_batches, world)
-
-
 def gather_in_plan_order(results: dict[int, object], rank: int, world: int) -> list | None:
     """Each process's {plan position: result} → on rank 0 every result in plan order (None elsewhere)."""
     if world == 1:
@@ -39,9 +34,21 @@ def gather_in_plan_order(results: dict[int, object], rank: int, world: int) -> l
     return [merged[j] for j in sorted(merged)]
 
 
+def map_batches(index, indices, batch_size: int, fn) -> list | None:
+    """``fn(batch)`` for this process's batches of the plan of ``indices`` (signal windows, collated);
+    on rank 0 every result in plan order (results that are None left out), on other ranks None."""
+    from neurofm.tokenizers.data import batch_plan, collate
+
+    rank, world = process_group()
+    plan = batch_plan(index, indices, batch_size)
+    mine = {j: fn(collate([{**index[int(i)], "__index__": int(i)} for i in plan[j]])) for j in range(rank, len(plan), world)}
+    results = gather_in_plan_order(mine, rank, world)
+    return None if results is None else [r for r in results if r is not None]
+
+
 def barrier(world: int) -> None:
     if world > 1:
         torch.distributed.barrier()
 
 
-__all__ = ["barrier", "gather_in_plan_order", "my_batches", "process_group"]
+__all__ = ["barrier", "gather_in_plan_order", "map_batches", "process_group"]

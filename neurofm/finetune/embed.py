@@ -18,8 +18,8 @@ from neurofm.data_shards.dataset import ShardIndex
 from neurofm.devices import resolve_device
 from neurofm.errors import NeuroFMError
 from neurofm.finetune.encoder import BrainEncoder, resolve_pooling
-from neurofm.distributed import barrier, gather_in_plan_order, my_batches, process_group
-from neurofm.tokenizers.data import batch_plan, collate, require_signal
+from neurofm.distributed import barrier, map_batches, process_group
+from neurofm.tokenizers.data import require_signal
 from neurofm.outputs import output_folder
 
 
@@ -34,18 +34,16 @@ def embed_shards(release: str | Path, shards: str | Path, out: str | Path, *, ba
     index = ShardIndex(shards)
     require_signal(index)
     pooling = resolve_pooling(pooling, index.manifest)
-    rank, world = process_group()
-    plan = batch_plan(index, range(len(index)), batch_size)
-    mine = {}
-    for j in my_batches(len(plan), rank, world):
-        batch = collate([{**index[int(i)], "__index__": int(i)} for i in plan[j]])
+
+    def embed(batch):
         n_valid = batch.time_mask.sum(1)  # samples holding signal (collate reads n_valid_samples)
         embeddings = encoder.layer_embeddings(batch.signal, batch.sensors, batch.channel_mask, batch.family,
                                               [m["modality"] for m in batch.metas], n_valid, pooling)
         rows = [{"key": k, "source": m["source"], "modality": m["modality"], "window_onset": m.get("window_onset"),
                  "labels": m.get("labels", {}), "events": m.get("events", [])} for k, m in zip(batch.keys, batch.metas)]
-        mine[j] = (embeddings, rows)
-    results = gather_in_plan_order(mine, rank, world)
+        return embeddings, rows
+
+    results = map_batches(index, range(len(index)), batch_size, embed)
     out = Path(out)
     if results is not None:  # rank 0 writes
         if len({e.shape[2] for e, _ in results}) > 1:
@@ -57,5 +55,5 @@ def embed_shards(release: str | Path, shards: str | Path, out: str | Path, *, ba
                   metadata={"release": str(release), "shards": str(shards), "pooling": pooling})
         rows = [row for _, r in results for row in r]
         (out / "index.json").write_text(json.dumps(rows, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
-    barrier(world)
+    barrier(process_group()[1])
     return out

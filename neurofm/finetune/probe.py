@@ -30,8 +30,7 @@ from neurofm.finetune.config import PROBE_GROUPINGS
 from neurofm.finetune.encoder import BrainEncoder, resolve_pooling
 from neurofm.finetune.metrics import classification_metrics
 from neurofm.finetune.plots import save_confusion
-from neurofm.distributed import barrier, gather_in_plan_order, my_batches, process_group
-from neurofm.tokenizers.data import batch_plan, collate
+from neurofm.distributed import barrier, map_batches, process_group
 from neurofm.outputs import output_folder
 
 
@@ -66,14 +65,10 @@ def collect(encoder: BrainEncoder, shards: str | Path, labels: list[str] | None,
 
     index = ShardIndex(shards)
     random = random_encoder(encoder, random_seed) if random_seed is not None else None
-    rank, world = process_group()
-    plan = batch_plan(index, range(len(index)), 32)
-    mine = {}
-    for j in my_batches(len(plan), rank, world):
-        batch = collate([{**index[int(i)], "__index__": int(i)} for i in plan[j]])
+    def embed(batch):
         keep = [i for i, m in enumerate(batch.metas) if window_label(m, labels, key) is not None]
         if not keep:
-            continue
+            return None
         metas = [batch.metas[i] for i in keep]
         n_valid = batch.time_mask[keep].sum(1)
         args = (batch.signal[keep], batch.sensors[keep], batch.channel_mask[keep], batch.family, [m["modality"] for m in metas], n_valid, pooling)
@@ -81,8 +76,9 @@ def collect(encoder: BrainEncoder, shards: str | Path, labels: list[str] | None,
         if random is not None:
             part["random"] = random.layer_embeddings(*args).numpy()
             part["raw"] = [(batch.signal[i, : int(batch.channel_mask[i].sum()), : int(v)].numpy(), batch.metas[i]) for i, v in zip(keep, n_valid)]
-        mine[j] = part
-    parts = gather_in_plan_order(mine, rank, world)
+        return part
+
+    parts = map_batches(index, range(len(index)), 32, embed)
     if parts is None:  # ranks other than 0: rank 0 probes
         return None
     feats, random_feats, raw, ys, groups = [], [], [], [], []

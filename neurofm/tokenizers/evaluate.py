@@ -24,9 +24,9 @@ from scipy import signal as sps
 
 from neurofm.data_shards.dataset import ShardIndex
 from neurofm.devices import resolve_device
-from neurofm.distributed import barrier, gather_in_plan_order, my_batches, process_group
+from neurofm.distributed import barrier, map_batches, process_group
 from neurofm.tokenizers.checkpoint import load_tokenizer, read_config
-from neurofm.tokenizers.data import batch_plan, collate, require_signal, split_indices
+from neurofm.tokenizers.data import require_signal, split_indices
 from neurofm.tokenizers.train import check_shards_fit, code_usage, count_codes
 from neurofm.outputs import output_folder, refuse_file
 
@@ -72,24 +72,24 @@ def evaluate_tokenizer(checkpoint: str | Path, shards: str | Path, out: str | Pa
     if max_windows is not None:
         held_out = held_out[:max_windows]
     out = refuse_file(out, "--out")
-    rank, world = process_group()
-    plan = batch_plan(index, held_out, batch_size)
-    mine, seen = {}, set()
-    with torch.no_grad():
-        for j in my_batches(len(plan), rank, world):
-            batch = collate([{**index[int(i)], "__index__": int(i)} for i in plan[j]])
-            result = model(*(t.to(torch_device) for t in (batch.signal, batch.sensors, batch.channel_mask)), batch.family)
-            codes, reconstruction = result["codes"].cpu().numpy(), result["reconstruction"].cpu()
-            windows, examples = [], {}
-            for i, meta in enumerate(batch.metas):
-                c, t = int(batch.channel_mask[i].sum()), int(batch.time_mask[i].sum())
-                original, rebuilt = batch.signal[i, :c, :t].numpy(), reconstruction[i, :c, :t].numpy()
-                windows.append((meta, window_metrics(original, rebuilt, meta["sfreq"], batch.family)))
-                if meta["modality"] not in seen:  # this process's first window of a modality: a plot candidate
-                    seen.add(meta["modality"])
-                    examples[meta["modality"]] = (original, rebuilt, meta)
-            mine[j] = (codes, windows, examples)
-    results = gather_in_plan_order(mine, rank, world)
+    seen: set[str] = set()
+
+    @torch.no_grad()
+    def evaluate(batch):
+        result = model(*(t.to(torch_device) for t in (batch.signal, batch.sensors, batch.channel_mask)), batch.family)
+        codes, reconstruction = result["codes"].cpu().numpy(), result["reconstruction"].cpu()
+        windows, examples = [], {}
+        for i, meta in enumerate(batch.metas):
+            c, t = int(batch.channel_mask[i].sum()), int(batch.time_mask[i].sum())
+            original, rebuilt = batch.signal[i, :c, :t].numpy(), reconstruction[i, :c, :t].numpy()
+            windows.append((meta, window_metrics(original, rebuilt, meta["sfreq"], batch.family)))
+            if meta["modality"] not in seen:  # this process's first window of a modality: a plot candidate
+                seen.add(meta["modality"])
+                examples[meta["modality"]] = (original, rebuilt, meta)
+        return codes, windows, examples
+
+    results = map_batches(index, held_out, batch_size, evaluate)
+    world = process_group()[1]
     if results is None:  # ranks other than 0: rank 0 writes
         barrier(world)
         return {}
