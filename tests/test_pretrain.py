@@ -120,7 +120,7 @@ def test_two_process_torchrun_of_the_real_entry_point(code_shards, tmp_path):
     done = out / "DONE.json"  # two-rank DeepSpeed runs can abort at interpreter exit: trust the marker
     assert done.is_file(), result.stderr[-3000:]
     assert json.loads(done.read_text())["world_size"] == 2
-    assert {p.name for p in (out / "step_00000003").glob("neurofm_state_rank*.json")} == {"neurofm_state_rank0.json", "neurofm_state_rank1.json"}
+    assert {p.name for p in (out / "step_00000003").glob("train_state_rank*.json")} == {"train_state_rank0.json", "train_state_rank1.json"}
 
 
 def test_bad_input_is_refused(code_shards, corpus_shards, tmp_path):
@@ -185,7 +185,7 @@ def test_resume_on_another_number_of_ranks_uses_a_universal_checkpoint(code_shar
     assert (out / "step_00000003_universal").is_dir()
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]  # the step count carries on
-    assert {p.name for p in (out / "step_00000006").glob("neurofm_state_rank*.json")} == {"neurofm_state_rank0.json", "neurofm_state_rank1.json"}
+    assert {p.name for p in (out / "step_00000006").glob("train_state_rank*.json")} == {"train_state_rank0.json", "train_state_rank1.json"}
 
 
 def test_bf16_asymmetric_checkpointed_time_masking_trains_and_exports(code_shards, tmp_path):
@@ -314,6 +314,6 @@ def test_two_nodes_on_one_machine_run_the_rendered_torchrun_commands_then_resume
     done = out / "DONE.json"  # the success marker, not the exit codes alone
     assert done.is_file(), logs[0][-2000:] + logs[1][-2000:]
     assert json.loads(done.read_text())["world_size"] == 2
-    assert {p.name for p in (out / "step_00000003").glob("neurofm_state_rank*.json")} == {"neurofm_state_rank0.json", "neurofm_state_rank1.json"}
+    assert {p.name for p in (out / "step_00000003").glob("train_state_rank*.json")} == {"train_state_rank0.json", "train_state_rank1.json"}
     metrics = train_pretrain(config(code_shards, out, "steps=5", "allow_changed=[steps]"), progress=False)  # one node, one rank
     assert metrics["step"] == 5 and json.loads(done.read_text())["world_size"] == 1

@@ -22,7 +22,7 @@ from neurofm.pretrain.config import PretrainModelConfig
 from neurofm.pretrain.model import MaskedCodeModel
 from neurofm.pretrain.safe_checkpoint import weights_only_loads
 from neurofm.outputs import check_output, replaced_folder
-from neurofm.pretrain.train import latest_tag
+from neurofm.training.checkpoint import latest_tag
 
 FORMAT = "neurofm-release"
 VERSION = 1
@@ -38,12 +38,14 @@ def export_release(run: str | Path, out: str | Path, tag: str | None = None, ove
     run = Path(run)
     out = check_output(out, {"--run": run}, overwrite=overwrite)
     tag = tag or latest_tag(run)
-    if tag is None or not (run / tag / "neurofm_config.json").is_file():
+    config_file = next((run / tag / name for name in ("config.json", "neurofm_config.json")  # the second: older runs
+                        if tag and (run / tag / name).is_file()), None)
+    if config_file is None:
         raise NeuroFMError(f"{run} holds no complete pretraining checkpoint (no 'latest' tag); train first.")
-    saved = json.loads((run / tag / "neurofm_config.json").read_text())
+    saved = read_json(config_file, f"the checkpoint {run / tag} is damaged; export another tag or retrain.")
     tokenizer = Path(saved["tokenizer_path"])
     if not (tokenizer / "model.safetensors").is_file():
-        raise NeuroFMError(f"The tokenizer this run's codes came from is gone ({tokenizer}, named in {run / tag}/neurofm_config.json); "
+        raise NeuroFMError(f"The tokenizer this run's codes came from is gone ({tokenizer}, named in {config_file}); "
                            "a release must carry it. Put the tokenizer back there and export again.")
     with weights_only_loads(run / tag):
         if saved["training"].get("zero_stage", 1) == 0:  # no ZeRO shards: the module's weights are in the model states

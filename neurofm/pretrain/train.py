@@ -2,10 +2,11 @@
 
 Run it in one process (``neurofm pretrain train``), under ``torchrun``, or under the ``deepspeed``
 launcher (``neurofm launch pretrain`` renders those). Each rank streams its own share of the code
-shards. Checkpoints are DeepSpeed's own (ZeRO-sharded), one tag per step; before DeepSpeed writes its
-files every rank writes ``neurofm_state_rank{r}.json`` (step, data position and queue, masking RNG,
-torch RNG) into the tag, and DeepSpeed updates ``latest`` only after the whole tag is written, so an
-interrupted save leaves the previous checkpoint as the one resumed from. SIGTERM saves a checkpoint at
+shards. Checkpoints go through the shared :class:`~neurofm.training.checkpoint.CheckpointManager`
+with its DeepSpeed backend: one tag per saved step holding DeepSpeed's own (ZeRO-sharded) files, every
+rank's ``train_state_rank{r}.json`` (step, windows seen, data position and queue, masking and torch
+RNG) and ``config.json`` (settings, tokenizer identity); ``latest`` moves to a tag only once all of it
+is written, so an interrupted save leaves the previous checkpoint as the one resumed from. SIGTERM saves a checkpoint at
 the next step boundary and exits. On success rank 0 writes ``DONE.json``.
 
 Resuming on the same number of ranks continues the same trajectory exactly. Resuming on another
@@ -21,7 +22,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import time
@@ -33,15 +33,14 @@ import torch
 from neurofm.config import to_dict
 from neurofm.data_shards.dataset import ShardIndex, ShardStream
 from neurofm.errors import NeuroFMError
-from neurofm.files import read_json
-from neurofm.training import MetricsLog, check_resume_settings
+from neurofm.training import MetricsLog, changed_settings, check_resume_settings
+from neurofm.training.checkpoint import Checkpoint, CheckpointManager, DeepSpeedBackend, TrainState, capture_rng, restore_rng
 from neurofm.schedule import warmup_cosine
 from neurofm.pretrain.config import MODALITY_IDS, PretrainConfig
 from neurofm.pretrain.extension_locks import clear_stale_extension_locks
 from neurofm.pretrain.masking import make_mask, masked_tokens
 from neurofm.pretrain.model import MaskedCodeModel, masked_code_loss
 from neurofm.outputs import output_folder, writer_lock
-from neurofm.pretrain.safe_checkpoint import universal_command, weights_only_loads
 from neurofm.tokenizers.data import BatchStream
 
 logger = logging.getLogger("neurofm.pretrain")
@@ -134,44 +133,45 @@ def _peak_flops() -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
-def to_universal(tag_dir: Path, universal_dir: Path) -> None:
-    """Convert a ZeRO checkpoint tag into DeepSpeed's universal form (loadable on any rank count)."""
-    import subprocess
-
-    tmp = universal_dir.with_name(universal_dir.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    result = subprocess.run(universal_command(tag_dir, tmp), capture_output=True, text=True)
-    if result.returncode != 0:
-        raise NeuroFMError(f"Could not convert {tag_dir} to a universal checkpoint:\n{result.stderr[-2000:]}")
-    tmp.rename(universal_dir)
-
-
-def latest_tag(out: Path) -> str | None:
-    path = out / "latest"
-    return path.read_text().strip() if path.is_file() else None
-
-
 # settings that do not change the training trajectory (where data and logs go, how often to save)
 TRAJECTORY_FREE = frozenset({"codes", "out", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard", "compile",
                              "allow_changed", "num_workers"})
 
 
-def _check_resume(out: Path, tag: str, cfg: PretrainConfig, manifest: dict) -> None:
-    saved = read_json(out / tag / "neurofm_config.json", f"the checkpoint {out / tag} is damaged; delete {out} or restore it.")
+def _check_resume(checkpoint: Checkpoint, cfg: PretrainConfig, manifest: dict) -> None:
+    where = checkpoint.root / checkpoint.tag
+    saved = checkpoint.config
     # settings a checkpoint of an older version does not name cannot differ from it
-    diff = {k: (saved["model"][k], v) for k, v in to_dict(cfg.model).items() if k in saved["model"] and saved["model"][k] != v}
+    diff = changed_settings(saved.get("model", {}), to_dict(cfg.model))
     if diff:
         raise NeuroFMError(
-            f"{out}/{tag} is a checkpoint of a different model (saved vs now: {diff}); resume with the config it was "
+            f"{where} is a checkpoint of a different model (saved vs now: {diff}); resume with the config it was "
             "made with, or use another out=…"
         )
-    if saved["tokenizer_sha256"] != manifest["tokenizer"]["sha256"]:
+    if saved.get("tokenizer_sha256") != manifest["tokenizer"]["sha256"]:
         raise NeuroFMError(
-            f"The code shards in {cfg.codes} come from another tokenizer than the ones {out} was trained on; "
+            f"The code shards in {cfg.codes} come from another tokenizer than the ones {checkpoint.root} was trained on; "
             "resume on the same code shards or start a new run."
         )
     now = {k: v for k, v in to_dict(cfg).items() if k != "model"}
-    check_resume_settings(f"{out}/{tag}", saved.get("training", {}), now, free=TRAJECTORY_FREE, allow_changed=cfg.allow_changed)
+    check_resume_settings(str(where), saved.get("training", {}), now, free=TRAJECTORY_FREE, allow_changed=cfg.allow_changed)
+
+
+def resumed_data_state(checkpoint: Checkpoint | None, rank: int, world: int) -> dict:
+    """Where this rank's data stream continues. Same rank count: its own saved position and queues.
+    Another rank count: the global stream continues after the furthest old rank, and old rank r's
+    queued windows go to rank ``r % world``."""
+    if checkpoint is None:
+        return {"position": 0, "offset": 0, "pending": {}}
+    if checkpoint.world == world:
+        return checkpoint.states[rank].data
+    states = [s.data for s in checkpoint.states]
+    data = {"position": 0, "offset": states[0].get("offset", 0) + len(states) * max(s["position"] for s in states), "pending": {}}
+    for old_rank, s in enumerate(states):
+        if old_rank % world == rank:
+            for bucket, indices in s["pending"].items():
+                data["pending"].setdefault(bucket, []).extend(indices)
+    return data
 
 
 def train_pretrain(cfg: PretrainConfig, progress: bool = True, on_step=None) -> dict:
@@ -186,30 +186,41 @@ def train_pretrain(cfg: PretrainConfig, progress: bool = True, on_step=None) -> 
         return _train(cfg, manifest, rank, world, device, out, progress, on_step)
 
 
-def _train(cfg: PretrainConfig, manifest: dict, rank: int, world: int, device: torch.device, out: Path, progress: bool,
-           on_step) -> dict:
+class Throughput:
+    """Tokens per second (all ranks) and model FLOP utilisation between two logged steps."""
+
+    def __init__(self, cfg: PretrainConfig, world: int):
+        self.cfg, self.world = cfg, world
+        self.reset()
+
+    def reset(self) -> None:
+        self.started, self.tokens = time.perf_counter(), 0
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def read(self, device: torch.device, tokens_per_window: int) -> dict:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        tokens_per_s = self.tokens / (time.perf_counter() - self.started)
+        peak = _peak_flops()
+        mfu = tokens_per_s * flops_per_token(self.cfg, tokens_per_window) / (peak * self.world) if peak else None
+        self.reset()
+        return {"tokens_per_s": tokens_per_s, "mfu": mfu}
+
+
+#: lets DeepSpeed's ds_to_universal convert a tag for another rank count
+UNIVERSAL_INFO = {"universal_checkpoint_info": {"universal_checkpoint_version": 0.2}}
+
+
+def _engine(cfg: PretrainConfig, manifest: dict, ds_config: dict, device: torch.device, fresh: bool):
+    """The DeepSpeed engine around a freshly initialised model (its weights are replaced on resume) and
+    its LR scheduler."""
     import deepspeed
 
-    if rank == 0:
-        (out / "DONE.json").unlink(missing_ok=True)  # a marker of an earlier, shorter run
-    tag = latest_tag(out)
-    ds_config = deepspeed_config(cfg)
-    states: list[dict] = []
-    if tag is not None:
-        _check_resume(out, tag, cfg, manifest)
-        states = [json.loads((out / tag / f"neurofm_state_rank{r}.json").read_text())
-                  for r in range(len(list((out / tag).glob("neurofm_state_rank*.json"))))]
-    elastic = bool(states) and len(states) != world
-    load_tag = tag
-    if elastic:  # another rank count: load DeepSpeed's universal form of the checkpoint
-        load_tag = f"{tag}_universal"
-        if rank == 0 and not (out / load_tag).is_dir():
-            to_universal(out / tag, out / load_tag)
-        torch.distributed.barrier()
-        ds_config["checkpoint"] = {"load_universal": True}
     torch.manual_seed(cfg.seed)
     model = MaskedCodeModel(cfg.model)
-    if cfg.model.code_embedding_init == "tokenizer" and not states:
+    if cfg.model.code_embedding_init == "tokenizer" and fresh:
         model.init_code_embeddings(tokenizer_codebooks(manifest, cfg.codes), seed=cfg.seed)
     if cfg.compile:
         model = torch.compile(model)
@@ -219,77 +230,86 @@ def _train(cfg: PretrainConfig, manifest: dict, rank: int, world: int, device: t
         optimizer, lambda s: warmup_cosine(s, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps, min_ratio=cfg.min_lr_ratio)
     )
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    return engine, scheduler
+
+
+def _checkpoint_config(cfg: PretrainConfig, manifest: dict) -> dict:
+    """What a pretraining tag stores besides DeepSpeed's files (read by the resume check and ``export``)."""
+    return {"model": to_dict(cfg.model), "training": to_dict(cfg), "tokenizer_sha256": manifest["tokenizer"]["sha256"],
+            "tokenizer_path": manifest["tokenizer"]["path"], "codes": str(Path(cfg.codes).resolve())}
+
+
+def _micro_step(engine, batch: dict, cfg: PretrainConfig, generator: torch.Generator, device: torch.device):
+    """Forward, backward and (at the accumulation boundary, DeepSpeed decides) optimizer step on one
+    micro-batch; returns the loss, per-level masked accuracy (on device, no host sync) and tokens."""
+    codes, modality = batch["codes"].to(device), batch["modality"].to(device)
+    b, p, k, _ = codes.shape
+    mask = make_mask(b, p, k, cfg.model.mask_ratio, cfg.model.masking, generator).to(device)
+    n_masked = masked_tokens(p, k, cfg.model.mask_ratio, cfg.model.masking)
+    logits = engine(codes, modality, mask, p * k - n_masked)
+    loss, accuracy = masked_code_loss(logits, codes, mask, n_masked)
+    engine.backward(loss)
+    engine.step()
+    return loss.detach(), accuracy.detach(), b, p * k
+
+
+def _train(cfg: PretrainConfig, manifest: dict, rank: int, world: int, device: torch.device, out: Path, progress: bool,
+           on_step) -> dict:
+    if rank == 0:
+        (out / "DONE.json").unlink(missing_ok=True)  # a marker of an earlier, shorter run
+    checkpoints = CheckpointManager(out, every=cfg.checkpoint_every, keep=cfg.keep_checkpoints, rank=rank, world=world,
+                                    barrier=torch.distributed.barrier)
+    resumed = checkpoints.latest()
+    ds_config = deepspeed_config(cfg)
+    if resumed is not None:
+        _check_resume(resumed, cfg, manifest)
+        DeepSpeedBackend.prepare_load(resumed, rank, world, ds_config, torch.distributed.barrier)
+    engine, scheduler = _engine(cfg, manifest, ds_config, device, fresh=resumed is None)
+    checkpoints.backend = DeepSpeedBackend(engine, UNIVERSAL_INFO)
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-    step, data_state = 0, {"position": 0, "offset": 0, "pending": {}}
-    if states:
-        with weights_only_loads(out / load_tag):
-            engine.load_checkpoint(str(out), tag=load_tag)
-        step = states[0]["step"]
-        if not elastic:
-            data_state = states[rank]["data"]
-        else:
-            # continue the global stream after the furthest rank; old queues go to rank r % world
-            data_state = {
-                "position": 0,
-                "offset": states[0]["data"].get("offset", 0) + len(states) * max(s["data"]["position"] for s in states),
-                "pending": {},
-            }
-            for old_rank, s in enumerate(states):
-                if old_rank % world == rank:
-                    for bucket, indices in s["data"]["pending"].items():
-                        data_state["pending"].setdefault(bucket, []).extend(indices)
-        if rank < len(states):
-            generator.set_state(torch.tensor(states[rank]["mask_generator"], dtype=torch.uint8))
-            torch.set_rng_state(torch.tensor(states[rank]["torch_rng"], dtype=torch.uint8))
+    step, windows_seen = 0, 0
+    if resumed is not None:
+        checkpoints.load(resumed)
+        step, windows_seen = resumed.step, resumed.states[0].windows_seen
+        if rank < resumed.world:  # new ranks of an elastic resume keep their seeded generators
+            restore_rng(resumed.states[rank].rng, {"mask": generator})
         if rank == 0:
-            logger.info("resuming %s from %s (step %d%s)", out, load_tag, step,
-                        f", {len(states)} → {world} ranks" if elastic else "")
+            logger.info("resuming %s from %s (step %d%s)", out, resumed.tag, step,
+                        f", {resumed.world} → {world} ranks" if resumed.world != world else "")
+    data = resumed_data_state(resumed, rank, world)
     stream = ShardStream(cfg.codes, rank=rank, world_size=world, seed=cfg.seed, epochs=None,
-                         modality_weights=cfg.modality_weights, position=data_state["position"],
-                         offset=data_state.get("offset", 0))
-    batches = BatchStream(stream, cfg.micro_batch, data_state["pending"], collate_fn=collate_codes,
+                         modality_weights=cfg.modality_weights, position=data["position"], offset=data.get("offset", 0))
+    batches = BatchStream(stream, cfg.micro_batch, data["pending"], collate_fn=collate_codes,
                           num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     stop = {"flag": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
     log = MetricsLog(out / "train_log.jsonl", resumed_step=step, enabled=rank == 0,
                      tensorboard=out / "tensorboard" if cfg.tensorboard else None)
+    throughput = Throughput(cfg, world)
     metrics: dict = {}
-    window_start, tokens = time.perf_counter(), 0
     try:
         while step < cfg.steps:
             losses, accuracies = [], []
             for _ in range(cfg.grad_accum):
-                batch = next(batches)
-                codes, modality = batch["codes"].to(device), batch["modality"].to(device)
-                b, p, k, _ = codes.shape
-                mask = make_mask(b, p, k, cfg.model.mask_ratio, cfg.model.masking, generator).to(device)
-                n_masked = masked_tokens(p, k, cfg.model.mask_ratio, cfg.model.masking)
-                logits = engine(codes, modality, mask, p * k - n_masked)
-                loss, accuracy = masked_code_loss(logits, codes, mask, n_masked)
-                engine.backward(loss)
-                engine.step()
-                losses.append(loss.detach())  # no host sync per step: read at log time
-                accuracies.append(accuracy.detach())
-                tokens += b * p * k * world
+                loss, accuracy, windows, tokens_per_window = _micro_step(engine, next(batches), cfg, generator, device)
+                losses.append(loss)
+                accuracies.append(accuracy)
+                windows_seen += windows * world
+                throughput.add(windows * tokens_per_window * world)
             step += 1
             if on_step is not None:
                 on_step(step)
             if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                elapsed = time.perf_counter() - window_start
-                tokens_per_s = tokens / elapsed
-                peak = _peak_flops()
-                mfu = tokens_per_s * flops_per_token(cfg, p * k) / (peak * world) if peak else None
                 metrics = {"step": step, "loss": float(torch.stack(losses).mean()),
                            "masked_accuracy": torch.stack(accuracies).float().mean(0).cpu().tolist(),
-                           "lr": scheduler.get_last_lr()[0], "tokens_per_s": tokens_per_s, "mfu": mfu}
+                           "lr": scheduler.get_last_lr()[0], **throughput.read(device, tokens_per_window)}
                 log.write(metrics)
                 if progress:
-                    logger.info("step %d loss %.4f acc %s tok/s %.0f", step, metrics["loss"], [round(a, 3) for a in metrics["masked_accuracy"]], tokens_per_s)
-                window_start, tokens = time.perf_counter(), 0
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stop["flag"]:
-                save_checkpoint(engine, out, step, cfg, manifest, batches, generator, rank)
+                    logger.info("step %d loss %.4f acc %s tok/s %.0f", step, metrics["loss"],
+                                [round(a, 3) for a in metrics["masked_accuracy"]], metrics["tokens_per_s"])
+            if checkpoints.should_save(step, last=step == cfg.steps, requested=stop["flag"]):
+                state = TrainState(step=step, windows_seen=windows_seen, data=batches.state(), rng=capture_rng({"mask": generator}))
+                checkpoints.save(step, state, _checkpoint_config(cfg, manifest))
             if stop["flag"]:
                 logger.warning("SIGTERM: checkpoint saved at step %d; exiting", step)
                 break
@@ -321,30 +341,3 @@ def probe_logits(model, codes_dir: str | Path, device: torch.device | str = "cpu
         logits = model(codes, modality, mask)
     model.train(was_training)
     return logits.float().flatten()[:64].cpu().tolist()
-
-
-def save_checkpoint(engine, out: Path, step: int, cfg: PretrainConfig, manifest: dict, batches: BatchStream, generator: torch.Generator, rank: int) -> None:
-    """Our per-rank state into the tag, then DeepSpeed's files (which update ``latest`` last)."""
-    tag = f"step_{step:08d}"
-    (out / tag).mkdir(parents=True, exist_ok=True)
-    try:
-        state = {"step": step, "data": batches.state(), "mask_generator": generator.get_state().tolist(),
-                 "torch_rng": torch.get_rng_state().tolist()}
-        (out / tag / f"neurofm_state_rank{rank}.json").write_text(json.dumps(state))
-        if rank == 0:
-            (out / tag / "neurofm_config.json").write_text(json.dumps({
-                "model": to_dict(cfg.model), "training": to_dict(cfg), "tokenizer_sha256": manifest["tokenizer"]["sha256"],
-                "tokenizer_path": manifest["tokenizer"]["path"], "codes": str(Path(cfg.codes).resolve()),
-            }))
-        torch.distributed.barrier()
-        # universal_checkpoint_info lets DeepSpeed's ds_to_universal convert this tag for another rank count
-        engine.save_checkpoint(str(out), tag=tag, client_state={"universal_checkpoint_info": {"universal_checkpoint_version": 0.2}})
-    except OSError:
-        if rank == 0 and latest_tag(out) != tag:  # e.g. a full disk: no half-written tag beside the last good one
-            shutil.rmtree(out / tag, ignore_errors=True)
-        raise
-    if rank == 0:
-        tags = sorted(p.name for p in out.glob("step_*") if p.is_dir() and p.name[5:].isdigit())
-        for old in tags[: -cfg.keep_checkpoints]:
-            shutil.rmtree(out / old, ignore_errors=True)
-            shutil.rmtree(out / f"{old}_universal", ignore_errors=True)
