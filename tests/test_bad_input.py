@@ -63,11 +63,23 @@ def _tokenizer_config_without_model(w, f):
         "tok/config.json has no 'model' settings"
 
 
-def _garbage_training_state(w, f):
+def _garbage_optimizer_state(w, f):
+    import shutil
+
+    trained = f["codes"].parent / "tokenizer"  # the code shards' tokenizer, with the checkpoints of its training
+    tok = _copy(trained, w / "tok")
+    shutil.copytree(trained.with_name("tokenizer.checkpoints"), w / "tok.checkpoints")
+    tag = (w / "tok.checkpoints" / "latest").read_text().strip()
+    (w / "tok.checkpoints" / tag / "optimizer.pt").write_bytes(b"not a torch file")
+    settings = json.loads((tok / "config.json").read_text())["training"]  # resume with the settings it was made with
+    (w / "tok.yaml").write_text(json.dumps(settings))
+    return ["tokenizer", "train", "--config", str(w / "tok.yaml"), f"out={tok}"], "optimizer.pt is damaged"
+
+
+def _tokenizer_out_that_training_did_not_write(w, f):
     tok = _copy(f["release"] / "tokenizer", w / "tok")
-    (tok / "training_state.pt").write_bytes(b"not a torch file")
     return ["tokenizer", "train", "--config", "configs/tokenizer_tiny.yaml", f"shards={f['corpus']}", f"out={tok}", "steps=1"], \
-        "tok/training_state.pt is damaged"
+        "already holds a tokenizer"
 
 
 def _code_shards_for_signal(w, f):
@@ -180,7 +192,7 @@ def good_manifest(folder: Path) -> dict:
 
 
 CASES = [_manifest_list, _manifest_wrong_shards, _release_weights_not_safetensors, _release_config_not_json,
-         _release_weights_of_another_shape, _tokenizer_config_without_model, _garbage_training_state, _code_shards_for_signal,
+         _release_weights_of_another_shape, _tokenizer_config_without_model, _garbage_optimizer_state, _tokenizer_out_that_training_did_not_write, _code_shards_for_signal,
          _out_is_a_file, _nan_setting, _window_shorter_than_a_patch, _empty_latest, _dangling_latest, _export_onto_its_run,
          _changed_shard, _sample_rows_differ_from_sensor_rows, _fmri_forced_onto_eeg, _all_zero_nifti, _brainvision_truncated,
          _brainvision_cut_mid_sample]

@@ -12,13 +12,13 @@ from neurofm.cli import main
 from neurofm.config import load_config
 from neurofm.data_shards import ShardIndex, verify_shards
 from neurofm.errors import NeuroFMError
-from neurofm.tokenizers.checkpoint import load_tokenizer, load_training_state, save_tokenizer
+from neurofm.tokenizers.checkpoint import load_tokenizer, save_tokenizer
 from neurofm.tokenizers.config import TokenizerModelConfig, TokenizerTrainConfig
 from neurofm.tokenizers.data import collate
 from neurofm.tokenizers.encode import encode_shards
 from neurofm.tokenizers.evaluate import evaluate_tokenizer
 from neurofm.tokenizers.model import SensorTokenizer
-from neurofm.tokenizers.train import train_tokenizer
+from neurofm.tokenizers.train import checkpoint_root, train_tokenizer
 
 SMALL = ["model.d_model=32", "model.n_heads=2", "model.n_latents=4", "model.code_dim=8", "model.codebook_size=16",
          "model.levels=2", "batch_size=8", "log_every=5", "checkpoint_every=1000"]
@@ -266,14 +266,27 @@ def test_tokenizer_help(command, capsys):
     assert "usage: neurofm tokenizer" in capsys.readouterr().out
 
 
-def test_a_crash_between_the_checkpoint_renames_loses_nothing(corpus_shards, tmp_path):
-    """Killed after the old checkpoint moved aside and before the new one moved in: the rerun resumes
-    from the old one instead of starting over (and deleting it)."""
+def test_a_crash_between_the_publish_renames_loses_nothing(corpus_shards, tmp_path):
+    """Killed after the old tokenizer moved aside and before the new one moved in: the rerun puts the
+    tokenizer back from its checkpoint instead of starting over (and deleting it)."""
     out = tmp_path / "tok"
-    train_tokenizer(train_config(corpus_shards, out, "steps=4", "checkpoint_every=2"), progress=False)
+    cfg = train_config(corpus_shards, out, "steps=4", "checkpoint_every=2")
+    train_tokenizer(cfg, progress=False)
+    weights = (out / "model.safetensors").read_bytes()
     out.rename(tmp_path / "tok.replaced")  # the state a crash between the two renames leaves
-    state = load_training_state(out)
-    assert state is not None and int(state["step"]) == 4 and (out / "model.safetensors").is_file()
+    assert train_tokenizer(cfg, progress=False)["step"] == 4
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert sorted(p.name for p in checkpoint_root(out).glob("step_*")) == ["step_00000002", "step_00000004"]  # keep 2
+
+
+def test_training_into_a_tokenizer_it_did_not_write_is_refused(trained, corpus_shards, tmp_path):
+    import shutil
+
+    mine = tmp_path / "mine"
+    shutil.copytree(trained, mine)  # a finished tokenizer, without the checkpoints of its training
+    with pytest.raises(NeuroFMError, match="already holds a tokenizer.*left as it is"):
+        train_tokenizer(train_config(corpus_shards, mine, "steps=2"), progress=False)
+    assert (mine / "model.safetensors").read_bytes() == (trained / "model.safetensors").read_bytes()
 
 
 def test_batches_group_windows_of_similar_channel_counts(corpus_shards):

@@ -1,9 +1,8 @@
 """Tokenizer checkpoints: a directory with ``config.json`` and ``model.safetensors``.
 
-``training_state.pt`` beside them (optimizer, scheduler, step, RNG and data position) makes a run
-resumable; it holds only tensors and plain values and is read with ``torch.load(weights_only=True)``.
-A checkpoint is written into a temporary sibling directory and swapped into place, so an interrupted
-save never leaves a directory that looks valid but is not.
+This is what ``encode``, ``eval`` and releases read. Training writes its resumable checkpoints (the same
+two files plus optimizer and train state) through the shared checkpoint manager into
+``<out>.checkpoints/`` and publishes each one into ``out`` (see :mod:`neurofm.tokenizers.train`).
 """
 
 from __future__ import annotations
@@ -11,14 +10,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_model
 
 import neurofm
 from neurofm.config import from_dict, to_dict
 from neurofm.errors import NeuroFMError
 from neurofm.files import load_state, load_tensors, read_json
-from neurofm.outputs import recover_replaced, replaced_folder
+from neurofm.outputs import replaced_folder
 from neurofm.tokenizers.config import TokenizerModelConfig
 from neurofm.tokenizers.model import SensorTokenizer
 
@@ -26,14 +24,16 @@ FORMAT = "neurofm-tokenizer"
 VERSION = 1
 
 
-def save_tokenizer(model: SensorTokenizer, directory: str | Path, *, extra: dict | None = None, training_state: dict | None = None) -> None:
-    """Write ``model`` (and optionally its training state) to ``directory``, atomically."""
+def tokenizer_config(model_cfg: TokenizerModelConfig, extra: dict | None = None) -> dict:
+    """The ``config.json`` of a tokenizer checkpoint: format, version and model settings (+ ``extra``)."""
+    return {"format": FORMAT, "version": VERSION, "neurofm_version": neurofm.__version__, "model": to_dict(model_cfg), **(extra or {})}
+
+
+def save_tokenizer(model: SensorTokenizer, directory: str | Path, *, extra: dict | None = None) -> None:
+    """Write ``model`` to ``directory``, atomically."""
     with replaced_folder(directory) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
-        if training_state is not None:
-            torch.save(training_state, tmp / "training_state.pt")
-        config = {"format": FORMAT, "version": VERSION, "neurofm_version": neurofm.__version__, "model": to_dict(model.cfg), **(extra or {})}
-        (tmp / "config.json").write_text(json.dumps(config, indent=1))
+        (tmp / "config.json").write_text(json.dumps(tokenizer_config(model.cfg, extra), indent=1))
 
 
 def read_config(directory: str | Path) -> dict:
@@ -72,14 +72,3 @@ def load_tokenizer(directory: str | Path) -> SensorTokenizer:
     weights = Path(directory) / "model.safetensors"
     load_state(model, load_tensors(weights, fix), weights, fix)
     return model.eval()
-
-
-def load_training_state(directory: str | Path) -> dict | None:
-    path = recover_replaced(directory) / "training_state.pt"
-    if not path.is_file():
-        return None
-    try:
-        return torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError or EOFError on a damaged file
-        raise NeuroFMError(f"{path} is damaged or not a NeuroFM training state ({str(err).splitlines()[0][:200]}); delete "
-                           f"{directory} to train from the start, or restore the file.") from None

@@ -127,7 +127,8 @@ class TokenizerTrainConfig:
     shards : str
         Signal shard folder.
     out : str
-        Checkpoint directory (``config.json``, ``model.safetensors``, ``training_state.pt``).
+        The tokenizer (``config.json``, ``model.safetensors``), updated at every checkpoint; the resumable
+        checkpoints themselves (with optimizer and train state) go to ``<out>.checkpoints/``.
     steps, batch_size : int
         Optimiser steps and windows per batch (batches hold one modality family). Under ``torchrun``
         (data parallelism with DDP) ``batch_size`` is the global batch, split over the processes.
@@ -145,6 +146,8 @@ class TokenizerTrainConfig:
         Sampling weights per modality (default: in proportion to the data).
     log_every, checkpoint_every : int
         Steps between log lines / checkpoints.
+    keep_checkpoints : int
+        Checkpoints kept in ``<out>.checkpoints/`` (the newest).
     seed : int
         Seed of initialisation, data order and channel dropout.
     device : 'auto' | 'cpu' | 'cuda'
@@ -178,6 +181,7 @@ class TokenizerTrainConfig:
     modality_weights: dict[str, float] | None = None
     log_every: int = 25
     checkpoint_every: int = 100
+    keep_checkpoints: int = 2
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = 0
@@ -190,6 +194,8 @@ class TokenizerTrainConfig:
             raise ValueError(f"num_workers must be ≥ 0; got {self.num_workers}.")
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be at least 1.")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be ≥ 1 (the checkpoint a resume starts from); got {self.keep_checkpoints}.")
         if not 0 <= self.channel_dropout < 1:
             raise ValueError(f"channel_dropout must be in [0, 1); got {self.channel_dropout}.")
         if not 0 < self.eval_fraction < 1:

@@ -21,9 +21,11 @@ from neurofm.errors import NeuroFMError
 from neurofm.devices import resolve_device
 from neurofm.distributed import barrier, process_group
 from neurofm.training import MetricsLog, changed_settings, check_resume_settings
-from neurofm.outputs import output_folder, writer_lock
+from neurofm.training.checkpoint import (Checkpoint, CheckpointManager, FolderBackend, TrainState, capture_rng,
+                                       publish_folder, restore_rng)
+from neurofm.outputs import output_folder, recover_replaced, writer_lock
 from neurofm.schedule import warmup_cosine
-from neurofm.tokenizers.checkpoint import load_training_state, read_config, save_tokenizer, stored_model_settings
+from neurofm.tokenizers.checkpoint import stored_model_settings, tokenizer_config
 from neurofm.tokenizers.config import FAMILY_OF_MODALITY, TokenizerModelConfig, TokenizerTrainConfig
 from neurofm.tokenizers.data import BatchStream, require_signal, split_indices
 from neurofm.tokenizers.losses import reconstruction_loss
@@ -91,14 +93,22 @@ def channel_dropout(channel_mask: torch.Tensor, fraction: float, seed: int, step
 
 
 # settings that do not change the training trajectory (where data and logs go, how often to save)
-TRAJECTORY_FREE = frozenset({"shards", "out", "log_every", "checkpoint_every", "tensorboard", "allow_changed", "num_workers"})
+TRAJECTORY_FREE = frozenset({"shards", "out", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard",
+                             "allow_changed", "num_workers"})
+
+
+def checkpoint_root(out: str | Path) -> Path:
+    """Where the resumable checkpoints of the tokenizer trained into ``out`` go: ``<out>.checkpoints``."""
+    out = Path(out)
+    return out.with_name(out.name + ".checkpoints")
 
 
 def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
     """Train (or resume training) a tokenizer; returns the last logged metrics.
 
-    Writes ``cfg.out``: the checkpoint (``config.json``, ``model.safetensors``, ``training_state.pt``)
-    every ``checkpoint_every`` steps and at the end, and ``train_log.jsonl``.
+    Writes checkpoints into ``<out>.checkpoints/`` every ``checkpoint_every`` steps and at the end, each
+    published as the tokenizer ``out`` (``config.json``, ``model.safetensors``); the log goes to
+    ``<out>.log.jsonl`` (and ``<out>.tensorboard/``).
     """
     out = output_folder(Path(cfg.out).parent, "out").joinpath(Path(cfg.out).name)
     device = resolve_device(cfg.device)
@@ -108,6 +118,30 @@ def train_tokenizer(cfg: TokenizerTrainConfig, progress: bool = True) -> dict:
                            "(batch_size is the global batch).")
     with writer_lock(out, "out") if rank == 0 else contextlib.nullcontext():
         return _train(cfg, out, progress, device, rank, world)
+
+
+def _check_resume(checkpoint: Checkpoint | None, cfg: TokenizerTrainConfig, out: Path) -> None:
+    """A resume must continue the run's trajectory; without a checkpoint, ``out`` must not hold a tokenizer
+    (someone's finished one, or one of an older layout) that training would overwrite."""
+    if checkpoint is None:
+        if (out / "config.json").is_file() or (out / "training_state.pt").is_file():
+            raise NeuroFMError(f"out={out} already holds a tokenizer, and {checkpoint_root(out)} no checkpoint of its training; it "
+                               "was left as it is. Choose another out=…, or delete it to train there.")
+        return
+    where = checkpoint.root / checkpoint.tag
+    model_changed = changed_settings(stored_model_settings(checkpoint.config), to_dict(cfg.model))
+    if model_changed:
+        raise NeuroFMError(f"{where} holds a tokenizer of another architecture (saved vs now: {model_changed}); resume "
+                           "with the config it was made with, pass another out=…, or delete it to start over.")
+    now = {k: v for k, v in to_dict(cfg).items() if k != "model"}
+    check_resume_settings(str(where), checkpoint.config.get("training", {}), now, free=TRAJECTORY_FREE, allow_changed=cfg.allow_changed)
+
+
+def _publish(checkpoints: CheckpointManager, tag: str, out: Path) -> None:
+    """Make ``out`` the tokenizer of checkpoint ``tag`` (rank 0; the others wait)."""
+    if checkpoints.rank == 0:
+        publish_folder(checkpoints.root / tag, out, ("config.json", "model.safetensors"))
+    barrier(checkpoints.world)
 
 
 def _train(cfg: TokenizerTrainConfig, out: Path, progress: bool, device: torch.device, rank: int, world: int) -> dict:
@@ -122,31 +156,22 @@ def _train(cfg: TokenizerTrainConfig, out: Path, progress: bool, device: torch.d
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps)
     )
-    step, data_state = 0, {"position": 0, "pending": {}}
-    state = load_training_state(out) if rank == 0 else None  # rank 0 first: it repairs an interrupted save
+    checkpoints = CheckpointManager(checkpoint_root(out), FolderBackend(model, optimizer, scheduler), every=cfg.checkpoint_every,
+                                    keep=cfg.keep_checkpoints, rank=rank, world=world, barrier=lambda: barrier(world))
+    if rank == 0:
+        recover_replaced(out)  # a crash between the two renames of a publish
     barrier(world)
-    if rank != 0:
-        state = load_training_state(out)
-    if state is not None:
-        saved = read_config(out)
-        model_changed = changed_settings(stored_model_settings(saved), to_dict(cfg.model))
-        if model_changed:
-            raise NeuroFMError(f"{out} holds a tokenizer of another architecture (saved vs now: {model_changed}); resume "
-                               "with the config it was made with, pass another out=…, or delete it to start over.")
-        now = {k: v for k, v in to_dict(cfg).items() if k != "model"}
-        check_resume_settings(str(out), saved.get("training", {}), now, free=TRAJECTORY_FREE, allow_changed=cfg.allow_changed)
-        from safetensors.torch import load_model
-
-        load_model(model, str(out / "model.safetensors"), device=str(device))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        rng = state.get("torch_rng_by_rank")
-        torch.set_rng_state(rng[rank] if rng is not None and len(rng) == world else state["torch_rng"])
-        step = int(state["step"])
-        data_state = json.loads(state["data"])
+    resumed = checkpoints.latest()
+    _check_resume(resumed, cfg, out)
+    step, data_state = 0, {"position": 0, "pending": {}}
+    if resumed is not None:
+        checkpoints.load(resumed)
+        restore_rng(resumed.state_for(rank, world).rng)
+        step, data_state = resumed.step, resumed.states[0].data
         logger.info("resuming %s at step %d", out, step)
         if step >= cfg.steps:
-            return read_config(out).get("last_metrics", {})
+            _publish(checkpoints, resumed.tag, out)  # again: the run may have been killed before its last publish
+            return resumed.config.get("last_metrics", {})
     # one global stream on every rank (each reads its rows of every global batch, see BatchStream's part)
     stream = ShardStream(cfg.shards, seed=cfg.seed, indices=train_idx, epochs=None, rank=0, world_size=1,
                          modality_weights=cfg.modality_weights, position=data_state["position"])
@@ -187,18 +212,12 @@ def _train(cfg: TokenizerTrainConfig, out: Path, progress: bool, device: torch.d
                 if progress:
                     logger.info("step %d loss %.4f corr %.3f usage %s", step, metrics["loss"], metrics["correlation"],
                                 [round(u, 2) for u in metrics["usage"]])
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                rngs = _gather(torch.get_rng_state(), world)  # every rank's: codebook restarts draw per rank
-                if rank == 0:
-                    training_state = {
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                        "torch_rng": torch.get_rng_state(), "torch_rng_by_rank": rngs, "data": json.dumps(batches.state()),
-                        "world_size": world,
-                    }
-                    save_tokenizer(model, out, extra={"training": to_dict(cfg), "trained_steps": step, "world_size": world,
-                                                      "shards": str(cfg.shards), "last_metrics": metrics},
-                                   training_state=training_state)
-                barrier(world)
+            if checkpoints.should_save(step, last=step == cfg.steps):
+                # every rank's RNG state (codebook restarts draw per rank); the data stream is global
+                state = TrainState(step=step, windows_seen=step * cfg.batch_size, data=batches.state(), rng=capture_rng())
+                extra = {"training": to_dict(cfg), "trained_steps": step, "world_size": world, "shards": str(cfg.shards),
+                         "last_metrics": metrics}
+                _publish(checkpoints, checkpoints.save(step, state, tokenizer_config(cfg.model, extra)), out)
     if rank == 0 and world > 1:
         (out.with_name(out.name + ".done.json")).write_text(json.dumps({"step": step, "world_size": world}))
     return metrics
@@ -229,11 +248,3 @@ def _global_sum(counts: np.ndarray, world: int) -> np.ndarray:
     total = torch.from_numpy(counts.copy())
     torch.distributed.all_reduce(total)
     return total.numpy()
-
-
-def _gather(value: torch.Tensor, world: int) -> list[torch.Tensor]:
-    if world == 1:
-        return [value]
-    gathered = [None] * world
-    torch.distributed.all_gather_object(gathered, value)
-    return gathered
