@@ -375,8 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
         "latents into discrete codes; each sensor's embedding decodes its own signal back."))
     tok = tokenizer.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = tok.add_parser("train", help="train a tokenizer on signal shards (resumable)", description=(
-        "Train a tokenizer on signal shards into a checkpoint directory (config.json, model.safetensors, "
-        "training_state.pt). Rerunning with the same settings resumes from the last checkpoint."))
+        "Train a tokenizer on signal shards into out (config.json, model.safetensors); resumable checkpoints "
+        "(with optimizer and train state) go to <out>.checkpoints/. Rerunning with the same settings resumes "
+        "from the last checkpoint."))
     _config_arguments(train, "YAML of TokenizerTrainConfig (configs/tokenizer_tiny.yaml …)",
                       "dotted.key=value overrides, e.g. shards=runs/demo/shards out=runs/tok steps=500 model.levels=8",
                       "no per-step log lines")

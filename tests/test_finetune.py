@@ -260,6 +260,7 @@ def test_cli_targets_and_finetune(release, corpus_shards, tmp_path, capsys):
 
 def test_interrupted_finetune_resumes_where_it_stopped(release, corpus_shards, tmp_path, monkeypatch):
     import neurofm.finetune.train as train_module
+    from neurofm.training.checkpoint import CheckpointManager
 
     extra = ["label_key=modality", "epochs=5", "baselines=[shuffled]", "dropout=0.3"]
     whole = finetune(config(release, corpus_shards, tmp_path / "whole", *extra), progress=False)
@@ -275,8 +276,8 @@ def test_interrupted_finetune_resumes_where_it_stopped(release, corpus_shards, t
     with pytest.raises(KeyboardInterrupt):
         finetune(config(release, corpus_shards, tmp_path / "cut", *extra), progress=False)
     progress = tmp_path / "cut.progress"
-    assert json.loads((progress / "model" / "state.json").read_text())["done"]
-    assert json.loads((progress / "shuffled" / "state.json").read_text())["epoch"] == 1
+    assert CheckpointManager(progress / "model", every=1).latest().states[0].extra["done"]
+    assert CheckpointManager(progress / "shuffled", every=1).latest().step == 1
     with pytest.raises(NeuroFMError, match=r"other settings.*'dropout'"):
         finetune(config(release, corpus_shards, tmp_path / "cut", *extra[:-1], "dropout=0.2"), progress=False)
     monkeypatch.setattr(train_module, "evaluate_loss", real)

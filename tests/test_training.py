@@ -56,3 +56,112 @@ def test_resume_check_names_every_changed_setting_and_allows_deliberate_ones():
     assert "'steps'" not in str(err.value)
     assert check_resume_settings("run", saved, now, free={"out"}, allow_changed=["steps", "lr"]) == {
         "lr": (1e-3, 2e-3), "steps": (100, 200)}
+
+
+def _manager(root, module, optimizer, **kwargs):
+    from neurofm.training.checkpoint import CheckpointManager, FolderBackend
+
+    return CheckpointManager(root, FolderBackend(module, optimizer, tensors={"extra": lambda: {"x": module.weight.detach() * 2}}),
+                             **kwargs)
+
+
+def _trained_step(module, optimizer):
+    import torch
+
+    optimizer.zero_grad()
+    module(torch.randn(4, 3)).square().mean().backward()
+    optimizer.step()
+
+
+def test_checkpoint_manager_saves_every_k_keeps_the_last_and_resumes_exactly(tmp_path):
+    import numpy as np
+    import torch
+
+    from neurofm.training.checkpoint import TrainState, capture_rng, restore_rng
+
+    torch.manual_seed(0)
+    module = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=0.1)
+    order = np.random.default_rng(5)
+    manager = _manager(tmp_path / "ck", module, optimizer, every=2, keep=2)
+    assert manager.latest() is None and [s for s in range(1, 7) if manager.should_save(s)] == [2, 4, 6]
+    assert manager.should_save(3, last=True) and manager.should_save(3, requested=True)
+    for step in range(1, 5):
+        _trained_step(module, optimizer)
+        if manager.should_save(step):
+            manager.save(step, TrainState(step=step, windows_seen=4 * step, data={"position": step},
+                                          rng=capture_rng(numpy_generators={"order": order})), {"lr": 0.1})
+    assert sorted(p.name for p in (tmp_path / "ck").glob("step_*")) == ["step_00000002", "step_00000004"]
+    expected = [torch.rand(3), order.random()]  # what the run draws next
+    weights = module.weight.detach().clone()
+
+    torch.manual_seed(1)  # another process: fresh model, optimizer and generators
+    module2 = torch.nn.Linear(3, 2)
+    optimizer2 = torch.optim.AdamW(module2.parameters(), lr=0.1)
+    order2 = np.random.default_rng(99)
+    again = _manager(tmp_path / "ck", module2, optimizer2, every=2, keep=2)
+    found = again.latest()
+    assert (found.tag, found.step, found.config, found.states[0].windows_seen, found.states[0].data) == \
+        ("step_00000004", 4, {"lr": 0.1}, 16, {"position": 4})
+    groups = again.load(found)
+    restore_rng(found.states[0].rng, numpy_generators={"order": order2})
+    assert torch.equal(module2.weight, weights) and torch.equal(groups["extra"]["x"], weights * 2)
+    assert torch.equal(torch.rand(3), expected[0]) and order2.random() == expected[1]
+    # the optimizer continued too: one more step of each gives the same weights
+    torch.manual_seed(7)
+    _trained_step(module, optimizer)
+    torch.manual_seed(7)
+    _trained_step(module2, optimizer2)
+    assert torch.equal(module.weight, module2.weight)
+
+
+def test_a_save_that_dies_midway_leaves_the_last_good_checkpoint_in_force(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from neurofm.training.checkpoint import TrainState
+
+    module = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(module.parameters())
+    manager = _manager(tmp_path / "ck", module, optimizer, every=1, keep=1)
+    manager.save(1, TrainState(step=1), {})
+    real = torch.save
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError):
+        manager.save(2, TrainState(step=2), {})
+    monkeypatch.setattr(torch, "save", real)
+    assert manager.latest().tag == "step_00000001"
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["latest", "step_00000001"]  # no half-written tag
+    # a tag left unfinished by a killed process (no `latest` on it) is not resumed from and is replaced
+    (tmp_path / "ck" / "step_00000002").mkdir()
+    assert manager.latest().tag == "step_00000001"
+    manager.save(2, TrainState(step=2), {})
+    assert manager.latest().tag == "step_00000002" and not (tmp_path / "ck" / "step_00000001").exists()
+
+
+@pytest.mark.parametrize("damage", ["dangling latest", "garbage train state", "garbage optimizer"])
+def test_a_damaged_checkpoint_is_an_error_that_names_it(tmp_path, damage):
+    import torch
+
+    from neurofm.training.checkpoint import TrainState
+
+    module = torch.nn.Linear(3, 2)
+    manager = _manager(tmp_path / "ck", module, torch.optim.AdamW(module.parameters()), every=1)
+    manager.save(1, TrainState(step=1), {})
+    tag = tmp_path / "ck" / "step_00000001"
+    if damage == "dangling latest":
+        (tmp_path / "ck" / "latest").write_text("step_00000009")
+        expected = "names 'step_00000009', which is not a complete checkpoint"
+    elif damage == "garbage train state":
+        (tag / "train_state_rank0.json").write_text('{"no step": 1}')
+        expected = "train_state_rank0.json is not a NeuroFM train state"
+    else:
+        (tag / "optimizer.pt").write_bytes(b"\x80\x04 not a torch file")
+        expected = "optimizer.pt is damaged"
+    with pytest.raises(NeuroFMError, match=expected):
+        manager.load(manager.latest())

@@ -41,6 +41,7 @@ from neurofm.outputs import check_output, replaced_folder
 from neurofm.finetune.targets import load_targets
 from neurofm.pretrain.model import MaskedCodeModel
 from neurofm.training import MetricsLog
+from neurofm.training.checkpoint import FolderBackend, TrainState, capture_rng, restore_rng
 
 logger = logging.getLogger("neurofm.finetune")
 KNOWN_BASELINES = ("shuffled", "random_encoder")
@@ -135,15 +136,17 @@ def train_one(cfg: FinetuneConfig, encoder: BrainEncoder, windows: Windows, task
     rows_t = torch.as_tensor(rows)
     rng = np.random.default_rng(cfg.seed)
     world, rank = accelerator.num_processes, accelerator.process_index
-    history, best, best_loss, waited, first_epoch, done = [], None, float("inf"), 0, 0, False
-    saved = progress.state() if progress is not None else None
-    if saved is not None:  # resume: weights, optimizer, RNG states and counters of the last finished epoch
-        inner.load_state_dict(progress.tensors(saved, "last.safetensors"), strict=False)
-        optimizer.load_state_dict(progress.optimizer(saved))
-        best = progress.tensors(saved, "best.safetensors")
-        history, best_loss, waited, first_epoch, done = saved["history"], saved["best_loss"], saved["waited"], saved["epoch"], saved["done"]
-        rng.bit_generator.state = saved["rng"]
-        torch.set_rng_state(progress.tensors(saved, "rng.safetensors")["torch"])
+    history, best, best_loss, waited, first_epoch, done, windows_seen = [], None, float("inf"), 0, 0, False, 0
+    checkpoints = progress.checkpoints(FolderBackend(optimizer=optimizer, tensors={
+        "last": lambda: trainable_state(inner), "best": lambda: best})) if progress is not None else None
+    resumed = checkpoints.latest() if checkpoints is not None else None
+    if resumed is not None:  # resume: weights, optimizer, RNG states and counters of the last finished epoch
+        tensors = checkpoints.load(resumed)
+        inner.load_state_dict(tensors["last"], strict=False)
+        best, state = tensors["best"], resumed.states[0]
+        history, best_loss, waited, done = (state.extra[k] for k in ("history", "best_loss", "waited", "done"))
+        first_epoch, windows_seen = state.step, state.windows_seen
+        restore_rng(state.rng, numpy_generators={"order": rng})
         logger.info("resuming %s after epoch %d", progress.dir, first_epoch)
     log = progress.metrics_log(first_epoch, cfg.tensorboard) if progress is not None else MetricsLog("", enabled=False)
     for epoch in range(first_epoch, 0 if done else cfg.epochs):
@@ -156,6 +159,7 @@ def train_one(cfg: FinetuneConfig, encoder: BrainEncoder, windows: Windows, task
             if len(batch) < 2 * world:
                 continue
             mine = batch[rank::world]
+            windows_seen += len(batch)
             with accelerator.autocast():
                 out = _forward(model, windows, mine, accelerator.device, texts=bool(cfg.lm))
                 loss = task.loss(out, rows_t[mine].to(accelerator.device))
@@ -171,9 +175,10 @@ def train_one(cfg: FinetuneConfig, encoder: BrainEncoder, windows: Windows, task
         else:
             waited += 1
         stop = waited >= cfg.patience or epoch + 1 == cfg.epochs
-        if progress is not None:
-            progress.save({"epoch": epoch + 1, "history": history, "best_loss": best_loss, "waited": waited,
-                           "rng": rng.bit_generator.state, "done": stop}, trainable_state(inner), best, optimizer.state_dict())
+        if progress is not None and progress.enabled:
+            checkpoints.save(epoch + 1, TrainState(
+                step=epoch + 1, windows_seen=windows_seen, rng=capture_rng(numpy_generators={"order": rng}),
+                extra={"history": history, "best_loss": best_loss, "waited": waited, "done": stop}), {"training": progress.dir.name})
         if stop:
             break
     log.close()
