@@ -33,7 +33,7 @@ from neurofm.data_shards.writer import ShardWriter, encode_npy, write_json_atomi
 from neurofm.pretrain.config import PretrainConfig
 from neurofm.pretrain.model import Stack
 from neurofm.pretrain.train import PEAK_FLOPS, collate_codes, flops_per_token
-from neurofm.tokenizers.data import BatchStream
+from neurofm.data_shards.batches import BatchStream
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ EEG/MEG/sEEG/ECoG/fMRI recordings — with each number of Dask workers, side by 
 time, speed-up over one worker, and a check that the shards and manifest are byte-identical.
 
 Batched loading (``--loader 0,2``): training batches (32 windows of simulated 64-channel EEG, 2 s at
-256 Hz) read and collated by :class:`~neurofm.tokenizers.data.BatchStream` in the process (0) or in
+256 Hz) read and collated by :class:`~neurofm.data_shards.batches.BatchStream` in the process (0) or in
 DataLoader workers, side by side: windows/s, speed-up over 0 workers, and a check that every worker
 count gives the same batches.
 
@@ -63,7 +63,7 @@ def read_speed(shards: Path, workers: int, n: int = 600) -> tuple[float, float]:
 
 def loader_speed(out: Path, worker_counts: list[int], batch_size: int = 32, n_batches: int = 400) -> None:
     """Windows/s of BatchStream batches for each worker count, over simulated 64-ch EEG shards."""
-    from neurofm.tokenizers.data import BatchStream
+    from neurofm.data_shards.batches import BatchStream
 
     config = load_config(ShardsConfig, None, [f"out={out}", "simulate={hours: 0.5, modalities: [eeg], eeg_montages: [biosemi64], "
                                               "recording_seconds: 60, subjects: 2}"])

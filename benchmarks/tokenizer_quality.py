@@ -29,7 +29,7 @@ from neurofm.data_shards import ShardIndex, build_shards
 from neurofm.data_shards.config import ShardsConfig
 from neurofm.tokenizers.checkpoint import load_tokenizer
 from neurofm.tokenizers.config import TokenizerTrainConfig
-from neurofm.tokenizers.data import ordered_batches, split_indices
+from neurofm.data_shards.batches import ordered_batches, split_indices
 from neurofm.tokenizers.evaluate import evaluate_tokenizer
 from neurofm.tokenizers.train import train_tokenizer
 

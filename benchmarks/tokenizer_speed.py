@@ -24,7 +24,7 @@ import torch
 
 from neurofm.data_shards import ShardIndex
 from neurofm.tokenizers.checkpoint import load_tokenizer
-from neurofm.tokenizers.data import ordered_batches
+from neurofm.data_shards.batches import ordered_batches
 
 
 def throughput(model, batches, device: str) -> float:

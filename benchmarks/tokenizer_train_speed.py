@@ -24,7 +24,7 @@ import torch
 from neurofm.config import load_config
 from neurofm.data_shards import ShardStream
 from neurofm.tokenizers.config import TokenizerTrainConfig
-from neurofm.tokenizers.data import BatchStream
+from neurofm.data_shards.batches import BatchStream
 from neurofm.tokenizers.train import train_tokenizer
 
 

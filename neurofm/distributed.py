@@ -1,6 +1,6 @@
 """Commands that split their batches over ``torchrun`` processes (encode, embed, eval, probe).
 
-Every process makes the same batch plan (:func:`neurofm.tokenizers.data.batch_plan`), runs batches
+Every process makes the same batch plan (:func:`neurofm.data_shards.batches.batch_plan`), runs batches
 ``rank, rank + world, …`` and rank 0 puts the results back in plan order, so the output is the one a
 single process writes. Outside ``torchrun`` (``WORLD_SIZE`` unset or 1) nothing here starts anything.
 """
@@ -37,7 +37,7 @@ def gather_in_plan_order(results: dict[int, object], rank: int, world: int) -> l
 def map_batches(index, indices, batch_size: int, fn) -> list | None:
     """``fn(batch)`` for this process's batches of the plan of ``indices`` (signal windows, collated);
     on rank 0 every result in plan order (results that are None left out), on other ranks None."""
-    from neurofm.tokenizers.data import batch_plan, collate
+    from neurofm.data_shards.batches import batch_plan, collate
 
     rank, world = process_group()
     plan = batch_plan(index, indices, batch_size)

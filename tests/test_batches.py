@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from neurofm.data_shards import ShardIndex, ShardStream
-from neurofm.tokenizers.data import BatchStream, bucket_names, channel_class, family_of
+from neurofm.data_shards.batches import BatchStream, bucket_names, channel_class, family_of
 
 
 def test_buckets_from_the_manifest_are_the_buckets_of_the_samples(corpus_shards):

@@ -54,7 +54,7 @@ def speech_set(corpus_shards, tmp_path_factory):
 
 def test_encoder_is_deterministic(release, corpus_shards):
     from neurofm.data_shards import ShardIndex
-    from neurofm.tokenizers.data import collate
+    from neurofm.data_shards.batches import collate
 
     batch = collate([ShardIndex(corpus_shards)[i] for i in range(3)])
     runs = [BrainEncoder.from_pretrained(release).layer_embeddings(batch.signal, batch.sensors, batch.channel_mask, batch.family, ["eeg"] * 3)

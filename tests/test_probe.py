@@ -11,7 +11,7 @@ from neurofm.cli import main
 from neurofm.errors import NeuroFMError
 from neurofm.finetune.encoder import BrainEncoder
 from neurofm.finetune.probe import probe_release, window_label
-from neurofm.tokenizers.data import collate
+from neurofm.data_shards.batches import collate
 
 
 def test_encoder_gives_one_embedding_per_layer(release, corpus_shards):

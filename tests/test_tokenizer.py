@@ -14,7 +14,7 @@ from neurofm.data_shards import ShardIndex, verify_shards
 from neurofm.errors import NeuroFMError
 from neurofm.tokenizers.checkpoint import load_tokenizer, save_tokenizer
 from neurofm.tokenizers.config import TokenizerModelConfig, TokenizerTrainConfig
-from neurofm.tokenizers.data import collate
+from neurofm.data_shards.batches import collate
 from neurofm.tokenizers.encode import encode_shards
 from neurofm.tokenizers.evaluate import evaluate_tokenizer
 from neurofm.tokenizers.model import SensorTokenizer
@@ -291,7 +291,7 @@ def test_training_into_a_tokenizer_it_did_not_write_is_refused(trained, corpus_s
 
 def test_batches_group_windows_of_similar_channel_counts(corpus_shards):
     from neurofm.data_shards import ShardStream
-    from neurofm.tokenizers.data import BatchStream, channel_class
+    from neurofm.data_shards.batches import BatchStream, channel_class
 
     assert [channel_class(c) for c in (3, 16, 17, 64, 65, 306)] == [16, 16, 32, 64, 128, 512]
     batches = BatchStream(ShardStream(corpus_shards, seed=0, epochs=None), 4, by_channels=True)

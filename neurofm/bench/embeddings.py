@@ -19,7 +19,7 @@ from neurofm.bench.features import device_features
 from neurofm.data_shards.dataset import ShardIndex
 from neurofm.finetune.encoder import BrainEncoder
 from neurofm.pretrain.model import MaskedCodeModel
-from neurofm.tokenizers.data import ordered_batches
+from neurofm.data_shards.batches import ordered_batches
 
 
 @dataclass

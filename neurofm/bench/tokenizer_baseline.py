@@ -19,7 +19,7 @@ from scipy import signal as sps
 
 from neurofm.data_shards.dataset import ShardIndex
 from neurofm.tokenizers.checkpoint import load_tokenizer
-from neurofm.tokenizers.data import ordered_batches
+from neurofm.data_shards.batches import ordered_batches
 
 #: (rank, decimation factor T/T', bits) searched for the PCA codec.
 PCA_GRID = tuple(itertools.product((1, 2, 3, 4, 6, 8), (1, 2, 4, 8, 16), (3, 4, 6, 8)))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-MODALITIES = ("eeg", "meg", "ieeg", "fmri")
 Modality = Literal["eeg", "meg", "ieeg", "fmri"]
 
 

@@ -17,7 +17,7 @@ from neurofm.errors import ConfigError, NeuroFMError
 from neurofm.finetune.config import FinetuneConfig
 from neurofm.finetune.encoder import BrainEncoder
 from neurofm.finetune.probe import window_label
-from neurofm.tokenizers.data import ordered_batches
+from neurofm.data_shards.batches import ordered_batches
 
 
 @dataclass

@@ -19,7 +19,7 @@ from neurofm.devices import resolve_device
 from neurofm.errors import NeuroFMError
 from neurofm.finetune.encoder import BrainEncoder, resolve_pooling
 from neurofm.distributed import barrier, map_batches, process_group
-from neurofm.tokenizers.data import require_signal
+from neurofm.data_shards.batches import require_signal
 from neurofm.outputs import output_folder
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from neurofm.errors import NeuroFMError
 from neurofm.finetune.config import TOKEN_POOLINGS
-from neurofm.pretrain.config import MODALITY_IDS
+from neurofm.data_shards.modalities import MODALITY_IDS
 from neurofm.pretrain.export import from_pretrained
 from neurofm.pretrain.model import MaskedCodeModel, encoder_hidden_states
 from neurofm.tokenizers.checkpoint import load_tokenizer
@@ -115,7 +115,7 @@ class BrainEncoder(nn.Module):
 def resolve_pooling(pooling: str, manifest: dict) -> str:
     """``auto`` → ``flat`` when every window of a shard set has one token count (one tokenizer family and
     one window length), else ``mean`` (flat vectors of different lengths do not stack); others as given."""
-    from neurofm.tokenizers.data import modality_window
+    from neurofm.data_shards.batches import modality_window
 
     if pooling != "auto":
         return pooling

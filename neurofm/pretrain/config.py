@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-MODALITY_IDS = {"eeg": 0, "meg": 1, "ieeg": 2, "fmri": 3}
-
 
 @dataclass(kw_only=True)
 class PretrainModelConfig:

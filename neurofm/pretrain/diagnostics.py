@@ -66,7 +66,7 @@ def masked_code_report(model, train_codes: str | Path, test_codes: str | Path, *
                        seed: int = 0, max_windows: int = 2000, batch_size: int = 32) -> dict:
     """Masked-code accuracy per level of ``model`` and of both trivial predictors on ``test_codes``
     windows (frequencies from ``train_codes``), one fixed mask per window drawn with ``seed``."""
-    from neurofm.pretrain.config import MODALITY_IDS
+    from neurofm.data_shards.modalities import MODALITY_IDS
     from neurofm.pretrain.masking import masked_tokens
     from neurofm.pretrain.model import masked_code_loss
 

@@ -25,7 +25,8 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from neurofm.pretrain.config import MODALITY_IDS, PretrainModelConfig
+from neurofm.data_shards.modalities import MODALITY_IDS
+from neurofm.pretrain.config import PretrainModelConfig
 
 
 def rotary(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

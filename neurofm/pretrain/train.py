@@ -36,12 +36,13 @@ from neurofm.errors import NeuroFMError
 from neurofm.training import MetricsLog, changed_settings, check_resume_settings
 from neurofm.training.checkpoint import Checkpoint, CheckpointManager, DeepSpeedBackend, TrainState, capture_rng, restore_rng
 from neurofm.schedule import warmup_cosine
-from neurofm.pretrain.config import MODALITY_IDS, PretrainConfig
+from neurofm.data_shards.modalities import MODALITY_IDS
+from neurofm.pretrain.config import PretrainConfig
 from neurofm.pretrain.extension_locks import clear_stale_extension_locks
 from neurofm.pretrain.masking import make_mask, masked_tokens
 from neurofm.pretrain.model import MaskedCodeModel, masked_code_loss
 from neurofm.outputs import output_folder, writer_lock
-from neurofm.tokenizers.data import BatchStream
+from neurofm.data_shards.batches import BatchStream
 
 logger = logging.getLogger("neurofm.pretrain")
 

@@ -7,7 +7,6 @@ from typing import Literal
 
 #: Modality families: each has its own temporal front end and output head (their time scales differ).
 FAMILIES = ("electro", "bold")
-FAMILY_OF_MODALITY = {"eeg": "electro", "meg": "electro", "ieeg": "electro", "fmri": "bold"}
 
 
 @dataclass(kw_only=True)

@@ -25,8 +25,8 @@ from neurofm.devices import resolve_device
 from neurofm.distributed import process_group
 from neurofm.errors import ShardError
 from neurofm.tokenizers.checkpoint import load_tokenizer
-from neurofm.tokenizers.data import batch_plan, collate
-from neurofm.tokenizers.train import check_shards_fit, code_usage, count_codes
+from neurofm.data_shards.batches import batch_plan, collate
+from neurofm.tokenizers.usage import check_shards_fit, code_usage, count_codes
 from neurofm.outputs import output_folder, writer_lock
 
 
@@ -36,7 +36,7 @@ def encode_shards(checkpoint: str | Path, shards: str | Path, out: str | Path, *
     on ``device`` (``auto``: this process's GPU when there is one, see :func:`neurofm.devices.resolve_device`).
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process encodes every ``world``-th batch of the same
-    batch plan (:func:`~neurofm.tokenizers.data.batch_plan`) into ``<out>/.staging/``; rank 0 then
+    batch plan (:func:`~neurofm.data_shards.batches.batch_plan`) into ``<out>/.staging/``; rank 0 then
     packs them in order, so the code shards are the ones one process writes.
     """
     torch_device = resolve_device(device)

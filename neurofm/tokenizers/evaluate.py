@@ -26,8 +26,8 @@ from neurofm.data_shards.dataset import ShardIndex
 from neurofm.devices import resolve_device
 from neurofm.distributed import barrier, map_batches, process_group
 from neurofm.tokenizers.checkpoint import load_tokenizer, read_config
-from neurofm.tokenizers.data import require_signal, split_indices
-from neurofm.tokenizers.train import check_shards_fit, code_usage, count_codes
+from neurofm.data_shards.batches import require_signal, split_indices
+from neurofm.tokenizers.usage import check_shards_fit, code_usage, count_codes
 from neurofm.outputs import output_folder, refuse_file
 
 

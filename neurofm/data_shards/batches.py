@@ -17,7 +17,7 @@ import torch
 
 from neurofm.data_shards.dataset import ShardIndex, ShardStream
 from neurofm.errors import ShardError
-from neurofm.tokenizers.config import FAMILY_OF_MODALITY
+from neurofm.data_shards.modalities import FAMILY_OF_MODALITY
 
 
 def split_indices(index: ShardIndex, eval_fraction: float) -> tuple[np.ndarray, np.ndarray]:
