@@ -81,3 +81,42 @@ def test_damaged_shard_is_named(corpus_shards, tmp_path):
     (copy / "shard-000002.tar").unlink()
     with pytest.raises(ShardError, match="shard-000002.tar is missing"):
         index[int(starts[2])]
+
+
+def test_a_pipe_url_reads_the_samples_of_the_folder_and_refuses_a_failing_command_or_changed_bytes(corpus_shards, tmp_path,
+                                                                                                  monkeypatch):
+    """`pipe:COMMAND` with {name}: webdataset's convention for object stores' command-line clients (here
+    `cat` plays the client); files are cached locally and checked against the manifest."""
+    import shutil
+
+    from neurofm.data_shards import ShardIndex
+    from neurofm.data_shards.batches import BatchStream
+
+    monkeypatch.setenv("NEUROFM_CACHE", str(tmp_path / "cache"))
+    remote = tmp_path / "bucket"
+    shutil.copytree(corpus_shards, remote)
+    url = f"pipe:cat {remote}/{{name}}"
+    local, piped = ShardIndex(corpus_shards), ShardIndex(url)
+    assert len(piped) == len(local) and piped.manifest == local.manifest
+    for i in (0, len(local) // 2, len(local) - 1):
+        a, b = local[i], piped[i]
+        assert a["__key__"] == b["__key__"] and np.array_equal(a["signal"], b["signal"]) and a["meta"] == b["meta"]
+    # a training stream over the pipe gives the batches of the folder
+    batches = [BatchStream(ShardStream(s, seed=2, epochs=None), 4) for s in (corpus_shards, url)]
+    for _ in range(3):
+        x, y = (next(b) for b in batches)
+        assert x.keys == y.keys and torch.equal(x.signal, y.signal)
+    with pytest.raises(ShardError, match="no {name} placeholder"):
+        ShardIndex(f"pipe:cat {remote}/manifest.json")
+    with pytest.raises(ShardError, match=r"Fetching manifest.json with 'cat .*nowhere/manifest.json' failed"):
+        ShardIndex(f"pipe:cat {tmp_path}/nowhere/{{name}}")
+    # the remote shard's bytes changed after its manifest was written: refused, nothing cached
+    name = local.shards[0]["name"]
+    data = bytearray((remote / name).read_bytes())
+    data[-600] ^= 0xFF
+    (remote / name).write_bytes(bytes(data))
+    monkeypatch.setenv("NEUROFM_CACHE", str(tmp_path / "cache2"))
+    fresh = ShardIndex(url)
+    with pytest.raises(ShardError, match="other bytes than its manifest records"):
+        fresh[0]
+    assert not [p for p in (tmp_path / "cache2").rglob("*.tar*")]

@@ -228,7 +228,7 @@ def _pinned(batch):
 def require_signal(index: ShardIndex) -> None:
     """Refuse code shards where signal shards belong."""
     if index.manifest.get("kind") == "codes":
-        raise ShardError(f"{index.dir} holds code shards (tokenizer output); this step reads signal shards — give the "
+        raise ShardError(f"{index.location} holds code shards (tokenizer output); this step reads signal shards — give the "
                          "folder made by `neurofm shards build` (the one the codes were encoded from).")
 
 

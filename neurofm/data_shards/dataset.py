@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from wids.wids import IndexedTarSamples
 
+from neurofm.data_shards.remote import PipeFolder, is_pipe
 from neurofm.data_shards.writer import read_manifest, sha256_file
 from neurofm.errors import ConfigError, ShardError
 
@@ -95,19 +96,24 @@ class ShardIndex:
 
     Parameters
     ----------
-    shards_dir : path-like
-        Folder with ``manifest.json`` and its shards.
+    shards_dir : path-like or str
+        Folder with ``manifest.json`` and its shards, or a ``pipe:`` command that prints its files
+        (:mod:`neurofm.data_shards.remote`: fetched into a local cache, checked by sha256).
     max_open : int
         Shards kept open at once.
     """
 
     def __init__(self, shards_dir: str | Path, max_open: int = 8):
-        self.dir = Path(shards_dir)
+        self.location = str(shards_dir)  # as given: a folder or a pipe: command (for messages and manifests)
+        self.remote = PipeFolder(self.location) if is_pipe(self.location) else None
+        self.dir = self.remote.dir if self.remote is not None else Path(shards_dir)
+        if self.remote is not None:
+            self.remote.manifest()
         manifest = read_manifest(self.dir)
         if manifest is None:
-            raise ShardError(f"{self.dir} has no manifest.json; build shards with `neurofm shards build` first.")
+            raise ShardError(f"{self.location} has no manifest.json; build shards with `neurofm shards build` first.")
         if not manifest.get("complete"):
-            raise ShardError(f"{self.dir} is an unfinished build; rerun `neurofm shards build` to complete it.")
+            raise ShardError(f"{self.location} is an unfinished build; rerun `neurofm shards build` to complete it.")
         self.manifest = manifest
         self.shards = manifest["shards"]
         self.offsets = np.cumsum([0] + [s["samples"] for s in self.shards])
@@ -124,8 +130,9 @@ class ShardIndex:
         if i in self._open:
             self._open.move_to_end(i)
             return self._open[i]
-        path = self.dir / self.shards[i]["name"]
-        check_shard_once(path, self.shards[i])
+        entry = self.shards[i]
+        path = self.remote.shard(entry["name"], entry["sha256"]) if self.remote is not None else self.dir / entry["name"]
+        check_shard_once(path, entry)
         try:
             tar = IndexedTarSamples(path=str(path), expected_size=self.shards[i]["samples"])
         except FileNotFoundError:
@@ -197,8 +204,8 @@ class ShardStream(torch.utils.data.IterableDataset):
         offset: int = 0,
     ):
         super().__init__()
-        self.dir = Path(shards_dir)
-        self.index = ShardIndex(self.dir)
+        self.index = ShardIndex(shards_dir)
+        self.dir = self.index.location
         self.indices = np.arange(len(self.index)) if indices is None else np.asarray(indices, dtype=np.int64)
         if len(self.indices) == 0:
             raise ConfigError(f"No samples to stream from {self.dir} (an empty index subset).")

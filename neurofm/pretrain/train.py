@@ -37,6 +37,7 @@ from neurofm.training import MetricsLog, changed_settings, check_resume_settings
 from neurofm.training.checkpoint import Checkpoint, CheckpointManager, DeepSpeedBackend, TrainState, capture_rng, restore_rng
 from neurofm.schedule import warmup_cosine
 from neurofm.data_shards.modalities import MODALITY_IDS
+from neurofm.data_shards.remote import is_pipe
 from neurofm.pretrain.config import PretrainConfig
 from neurofm.pretrain.extension_locks import clear_stale_extension_locks
 from neurofm.pretrain.masking import make_mask, masked_tokens
@@ -237,7 +238,7 @@ def _engine(cfg: PretrainConfig, manifest: dict, ds_config: dict, device: torch.
 def _checkpoint_config(cfg: PretrainConfig, manifest: dict) -> dict:
     """What a pretraining tag stores besides DeepSpeed's files (read by the resume check and ``export``)."""
     return {"model": to_dict(cfg.model), "training": to_dict(cfg), "tokenizer_sha256": manifest["tokenizer"]["sha256"],
-            "tokenizer_path": manifest["tokenizer"]["path"], "codes": str(Path(cfg.codes).resolve())}
+            "tokenizer_path": manifest["tokenizer"]["path"], "codes": cfg.codes if is_pipe(cfg.codes) else str(Path(cfg.codes).resolve())}
 
 
 def _micro_step(engine, batch: dict, cfg: PretrainConfig, generator: torch.Generator, device: torch.device):
