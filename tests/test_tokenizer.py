@@ -378,3 +378,22 @@ def test_two_nodes_on_one_machine_run_the_rendered_tokenizer_command_then_resume
                           [*launch.overrides, "steps=5", "allow_changed=[steps]"])
     assert train_tokenizer(resumed, progress=False)["step"] == 5  # one node, one rank
     assert json.loads((out / "config.json").read_text())["world_size"] == 1
+
+
+def test_the_slow_loss_weighs_a_lost_slow_deflection_not_lost_fast_detail():
+    from neurofm.tokenizers.config import LossConfig
+    from neurofm.tokenizers.losses import block_means, reconstruction_loss
+
+    t = torch.arange(512) / 256.0
+    slow, fast = torch.sin(2 * torch.pi * 3 * t), torch.sin(2 * torch.pi * 64 * t)  # same amplitude
+    target = (slow + fast)[None, None]
+    channel_mask, time_mask = torch.ones(1, 1, dtype=torch.bool), torch.ones(1, 512, dtype=torch.bool)
+    weights = LossConfig(time_l1=0, correlation=0, spectrum=0, slow=1.0, slow_samples=16)
+    lost_slow = reconstruction_loss(target, fast[None, None], channel_mask, time_mask, weights)
+    lost_fast = reconstruction_loss(target, slow[None, None], channel_mask, time_mask, weights)
+    assert lost_slow["slow_l1"] > 10 * lost_fast["slow_l1"]
+    assert lost_slow["time_mse"] == pytest.approx(float(lost_fast["time_mse"]), rel=0.01)  # the plain MSE cannot tell them apart
+    # padding (time_mask False) is left out of the block means
+    x, w = torch.tensor([[1.0, 3.0, 5.0, 100.0]]), torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    means, counts = block_means(x, w, 2)
+    assert means.tolist() == [[2.0, 5.0]] and counts.tolist() == [[2.0, 1.0]]

@@ -109,12 +109,20 @@ class TokenizerModelConfig:
 
 @dataclass(kw_only=True)
 class LossConfig:
-    """Weights of the reconstruction losses (time L1, time MSE, 1 − correlation, log-spectrum L1)."""
+    """Weights of the reconstruction losses (time L1, time MSE, 1 − correlation, log-spectrum L1, and
+    L1 of the slow waveform: means of ``slow_samples``-sample blocks, which is where evoked responses
+    live — 16 samples are 62.5 ms at 256 Hz)."""
 
     time_l1: float = 1.0
     time_mse: float = 0.0
     correlation: float = 0.5
     spectrum: float = 0.5
+    slow: float = 0.0
+    slow_samples: int = 16
+
+    def __post_init__(self) -> None:
+        if self.slow_samples < 1:
+            raise ValueError(f"loss.slow_samples must be ≥ 1; got {self.slow_samples}.")
 
 
 @dataclass(kw_only=True)

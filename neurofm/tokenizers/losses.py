@@ -8,6 +8,7 @@ Padded channels are dropped before any arithmetic, so they add neither loss nor 
 from __future__ import annotations
 
 import torch
+from einops import reduce
 
 from neurofm.tokenizers.config import LossConfig
 
@@ -32,8 +33,19 @@ def log_spectrum(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.log1p((spectrum.real.pow(2) + spectrum.imag.pow(2) + 1e-12).sqrt())
 
 
+def block_means(x: torch.Tensor, weights: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Means of consecutive ``k``-sample blocks of each row over its weighted samples, [N, T // k], and
+    the blocks' weights (the samples they hold); a last partial block is dropped."""
+    k = min(k, x.shape[-1])
+    n = x.shape[-1] // k * k
+    sums = reduce(x[..., :n] * weights[..., :n], "rows (blocks k) -> rows blocks", "sum", k=k)
+    counts = reduce(weights[..., :n], "rows (blocks k) -> rows blocks", "sum", k=k)
+    return sums / counts.clamp(min=1), counts
+
+
 def reconstruction_loss(target, reconstruction, channel_mask, time_mask, weights: LossConfig, share=None) -> dict[str, torch.Tensor]:
-    """Time L1, 1 − correlation and log-spectrum L1, averaged over real channels.
+    """Time L1 and MSE, 1 − correlation, log-spectrum L1 (and, weighted, the slow waveform's L1),
+    averaged over real channels.
 
     ``share(samples, channels)``, under data parallelism: turns this rank's count of weighted samples
     and of channel rows into its share of the global batch's (times the number of ranks), so that the
@@ -47,4 +59,9 @@ def reconstruction_loss(target, reconstruction, channel_mask, time_mask, weights
     corr = correlation(t, r, w).mean() * channel_share
     spectrum = (log_spectrum(r, w) - log_spectrum(t, w)).abs().mean() * channel_share
     total = weights.time_l1 * l1 + weights.time_mse * mse + weights.correlation * (channel_share - corr) + weights.spectrum * spectrum
-    return {"total": total, "time_l1": l1, "time_mse": mse, "correlation": corr, "spectrum_l1": spectrum}
+    terms = {"time_l1": l1, "time_mse": mse, "correlation": corr, "spectrum_l1": spectrum}
+    if weights.slow:
+        (slow_t, counts), (slow_r, _) = block_means(t, w, weights.slow_samples), block_means(r, w, weights.slow_samples)
+        terms["slow_l1"] = ((slow_r - slow_t).abs() * counts).sum() / counts.sum().clamp(min=1) * sample_share
+        total = total + weights.slow * terms["slow_l1"]
+    return {"total": total, **terms}
