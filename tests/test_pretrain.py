@@ -132,6 +132,11 @@ def test_bad_input_is_refused(code_shards, corpus_shards, tmp_path):
         train_pretrain(config(code_shards, tmp_path / "x", "model.n_latents=8"), progress=False)
     with pytest.raises(NeuroFMError, match="signal shards, not code shards"):
         train_pretrain(config(corpus_shards, tmp_path / "y"), progress=False)
+    with pytest.raises(NeuroFMError, match=r"windows of \d+ time patches but model.max_patches=2"):
+        train_pretrain(config(code_shards, tmp_path / "z", "model.max_patches=2"), progress=False)
+    with pytest.raises(NeuroFMError, match="longer than this model's max_patches=2"):
+        MaskedCodeModel(PretrainModelConfig(n_latents=2, levels=1, codes_per_level=4, max_patches=2))(
+            torch.zeros(1, 3, 2, 1, dtype=torch.long), torch.zeros(1, dtype=torch.long), torch.zeros(1, 3, 2, dtype=torch.bool))
     manifest_path = code_shards.parent / "other_codes"
     import shutil
 

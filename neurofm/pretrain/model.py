@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from neurofm.data_shards.modalities import MODALITY_IDS
+from neurofm.errors import NeuroFMError
 from neurofm.pretrain.config import PretrainModelConfig
 
 
@@ -119,6 +120,9 @@ class MaskedCodeModel(nn.Module):
 
     def _context(self, b: int, p: int, modality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent-index + modality embedding [B, N, D] and time positions [B, N] of every token."""
+        if p > self.cfg.max_patches:  # rotary positions would extrapolate past what the model was trained on
+            raise NeuroFMError(f"A window of {p} time patches is longer than this model's max_patches={self.cfg.max_patches}; "
+                               "cut the windows shorter (shards window_seconds), or pretrain with a larger model.max_patches.")
         k = self.cfg.n_latents
         latent = self.latent_embedding(torch.arange(k, device=modality.device)).repeat(p, 1)  # [N, D]
         context = latent[None] + self.modality_embedding(modality)[:, None]

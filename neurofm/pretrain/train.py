@@ -36,7 +36,7 @@ from neurofm.errors import NeuroFMError
 from neurofm.training import MetricsLog, changed_settings, check_resume_settings
 from neurofm.training.checkpoint import Checkpoint, CheckpointManager, DeepSpeedBackend, TrainState, capture_rng, restore_rng
 from neurofm.schedule import warmup_cosine
-from neurofm.data_shards.modalities import MODALITY_IDS
+from neurofm.data_shards.modalities import FAMILY_OF_MODALITY, MODALITY_IDS
 from neurofm.data_shards.remote import is_pipe
 from neurofm.pretrain.config import PretrainConfig
 from neurofm.pretrain.extension_locks import clear_stale_extension_locks
@@ -89,6 +89,21 @@ def fill_model_config(cfg: PretrainConfig, manifest: dict) -> None:
                 f"({tok['path']}); remove model.{name} or encode with the matching tokenizer."
             )
         setattr(cfg.model, name, value)
+    longest = longest_window_patches(manifest)
+    if longest > cfg.model.max_patches:
+        raise NeuroFMError(
+            f"The code shards in {cfg.codes} hold windows of {longest} time patches but model.max_patches="
+            f"{cfg.model.max_patches}; raise model.max_patches to at least {longest}, or build shorter windows."
+        )
+
+
+def longest_window_patches(manifest: dict) -> int:
+    """The longest window of a code-shard manifest, in the tokenizer's time patches."""
+    patch_seconds = manifest["tokenizer"]["patch_seconds"]
+    settings = manifest.get("settings", {})
+    modalities = {r["modality"] for r in manifest.get("recordings", [])}
+    return max((round(settings[m]["window_seconds"] / patch_seconds[FAMILY_OF_MODALITY[m]])
+                for m in modalities if isinstance(settings.get(m), dict) and "window_seconds" in settings[m]), default=0)
 
 
 def _setup_distributed() -> tuple[int, int, int]:
