@@ -24,6 +24,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from neurofm.data_shards.writer import write_text_atomic
 from neurofm.errors import NeuroFMError
 
 STAGING = ".staging"
@@ -90,9 +91,7 @@ def staging_tar(staging: Path, index: int) -> Iterator:
 def finish_staged(staging: Path, index: int, entry: dict) -> dict:
     """Write unit ``index``'s JSON (after its tar): from now on it counts as staged."""
     _, entry_path = staged_paths(staging, index)
-    tmp = entry_path.with_name(entry_path.name + ".partial")
-    tmp.write_text(json.dumps(entry))
-    os.replace(tmp, entry_path)
+    write_text_atomic(entry_path, json.dumps(entry))
     return entry
 
 

@@ -32,15 +32,20 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to ``path`` through a temporary file and ``os.replace``."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
     tmp = path.with_name(path.name + ".partial")
     try:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=False))
+        tmp.write_text(text)
     except BaseException:
         tmp.unlink(missing_ok=True)  # e.g. a full disk: the old file stays, no half-written one beside it
         raise
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to ``path`` atomically (see :func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=False))
 
 
 def encode_npy(array: np.ndarray) -> bytes:

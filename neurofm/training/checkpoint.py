@@ -20,7 +20,6 @@ the tag to the backend. Nothing here unpickles: JSON, safetensors, and ``optimiz
 from __future__ import annotations
 
 import base64
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -261,7 +260,7 @@ class CheckpointManager:
 
     def save(self, step: int, state: TrainState, config: dict) -> str:
         """Write a checkpoint of ``step`` (every rank calls this with its own ``state``); returns its tag."""
-        from neurofm.data_shards.writer import write_json_atomic
+        from neurofm.data_shards.writer import write_json_atomic, write_text_atomic
 
         tag = tag_of(step)
         folder = self.root / tag
@@ -278,7 +277,7 @@ class CheckpointManager:
                 write_json_atomic(folder / CONFIG, config)
             self._wait()
             if self.rank == 0:
-                _write_text_atomic(self.root / LATEST, tag)
+                write_text_atomic(self.root / LATEST, tag)
         except OSError:
             if self.rank == 0 and self._latest_tag() != tag:  # e.g. a full disk: no half-written tag beside the last good one
                 self.backend.remove(self.root, tag)
@@ -311,16 +310,6 @@ def publish_folder(source: Path, out: Path, names: tuple[str, ...]) -> None:
     with replaced_folder(out) as tmp:
         for name in names:
             shutil.copy2(source / name, tmp / name)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        tmp.write_text(text)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
 
 
 def _to_universal(tag_dir: Path, universal_dir: Path) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
+
+from neurofm.data_shards.writer import write_text_atomic
 
 
 class MetricsLog:
@@ -32,9 +33,7 @@ class MetricsLog:
             return
         if self.path.is_file():
             kept = [line for line in self.path.read_text().splitlines() if _step(line) <= resumed_step]
-            tmp = self.path.with_name(self.path.name + ".partial")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, "".join(line + "\n" for line in kept))
         if tensorboard is not None:
             from torch.utils.tensorboard import SummaryWriter
 
