@@ -1,7 +1,10 @@
 """Batches planned from the manifest, read and collated in DataLoader workers, resumable exactly."""
 
+import time
+
 import numpy as np
 import pytest
+import torch
 
 from neurofm.data_shards import ShardIndex, ShardStream
 from neurofm.data_shards.batches import BatchStream, bucket_names, channel_class, family_of
@@ -39,3 +42,35 @@ def test_batches_in_workers_equal_batches_in_process_and_resume_exactly(corpus_s
     state = inline[3][2]
     resumed = take(BatchStream(stream(state["position"]), 4, state["pending"], by_channels=True, num_workers=workers), 6)
     assert [k for k, _, _ in resumed] == [k for k, _, _ in inline[4:]]
+
+
+def test_batches_held_by_the_consumer_are_never_overwritten_by_a_worker(corpus_shards):
+    """Workers hand batches over in reused shared-memory slots: a batch kept (here all 24, more than a
+    worker has slots, so some travel the ordinary way) must keep its values while later ones arrive."""
+    def stream():
+        return ShardStream(corpus_shards, seed=5, epochs=None, modality_weights={"eeg": 1.0, "meg": 1.0})
+
+    inline = [next(b) for b in [BatchStream(stream(), 4, by_channels=True)] for _ in range(24)]
+    pooled_stream = BatchStream(stream(), 4, by_channels=True, num_workers=2)
+    kept = [next(pooled_stream) for _ in range(24)]
+    for a, b in zip(inline, kept):
+        assert a.keys == b.keys
+        assert torch.equal(a.signal, b.signal) and torch.equal(a.sensors, b.sensors)
+        assert torch.equal(a.channel_mask, b.channel_mask) and torch.equal(a.time_mask, b.time_mask)
+        assert list(a.metas) == list(b.metas) and b.metas[0]["modality"] in ("eeg", "meg")
+    assert any(isinstance(k, torch.Tensor) and k.untyped_storage().nbytes() > k.nbytes for k in (b.signal for b in kept)), \
+        "no batch came through a slot"
+
+
+def test_a_dropped_batch_frees_its_slot_for_the_worker(corpus_shards):
+    from neurofm.data_shards.slots import SlotRing
+
+    batches = BatchStream(ShardStream(corpus_shards, seed=1, epochs=None), 4, by_channels=True, num_workers=1)
+    ring: SlotRing = batches._ring
+    for _ in range(40):  # far more batches than slots: only possible if dropped batches free theirs
+        batch = next(batches)
+    time.sleep(1.0)  # the worker has filled the loader's prefetch and waits: no slot changes hands now
+    held = int(ring.busy.sum())
+    del batch
+    assert int(ring.busy.sum()) == held - 1
+    assert ring.busy.shape == (1, 6)

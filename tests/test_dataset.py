@@ -120,3 +120,23 @@ def test_a_pipe_url_reads_the_samples_of_the_folder_and_refuses_a_failing_comman
     with pytest.raises(ShardError, match="other bytes than its manifest records"):
         fresh[0]
     assert not [p for p in (tmp_path / "cache2").rglob("*.tar*")]
+
+
+def test_npy_reader_equals_numpy_and_never_unpickles():
+    import io
+
+    from neurofm.data_shards.dataset import load_npy
+
+    arrays = [np.random.default_rng(0).standard_normal((64, 512)).astype(np.float16), np.asfortranarray(np.ones((3, 5))),
+              np.arange(6, dtype=np.int16).reshape(1, 2, 3), np.zeros((0, 12), np.float32)]
+    for a in arrays:
+        buffer = io.BytesIO()
+        np.save(buffer, a)
+        b = load_npy(buffer.getvalue())
+        assert b.dtype == a.dtype and b.shape == a.shape and np.array_equal(a, b) and b.flags.writeable
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="never unpickled"):
+        load_npy(buffer.getvalue())
+    with pytest.raises(ValueError):
+        load_npy(buffer.getvalue()[:5])
