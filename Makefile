@@ -57,10 +57,12 @@ bench-representation: $(STAMP)
 	$(BIN)/neurofm bench representation --config configs/bench/representation_cpu.yaml out=$(BENCH_OUT) --quiet
 
 # A small release worth finetuning on a CPU: the benchmark's release (its corpus, tokenizer and model),
-# with the benchmark's numbers beside it. `make examples` uses it when it exists.
+# built without the probes; `make bench-representation` afterwards probes this very release (the stages
+# resume). `make examples` uses it when it exists.
 SMALL_RELEASE := $(BENCH_OUT)/release
-release-small: bench-representation
-	@echo "small release: $(SMALL_RELEASE) (its benchmark: $(BENCH_OUT)/results.md)"
+release-small: $(STAMP)
+	$(BIN)/neurofm bench representation --config configs/bench/representation_cpu.yaml out=$(BENCH_OUT) --release-only --quiet
+	@echo "small release: $(SMALL_RELEASE) (its probes: make bench-representation)"
 
 # Finetuning examples on a release (default: the small release when `make release-small` made one, else the demo's). Each prints its test metrics beside chance and
 # the shuffled-label and random-encoder baselines; run folders hold metrics.json and plots.

@@ -8,12 +8,15 @@ DataLoader with 0, 1 and 2 workers over the shards of every recording in ../shar
 
 Parallel build (``--parallel 1,2``): the same build — every recording of ../shared/data plus simulated
 EEG/MEG/sEEG/ECoG/fMRI recordings — with each number of Dask workers, side by side in one run: wall
-time, speed-up over one worker, and a check that the shards and manifest are byte-identical.
+time, speed-up over one worker, and a check that the shards and manifest are byte-identical; then the
+machine's ceiling for any worker scheme — as many whole one-worker builds as workers, side by side
+(forked, nothing to start or import), against one alone.
 
 Batched loading (``--loader 0,2``): training batches (32 windows of simulated 64-channel EEG, 2 s at
 256 Hz) read and collated by :class:`~neurofm.data_shards.batches.BatchStream` in the process (0) or in
 DataLoader workers, side by side: windows/s, speed-up over 0 workers, and a check that every worker
-count gives the same batches.
+count gives the same batches; then the machine's ceiling for any worker scheme — as many independent
+in-process readers as workers, side by side, with nothing handed between processes.
 
 Usage: OMP_NUM_THREADS=1 python benchmarks/shard_speed.py [--shared ../shared/data] [--parallel 1,2] [--loader 0,2] [--only-extra]
 """
@@ -61,27 +64,51 @@ def read_speed(shards: Path, workers: int, n: int = 600) -> tuple[float, float]:
     return n / elapsed, nbytes / elapsed / 1e6
 
 
-def loader_speed(out: Path, worker_counts: list[int], batch_size: int = 32, n_batches: int = 400) -> None:
-    """Windows/s of BatchStream batches for each worker count, over simulated 64-ch EEG shards."""
+def _read_batches(out: Path, workers: int, batch_size: int, n_batches: int, seed: int = 0, result=None) -> tuple[float, list]:
+    """(windows/s, keys of every batch) of ``n_batches`` BatchStream batches after a start-up of a few."""
     from neurofm.data_shards.batches import BatchStream
+
+    batches = BatchStream(ShardStream(out, seed=seed, epochs=None), batch_size, num_workers=workers)
+    keys = [next(batches).keys for _ in range(4 * max(1, workers))]  # start-up (worker processes, tar indexing) is not throughput
+    start, windows = time.perf_counter(), 0
+    for _ in range(n_batches):
+        batch = next(batches)
+        windows += len(batch.keys)
+        keys.append(batch.keys)
+    rate = windows / (time.perf_counter() - start)
+    if result is not None:
+        result.put(rate)
+    return rate, keys
+
+
+def loader_speed(out: Path, worker_counts: list[int], batch_size: int = 32, n_batches: int = 400) -> None:
+    """Windows/s of BatchStream batches for each worker count, over simulated 64-ch EEG shards; then the
+    ceiling of any worker scheme on this machine: as many independent in-process readers as the largest
+    worker count, side by side (no hand-over at all), against one alone."""
+    import multiprocessing
 
     config = load_config(ShardsConfig, None, [f"out={out}", "simulate={hours: 0.5, modalities: [eeg], eeg_montages: [biosemi64], "
                                               "recording_seconds: 60, subjects: 2}"])
     build_shards(config, progress=False, workers=1)
     base, reference = None, None
     for workers in worker_counts:
-        batches = BatchStream(ShardStream(out, seed=0, epochs=None), batch_size, num_workers=workers)
-        keys = [next(batches).keys for _ in range(4 * max(1, workers))]  # start-up (worker processes, tar indexing) is not throughput
-        start, windows = time.perf_counter(), 0
-        for _ in range(n_batches):
-            batch = next(batches)
-            windows += len(batch.keys)
-            keys.append(batch.keys)
-        rate = windows / (time.perf_counter() - start)
+        rate, keys = _read_batches(out, workers, batch_size, n_batches)
         base, reference = base or rate, reference or keys
-        shape, n = tuple(batch.signal.shape), min(len(keys), len(reference))
-        print(f"batched read, {workers} worker(s): {rate:.0f} windows/s (batches {shape}), {rate / base:.2f}x the first, "
+        n = min(len(keys), len(reference))
+        print(f"batched read, {workers} worker(s): {rate:.0f} windows/s, {rate / base:.2f}x the first, "
               f"same batches as the first: {keys[:n] == reference[:n]}")
+    parallel = max(worker_counts)
+    if parallel > 1:
+        alone, _ = _read_batches(out, 0, batch_size, n_batches)
+        context, result = multiprocessing.get_context("fork"), multiprocessing.get_context("fork").Queue()
+        readers = [context.Process(target=_read_batches, args=(out, 0, batch_size, n_batches, seed, result)) for seed in range(parallel)]
+        for reader in readers:
+            reader.start()
+        together = sum(result.get() for _ in readers)
+        for reader in readers:
+            reader.join()
+        print(f"ceiling: {parallel} independent in-process readers side by side: {together:.0f} windows/s together, "
+              f"{together / alone:.2f}x one alone ({alone:.0f} windows/s)")
 
 
 def parallel_speed(shared: Path, out: Path, worker_counts: list[int], sim_hours: float) -> None:
@@ -103,6 +130,27 @@ def parallel_speed(shared: Path, out: Path, worker_counts: list[int], sim_hours:
         hours = sum(r["seconds"] for r in manifest["recordings"]) / 3600
         print(f"parallel build, {workers} worker(s): {len(manifest['recordings'])} recordings, {hours:.2f} h, {seconds:.1f} s "
               f"wall, {base / seconds:.2f}x one worker, byte-identical to the first: {files == reference}")
+    parallel = max(worker_counts)
+    if parallel > 1:  # the machine's ceiling: whole one-worker builds side by side, nothing shared, nothing to start
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        builds = [context.Process(target=build_shards, args=(replace_out(config, out.with_name(f"{out.name}-{k}")),),
+                                  kwargs={"progress": False, "workers": 1}) for k in range(parallel)]
+        start = time.perf_counter()
+        for build in builds:
+            build.start()
+        for build in builds:
+            build.join()
+        together = time.perf_counter() - start
+        print(f"ceiling: {parallel} independent one-worker builds side by side: {together:.1f} s wall for {parallel} builds, "
+              f"{parallel * base / together:.2f}x one alone")
+
+
+def replace_out(config: ShardsConfig, out: Path) -> ShardsConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, out=str(out))
 
 
 def main() -> None:

@@ -225,6 +225,12 @@ def _bench_representation(args: argparse.Namespace) -> int:
     from neurofm.config import load_config
 
     config = load_config(RepresentationBenchConfig, args.config, args.overrides)
+    if args.release_only:
+        from neurofm.bench.representation import build_stages
+
+        paths = build_stages(config, progress=not args.quiet)["paths"]
+        print(f"release: {paths['release']} (its probes: the same command without --release-only)")
+        return 0
     run_representation_bench(config, progress=not args.quiet)
     print((Path(config.out) / "results.md").read_text())
     print(f"results.json, results.md and layers.png in {config.out}")
@@ -456,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arguments(brep, "YAML of RepresentationBenchConfig (configs/bench/representation_cpu.yaml or _gpu.yaml)",
                       "dotted.key=value overrides, e.g. out=runs/bench tokenizer_overrides=[steps=100]", "no progress bars",
                       required=False)
+    brep.add_argument("--release-only", action="store_true",
+                      help="stop after the release (corpus, tokenizer, pretraining); a later run without it probes it")
     brep.set_defaults(func=_bench_representation)
 
     probe = stages.add_parser("probe", help="per-layer linear probes of a release", description=(

@@ -200,3 +200,22 @@ def test_real_task_recordings_stay_out_of_the_pretraining_corpus():
     kept = {spec.path.rstrip("/") for spec in corpus.inputs}
     assert kept and not kept & {p.rstrip("/") for p in held}
     assert len(_shards_config(SimulateConfig(hours=0.1), Path("x"), (cfg.real_inputs, "."), set()).inputs) == len(kept) + len(held)
+
+
+def test_bench_command_builds_a_release_through_every_stage(tmp_path, capsys):
+    """`neurofm bench representation --release-only` on a tiny corpus: shards → tokenizer → codes →
+    DeepSpeed pretraining → release, with the held-out devices only in the probe set."""
+    from neurofm.cli import main
+    from neurofm.pretrain.export import from_pretrained
+
+    out = tmp_path / "bench"
+    code = main(["bench", "representation", "--config", str(Path(__file__).parents[1] / "configs/bench/representation_cpu.yaml"),
+                 f"out={out}", "real_root=null", "corpus.hours=0.03", "corpus.subjects=2", "corpus.modalities=[eeg,meg]",
+                 "corpus.eeg_montages=[biosemi64]", "corpus.meg_helmets=[neuromag306]", "probe_set.hours=0.03",
+                 "probe_set.eeg_montages=[GSN-HydroCel-129]", "probe_set.meg_helmets=[kit157]",
+                 "tokenizer_overrides=[steps=3,batch_size=4,checkpoint_every=3,warmup_steps=1]",
+                 "pretrain_overrides=[steps=3,checkpoint_every=3,warmup_steps=1]", "--release-only", "--quiet"])
+    assert code == 0 and f"release: {out / 'release'}" in capsys.readouterr().out
+    model = from_pretrained(out / "release")
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert not (out / "results.json").exists()  # probes are the full command's job
