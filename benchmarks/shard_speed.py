@@ -132,19 +132,26 @@ def parallel_speed(shared: Path, out: Path, worker_counts: list[int], sim_hours:
               f"wall, {base / seconds:.2f}x one worker, byte-identical to the first: {files == reference}")
     parallel = max(worker_counts)
     if parallel > 1:  # the machine's ceiling: whole one-worker builds side by side, nothing shared, nothing to start
-        import multiprocessing
+        alone = _forked_builds(config, out, 1)
+        together = _forked_builds(config, out, parallel)
+        print(f"ceiling: {parallel} independent one-worker builds side by side (forked, warm): {together:.1f} s wall for "
+              f"{parallel} builds, {parallel * alone / together:.2f}x one alone ({alone:.1f} s)")
 
-        context = multiprocessing.get_context("fork")
-        builds = [context.Process(target=build_shards, args=(replace_out(config, out.with_name(f"{out.name}-{k}")),),
-                                  kwargs={"progress": False, "workers": 1}) for k in range(parallel)]
-        start = time.perf_counter()
-        for build in builds:
-            build.start()
-        for build in builds:
-            build.join()
-        together = time.perf_counter() - start
-        print(f"ceiling: {parallel} independent one-worker builds side by side: {together:.1f} s wall for {parallel} builds, "
-              f"{parallel * base / together:.2f}x one alone")
+
+def _forked_builds(config: ShardsConfig, out: Path, n: int) -> float:
+    """Wall time of ``n`` whole one-worker builds at once, each in a process forked from this one (so all
+    start with the same warm imports and caches), into folders beside ``out``."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    builds = [context.Process(target=build_shards, args=(replace_out(config, out.with_name(f"{out.name}-{n}-{k}")),),
+                              kwargs={"progress": False, "workers": 1}) for k in range(n)]
+    start = time.perf_counter()
+    for build in builds:
+        build.start()
+    for build in builds:
+        build.join()
+    return time.perf_counter() - start
 
 
 def replace_out(config: ShardsConfig, out: Path) -> ShardsConfig:
