@@ -74,3 +74,18 @@ def test_a_dropped_batch_frees_its_slot_for_the_worker(corpus_shards):
     del batch
     assert int(ring.busy.sum()) == held - 1
     assert ring.busy.shape == (1, 6)
+
+
+def test_map_tensors_keeps_the_kind_of_batch_and_its_other_values(corpus_shards):
+    """The one walk over a batch's fields that pinning (GPU) and the slots share: a Batch and a dict
+    batch come back of their own kind, every tensor mapped, keys and metas untouched."""
+    from neurofm.data_shards.batches import Batch
+    from neurofm.data_shards.slots import map_tensors
+
+    batch = next(BatchStream(ShardStream(corpus_shards, seed=0, epochs=None), 4, by_channels=True))
+    doubled = map_tensors(batch, lambda t: t * 2 if t.dtype.is_floating_point else t)
+    assert isinstance(doubled, Batch) and doubled.keys == batch.keys and doubled.metas is batch.metas
+    assert torch.equal(doubled.signal, batch.signal * 2) and torch.equal(doubled.channel_mask, batch.channel_mask)
+    codes = {"codes": torch.arange(6).view(2, 3), "keys": ["a", "b"]}
+    mapped = map_tensors(codes, torch.neg)
+    assert isinstance(mapped, dict) and mapped["keys"] == ["a", "b"] and torch.equal(mapped["codes"], -codes["codes"])

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from neurofm.data_shards.dataset import ShardIndex, ShardStream
-from neurofm.data_shards.slots import SlotRing
+from neurofm.data_shards.slots import SlotRing, map_tensors
 from neurofm.errors import ShardError
 from neurofm.data_shards.modalities import FAMILY_OF_MODALITY
 
@@ -57,8 +57,7 @@ class Batch:
 
     def pin_memory(self) -> "Batch":
         """The batch with its tensors in page-locked memory (for fast, asynchronous copies to a GPU)."""
-        pinned = {k: getattr(self, k).pin_memory() for k in ("signal", "sensors", "channel_mask", "time_mask")}
-        return Batch(**pinned, family=self.family, keys=self.keys, metas=self.metas, indices=self.indices)
+        return map_tensors(self, torch.Tensor.pin_memory)
 
 
 class Metas(Sequence):
@@ -253,14 +252,7 @@ class BatchStream:
         batch, self._state = next(self._batches)
         if self._ring is not None:
             batch = self._ring.unpack(batch)
-        return _pinned(batch) if self.pin_memory else batch
-
-
-def _pinned(batch):
-    """A :class:`Batch` or a dict batch (code shards) with its tensors in page-locked memory."""
-    if isinstance(batch, dict):
-        return {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in batch.items()}
-    return batch.pin_memory()
+        return map_tensors(batch, torch.Tensor.pin_memory) if self.pin_memory else batch
 
 
 def require_signal(index: ShardIndex) -> None:

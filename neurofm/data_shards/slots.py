@@ -68,21 +68,21 @@ class SlotRing:
         """``batch`` (a dataclass or dict of tensors and other values) as a :class:`_Packed` in a free
         slot of this worker; unchanged outside a worker, without tensors, or when no slot is free."""
         info = torch.utils.data.get_worker_info()
-        values = _fields(batch)
+        values = batch_fields(batch)
         tensors = {k: v for k, v in values.items() if torch.is_tensor(v) and v.device.type == "cpu"}
         if info is None or not tensors:
             return batch
         layout, size = {}, 0
         for name, t in tensors.items():
             layout[name] = (size, tuple(t.shape), t.dtype)
-            size += -(-t.numel() * t.element_size() // _ALIGN) * _ALIGN
+            size += -(-t.nbytes // _ALIGN) * _ALIGN
         slot = self._free_slot(info.id, size)
         if slot is None:
             return batch
         buffer = self._slots[slot]
         for name, t in tensors.items():
             offset, shape, dtype = layout[name]
-            buffer[offset : offset + t.numel() * t.element_size()].view(dtype).view(shape).copy_(t)
+            buffer[offset : offset + t.nbytes].view(dtype).view(shape).copy_(t)
         self.busy[info.id, slot] = 1
         generation = self._generations[slot]
         storage = buffer if self._sent.get(slot) != generation else None
@@ -134,9 +134,19 @@ def _release(busy: torch.Tensor, worker: int, slot: int) -> None:
     busy[worker, slot] = 0
 
 
-def _fields(batch) -> dict:
+def batch_fields(batch) -> dict:
+    """{name: value} of a batch that is a dataclass (:class:`~neurofm.data_shards.batches.Batch`) or a dict
+    (code shards' batches); {} for anything else."""
     if dataclasses.is_dataclass(batch):
         return {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
     if isinstance(batch, dict):
         return dict(batch)
     return {}
+
+
+def map_tensors(batch, fn):
+    """The same kind of batch with ``fn`` applied to each of its tensors (other values kept)."""
+    values = batch_fields(batch)
+    if not values:
+        return batch
+    return type(batch)(**{k: fn(v) if torch.is_tensor(v) else v for k, v in values.items()})
