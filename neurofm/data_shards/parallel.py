@@ -12,6 +12,11 @@ order); :class:`DaskExecutor` runs them on ``dask.distributed`` workers — a lo
 ``workers`` processes, or a running scheduler at ``scheduler``. Dask reruns a task whose worker died.
 Every run of one dataset's later recordings waits for its first one (fMRI runs of a dataset share the
 parcellation that the first run fits).
+
+Worker processes that this module starts (a local cluster, batch jobs) run with glibc's own malloc
+settings: Dask's nannies set ``MALLOC_TRIM_THRESHOLD_=65536`` by default, which turns off glibc's
+adaptive mmap threshold, so every array over 128 kB is mapped and unmapped afresh; a recording's
+task then ran 1.5x slower than in the driver (benchmarks/RESULTS.md, "Shard building on Dask workers").
 """
 
 from __future__ import annotations
@@ -142,14 +147,20 @@ class InlineExecutor:
         pass
 
 
+#: Environment the nannies set before starting a worker process, over Dask's defaults (None unsets).
+WORKER_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": None}
+
+
 def batch_cluster(cluster):
     """The dask-jobqueue cluster (not yet scaled) that a :class:`~neurofm.data_shards.config.ClusterConfig` describes."""
     from dask_jobqueue import PBSCluster, SLURMCluster
 
     cls = {"slurm": SLURMCluster, "pbs": PBSCluster}[cluster.kind]
+    # the job's nanny reads its Dask config from the environment: DASK_A__B=<python literal>
+    prologue = [f'export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON="{WORKER_ENVIRON!r}"']
     return cls(cores=cluster.cores, processes=cluster.cores, memory=cluster.memory, walltime=cluster.walltime,
                queue=cluster.queue, account=cluster.account, job_extra_directives=list(cluster.job_extra),
-               dashboard_address=None)
+               job_script_prologue=prologue, dashboard_address=None)
 
 
 class DaskExecutor:
@@ -157,6 +168,7 @@ class DaskExecutor:
     ``scheduler``, or batch jobs of a ``cluster`` config (SLURM / PBS through dask-jobqueue)."""
 
     def __init__(self, workers: int | None = None, scheduler: str | None = None, cluster=None, timeout_s: float = 10.0):
+        import dask
         from dask.distributed import Client, LocalCluster
 
         self.cluster = None
@@ -171,7 +183,8 @@ class DaskExecutor:
                 raise NeuroFMError(f"Cannot reach the Dask scheduler at {scheduler} within {timeout_s:g} s ({err}); check the "
                                    "address (tcp://host:8786) and that the scheduler runs, or drop --scheduler.") from None
         else:
-            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": {**dask.config.get("distributed.nanny.pre-spawn-environ"), **WORKER_ENVIRON}}):
+                self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
             self.client = Client(self.cluster)
         self.workers = len(self.client.scheduler_info()["workers"]) if cluster is None else cluster.jobs * cluster.cores
 
