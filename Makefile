@@ -82,8 +82,9 @@ examples: $(STAMP)
 	$(BIN)/neurofm simulate-speech --background $(DEMO_OUT)/shards --out $(EX_OUT)/speech --overwrite
 	$(BIN)/neurofm targets --kind speech --inputs $(EX_OUT)/speech/audio --out $(EX_OUT)/targets/speech_logmel
 	$(FINETUNE) --config configs/examples/finetune_speech.yaml shards=$(EX_OUT)/speech/shards targets=$(EX_OUT)/targets/speech_logmel out=$(EX_OUT)/speech/run
-	@echo "-- simulated evoked conditions (auditory / visual / somatosensory), classification head with LoRA"
-	$(FINETUNE) --config configs/examples/finetune_simulated_conditions.yaml shards=$(DEMO_OUT)/shards out=$(EX_OUT)/conditions
+	@echo "-- simulated evoked conditions (auditory / visual / somatosensory), event-locked windows of held-out subjects, classification head with LoRA"
+	$(BIN)/neurofm shards build --config configs/demo_probe.yaml --out $(EX_OUT)/conditions/shards --quiet > /dev/null
+	$(FINETUNE) --config configs/examples/finetune_simulated_conditions.yaml shards=$(EX_OUT)/conditions/shards out=$(EX_OUT)/conditions/run
 ifneq ($(wildcard $(SHARED_DATA)),)
 	@echo "-- motor imagery, fists vs feet (eegmmidb S088R10)"
 	$(BIN)/neurofm shards build --config configs/examples/eegmmidb_motor.yaml root=$(SHARED_DATA) --out $(EX_OUT)/motor/shards --quiet > /dev/null

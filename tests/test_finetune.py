@@ -243,6 +243,9 @@ def test_bad_input(release, corpus_shards, tmp_path):
     with pytest.raises(NeuroFMError, match="outputs but this run needs 384"):
         finetune(config(release, corpus_shards, tmp_path / "r", "task=text", f"targets={four}", "target_key=modality",
                         f"init_from={tmp_path / 'cls'}"), progress=False)
+    with pytest.raises(ConfigError, match="trained with pooling=attention, this run uses pooling=mean; add pooling=attention"):
+        finetune(config(release, corpus_shards, tmp_path / "r", "label_key=modality", "pooling=mean", f"init_from={tmp_path / 'cls'}"),
+                 progress=False)
     (four / "targets.json").write_text(json.dumps({**json.loads((four / "targets.json").read_text()), "ids": ["eeg"]}))
     with pytest.raises(NeuroFMError, match="recompute"):
         load_targets(four)

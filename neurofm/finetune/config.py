@@ -97,7 +97,8 @@ class FinetuneConfig:
         Encoder layer the head reads (−1: the last, normed).
     pooling : 'mean' | 'query' | 'attention'
         Tokens → one embedding: mean over valid tokens, a learned CLS-style query (multi-head
-        attention), or attention pooling (a learned score per token, softmax-weighted mean).
+        attention), or attention pooling (a learned score per token, softmax-weighted mean; the
+        default: a plain mean washes a short evoked response out of a window — benchmarks/RESULTS.md).
     mode : 'frozen' | 'last_k' | 'full' | 'lora'
         What of the encoder trains: nothing (a linear probe when the head is linear), the last
         ``last_k`` blocks, everything, or LoRA adapters (``lora``).
@@ -156,7 +157,7 @@ class FinetuneConfig:
     targets: str | None = None
     target_key: str | None = None
     layer: int = -1
-    pooling: Pooling = "mean"
+    pooling: Pooling = "attention"
     mode: Mode = "frozen"
     last_k: int = 1
     lora: LoraSettings = field(default_factory=LoraSettings)

@@ -320,6 +320,11 @@ def _init_state(cfg: FinetuneConfig, n_outputs: int) -> dict:
     path = Path(cfg.init_from) / "head.safetensors"
     if not path.is_file():
         raise NeuroFMError(f"init_from={cfg.init_from} holds no head.safetensors; give a finished `neurofm finetune` run.")
+    run_config = path.parent / "config.json"
+    pooling = json.loads(run_config.read_text())["finetune"].get("pooling", "mean") if run_config.is_file() else cfg.pooling
+    if pooling != cfg.pooling:  # a head trained on other pooled features (the default was mean until 2026-12)
+        raise ConfigError(f"init_from={cfg.init_from} was trained with pooling={pooling}, this run uses pooling={cfg.pooling}; "
+                          f"add pooling={pooling} to continue from it.")
     state = load_file(str(path))
     saved = state.get("head.final_layer.weight")
     if saved is not None and saved.shape[0] != n_outputs:
