@@ -1,6 +1,7 @@
 """What the three training loops share: the metrics log (JSONL + TensorBoard) and the resume check."""
 
 import json
+import time
 
 import pytest
 
@@ -32,6 +33,9 @@ def test_tensorboard_scalars_are_purged_past_the_resumed_step(tmp_path):
     with MetricsLog(tmp_path / "log.jsonl", tensorboard=board) as log:
         for step in range(1, 6):
             log.write({"step": step, "loss": 1.0 / step, "accuracy": [0.1 * step, 0.2], "note": "text"})
+    # TensorBoard reads a folder's event files in name order: the creation second, then a per-process
+    # counter that sorts "10" before "9"; a resumed run is a new process in a later second, so start one
+    time.sleep(1.01 - time.time() % 1.0)
     # resumed from a step-3 checkpoint: steps 4 and 5 are written again, with other values
     with MetricsLog(tmp_path / "log.jsonl", resumed_step=3, tensorboard=board) as log:
         for step in (4, 5):
