@@ -183,7 +183,7 @@ class DaskExecutor:
                 raise NeuroFMError(f"Cannot reach the Dask scheduler at {scheduler} within {timeout_s:g} s ({err}); check the "
                                    "address (tcp://host:8786) and that the scheduler runs, or drop --scheduler.") from None
         else:
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": {**dask.config.get("distributed.nanny.pre-spawn-environ"), **WORKER_ENVIRON}}):
+            with dask.config.set({f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in WORKER_ENVIRON.items()}):
                 self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
             self.client = Client(self.cluster)
         self.workers = len(self.client.scheduler_info()["workers"]) if cluster is None else cluster.jobs * cluster.cores
