@@ -19,7 +19,7 @@ from neurofm.launch import LaunchConfig, render_launch
 from neurofm.pretrain.config import PretrainConfig, PretrainModelConfig
 from neurofm.pretrain.export import export_release, from_pretrained
 from neurofm.pretrain.masking import make_mask, masked_tokens
-from neurofm.pretrain.model import MaskedCodeModel, masked_code_loss
+from neurofm.pretrain.model import MaskedCodeModel, masked_code_loss, masked_latent_loss
 from neurofm.pretrain.safe_checkpoint import weights_only_loads
 from neurofm.pretrain.train import probe_logits, train_pretrain
 from tests.conftest import ROOT, clean_env
@@ -221,6 +221,43 @@ def test_code_embeddings_start_from_the_tokenizers_codebooks(code_shards, tmp_pa
     assert torch.stack([t.weight for t in model.code_embeddings]).pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-4)
     with pytest.raises(ValueError, match="do not fit"):
         model.init_code_embeddings(codebooks[:, :2], seed=3)
+
+
+def test_masked_latent_regression_targets_the_quantized_latents_and_trains(code_shards, tmp_path):
+    from neurofm.pretrain.train import code_manifest, tokenizer_codebooks
+
+    codebooks = tokenizer_codebooks(code_manifest(code_shards), code_shards)  # [L, V, c]
+    levels, v, _ = codebooks.shape
+    cfg = PretrainModelConfig(d_model=32, n_layers=1, n_heads=2, n_latents=4, levels=levels, codes_per_level=v, latent_loss=1.0)
+    model = MaskedCodeModel(cfg)
+    model.init_code_embeddings(codebooks, seed=3)
+    model.set_latent_targets(codebooks, seed=3)
+    codes = torch.randint(0, v, (2, 8, 4, levels))
+    # the target of a token is what its input started as: the same linear image of its quantized latent
+    tokens = sum(table(codes[..., level]) for level, table in enumerate(model.code_embeddings)).flatten(1, 2)
+    assert torch.allclose(model.quantized_latents(codes), tokens, atol=1e-6)
+    mask = make_mask(2, 8, 4, 0.5, "random", torch.Generator().manual_seed(1))
+    n_masked = masked_tokens(8, 4, 0.5, "random")
+    logits, latents = model(codes, torch.tensor([0, 3]), mask, 32 - n_masked, with_latents=True)
+    assert logits.shape == (2, 32, levels, v) and latents.shape == (2, 32, 32)
+    target = model.quantized_latents(codes)
+    assert masked_latent_loss(torch.zeros_like(target), target, mask).item() == pytest.approx(1.0)
+    perfect = torch.where(mask.flatten(1)[..., None], target, torch.randn_like(target))  # right where masked only
+    assert masked_latent_loss(perfect, target, mask, n_masked).item() == pytest.approx(0.0, abs=1e-10)
+    assert masked_latent_loss(latents, target, mask, n_masked).item() == pytest.approx(masked_latent_loss(latents, target, mask).item())
+    assert "latent_tables" not in model.state_dict()  # rebuilt from the tokenizer, never saved
+
+    run = tmp_path / "run"
+    train_pretrain(config(code_shards, run, "steps=30", "lr=3e-3", "model.latent_loss=1.0"), progress=False)
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    first, last = np.mean([r["latent_unexplained"] for r in log[:3]]), np.mean([r["latent_unexplained"] for r in log[-3:]])
+    assert last < first and last < 1.0, (first, last)  # it learns to predict masked latents from visible ones
+    release = from_pretrained(export_release(run, tmp_path / "release"))
+    assert release.cfg.latent_loss == 1.0 and hasattr(release, "latent_head")
+    assert np.allclose(probe_logits(release, code_shards), json.loads((run / "DONE.json").read_text())["probe"], atol=1e-5)
+    # a longer schedule resumes: the targets are rebuilt from the tokenizer, the trajectory carries on
+    train_pretrain(config(code_shards, run, "steps=32", "lr=3e-3", "model.latent_loss=1.0", "allow_changed=[steps]"), progress=False)
+    assert np.isfinite(json.loads((run / "DONE.json").read_text())["latent_unexplained"])
 
 
 class _RunsCode:

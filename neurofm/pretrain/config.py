@@ -31,6 +31,12 @@ class PretrainModelConfig:
         Start each level's code embedding table from the tokenizer's codebook for that level (through one
         fixed orthonormal map into ``d_model``), so a token's input is a linear image of its quantized
         latent from step 0; or from random vectors.
+    latent_loss : float
+        Weight of masked latent regression beside the masked-code cross-entropy: a linear head also
+        predicts each masked token's quantized latent (the sum of its code vectors in the tokenizer's
+        codebooks, through the same fixed orthonormal map into ``d_model``); the term is the squared error
+        over the batch's mean squared target (the fraction of the masked latents' power left unexplained).
+        0 = masked codes alone.
     """
 
     d_model: int = 128
@@ -48,12 +54,15 @@ class PretrainModelConfig:
     decoder_layers: int = 2
     activation_checkpointing: bool = False
     code_embedding_init: Literal["tokenizer", "random"] = "tokenizer"
+    latent_loss: float = 0.0
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ValueError(f"d_model ({self.d_model}) / n_heads ({self.n_heads}) must be an even integer (rotary positions).")
         if not 0 < self.mask_ratio < 1:
             raise ValueError(f"mask_ratio must be in (0, 1); got {self.mask_ratio}.")
+        if self.latent_loss < 0:
+            raise ValueError(f"latent_loss must be ≥ 0; got {self.latent_loss}.")
         if self.decoder_d_model % self.n_heads:
             raise ValueError(f"decoder_d_model ({self.decoder_d_model}) must be divisible by n_heads ({self.n_heads}).")
 

@@ -10,7 +10,9 @@ level), its latent-index embedding and its window's modality embedding; its time
 positions (the patch index) inside attention, so every latent of a patch shares a time. A masked token
 replaces its code embeddings by a learned mask embedding (it keeps latent index, modality and time:
 the model is asked "what was latent k at time p?"). The head predicts all L levels of every masked
-token; the loss is their cross-entropy.
+token; the loss is their cross-entropy. With ``latent_loss`` a second linear head also regresses each
+masked token's quantized latent (the continuous vector its codes stand for), so the encoder is asked to
+keep what the codes carry, not only which code is likeliest.
 
 With ``asymmetric`` the encoder runs on the visible tokens only; a narrow decoder gets the encoder's
 outputs back in place, mask embeddings elsewhere, and predicts the masked codes (MAE). Every window
@@ -101,12 +103,15 @@ class MaskedCodeModel(nn.Module):
         else:
             head_in = d
         self.head = nn.Linear(head_in, cfg.levels * cfg.codes_per_level)
+        if cfg.latent_loss > 0:
+            self.latent_head = nn.Linear(head_in, d)
+            # targets, not weights: rebuilt from the tokenizer by set_latent_targets, never saved
+            self.register_buffer("latent_tables", torch.zeros(cfg.levels, cfg.codes_per_level, d), persistent=False)
 
-    @torch.no_grad()
-    def init_code_embeddings(self, codebooks: torch.Tensor, seed: int = 0) -> None:
-        """Level l's table ← codebooks[l] [V, c] through one fixed orthonormal map into D, scaled to unit
-        RMS over all levels (their relative sizes kept: a token's input is then a linear image of the
-        sum of its code vectors, i.e. of the tokenizer's quantized latent)."""
+    def codebook_image(self, codebooks: torch.Tensor, seed: int = 0) -> torch.Tensor:
+        """codebooks [L, V, c] through one fixed orthonormal map into D, scaled to unit RMS over all levels
+        (their relative sizes kept) → [L, V, D]: the sum of a token's level vectors is then a linear image of
+        its quantized latent."""
         levels, v, c = codebooks.shape
         if (levels, v) != (self.cfg.levels, self.cfg.codes_per_level) or c > self.cfg.d_model:
             raise ValueError(f"codebooks {tuple(codebooks.shape)} do not fit {self.cfg.levels} levels × "
@@ -114,9 +119,25 @@ class MaskedCodeModel(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         q, _ = torch.linalg.qr(torch.randn(self.cfg.d_model, c, generator=generator))  # [D, c], orthonormal columns
         tables = codebooks.float() @ q.T  # [L, V, D]
-        tables = tables / tables.pow(2).mean().sqrt().clamp(min=1e-12)
+        return tables / tables.pow(2).mean().sqrt().clamp(min=1e-12)
+
+    @torch.no_grad()
+    def init_code_embeddings(self, codebooks: torch.Tensor, seed: int = 0) -> None:
+        """Level l's table ← :meth:`codebook_image` of codebooks [L, V, c] (a token's input is then a
+        linear image of the tokenizer's quantized latent)."""
+        tables = self.codebook_image(codebooks, seed)
         for level, table in enumerate(self.code_embeddings):
             table.weight.copy_(tables[level])
+
+    @torch.no_grad()
+    def set_latent_targets(self, codebooks: torch.Tensor, seed: int = 0) -> None:
+        """The regression targets of ``latent_loss``: :meth:`codebook_image` of codebooks [L, V, c]."""
+        self.latent_tables.copy_(self.codebook_image(codebooks, seed))
+
+    def quantized_latents(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, P, K, L] → the latent-regression targets [B, N, D] (needs ``latent_loss`` > 0)."""
+        flat = rearrange(codes, "b p k l -> b (p k) l")
+        return sum(self.latent_tables[level][flat[..., level]] for level in range(self.cfg.levels))
 
     def _context(self, b: int, p: int, modality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent-index + modality embedding [B, N, D] and time positions [B, N] of every token."""
@@ -129,8 +150,10 @@ class MaskedCodeModel(nn.Module):
         positions = torch.arange(p, device=modality.device).repeat_interleave(k)[None].expand(b, -1)
         return context, positions
 
-    def forward(self, codes: torch.Tensor, modality: torch.Tensor, mask: torch.Tensor, n_visible: int | None = None) -> torch.Tensor:
-        """codes [B, P, K, L] (long), modality [B] (long), mask [B, P, K] (True = masked) → logits [B, N, L, V].
+    def forward(self, codes: torch.Tensor, modality: torch.Tensor, mask: torch.Tensor, n_visible: int | None = None,
+                with_latents: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """codes [B, P, K, L] (long), modality [B] (long), mask [B, P, K] (True = masked) → logits [B, N, L, V];
+        with ``with_latents`` (needs ``latent_loss`` > 0) also the predicted quantized latents [B, N, D].
 
         ``n_visible``: unmasked tokens per window, when the caller knows it (``masking.masked_tokens``);
         otherwise it is read off the mask, which costs a device sync (and a graph break when compiled).
@@ -153,7 +176,8 @@ class MaskedCodeModel(nn.Module):
             full = self.decoder_mask.to(encoded.dtype).expand(b, masked.shape[1], -1) + self.decoder_context(context)
             full = full.scatter(1, visible[..., None].expand(-1, -1, full.shape[-1]), self.decoder_in(encoded).to(full.dtype))
             out = self.decoder(full, positions)
-        return rearrange(self.head(out), "b n (l v) -> b n l v", l=self.cfg.levels)
+        logits = rearrange(self.head(out), "b n (l v) -> b n l v", l=self.cfg.levels)
+        return (logits, self.latent_head(out)) if with_latents else logits
 
 
 def encoder_hidden_states(model: MaskedCodeModel, codes: torch.Tensor, modality: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
@@ -174,6 +198,27 @@ def encoder_hidden_states(model: MaskedCodeModel, codes: torch.Tensor, modality:
     return states
 
 
+def _masked_rows(values: torch.Tensor, masked: torch.Tensor, n_masked: int | None) -> torch.Tensor:
+    """values [B, N, …] at the masked tokens (masked [B, N]) → [M, …], in token order. With ``n_masked``
+    (the same for every window) the rows are gathered without a device sync; the result is the same."""
+    if n_masked is None:
+        return values[masked]
+    index = torch.argsort(masked.to(torch.int8), dim=1, descending=True, stable=True)[:, :n_masked]  # masked first
+    index = index.view(*index.shape, *([1] * (values.dim() - 2))).expand(-1, -1, *values.shape[2:])
+    return torch.gather(values, 1, index).flatten(0, 1)
+
+
+def masked_latent_loss(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, n_masked: int | None = None) -> torch.Tensor:
+    """Squared error of the predicted quantized latents at masked tokens over their mean squared value
+    (the fraction of the masked latents' power left unexplained; 1 = predicting zeros).
+
+    predicted, target [B, N, D]; mask [B, P, K].
+    """
+    masked = rearrange(mask, "b p k -> b (p k)")
+    chosen, wanted = _masked_rows(predicted, masked, n_masked).float(), _masked_rows(target, masked, n_masked).float()
+    return (chosen - wanted).pow(2).mean() / wanted.pow(2).mean().clamp(min=1e-12)
+
+
 def masked_code_loss(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor, n_masked: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy over every level at masked tokens; and masked accuracy per level [L].
 
@@ -183,12 +228,7 @@ def masked_code_loss(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tens
     """
     target = rearrange(codes, "b p k l -> b (p k) l")
     masked = rearrange(mask, "b p k -> b (p k)")
-    if n_masked is None:
-        chosen_logits, chosen_target = logits[masked], target[masked]  # [M, L, V], [M, L]
-    else:  # masked positions first, in token order (a stable sort): the order boolean indexing gives
-        index = torch.argsort(masked.to(torch.int8), dim=1, descending=True, stable=True)[:, :n_masked]
-        chosen_logits = torch.gather(logits, 1, index[..., None, None].expand(-1, -1, *logits.shape[2:])).flatten(0, 1)
-        chosen_target = torch.gather(target, 1, index[..., None].expand(-1, -1, target.shape[-1])).flatten(0, 1)
+    chosen_logits, chosen_target = _masked_rows(logits, masked, n_masked), _masked_rows(target, masked, n_masked)  # [M, L, V], [M, L]
     loss = F.cross_entropy(chosen_logits.float().flatten(0, 1), chosen_target.flatten())
     accuracy = (chosen_logits.argmax(-1) == chosen_target).float().mean(0)
     return loss, accuracy

@@ -41,7 +41,7 @@ from neurofm.data_shards.remote import is_pipe
 from neurofm.pretrain.config import PretrainConfig
 from neurofm.pretrain.extension_locks import clear_stale_extension_locks
 from neurofm.pretrain.masking import make_mask, masked_tokens
-from neurofm.pretrain.model import MaskedCodeModel, masked_code_loss
+from neurofm.pretrain.model import MaskedCodeModel, masked_code_loss, masked_latent_loss
 from neurofm.outputs import output_folder, writer_lock
 from neurofm.data_shards.batches import BatchStream
 
@@ -73,7 +73,7 @@ def tokenizer_codebooks(manifest: dict, codes_dir: str | Path) -> torch.Tensor:
     if not (path / "model.safetensors").is_file():
         raise NeuroFMError(
             f"The tokenizer that encoded {codes_dir} is not at {path} any more (model.code_embedding_init=tokenizer "
-            "needs its codebooks); put it back, or set model.code_embedding_init=random."
+            "and model.latent_loss need its codebooks); put it back, or set model.code_embedding_init=random and model.latent_loss=0."
         )
     return load_tokenizer(path).quantizer.residual.codebooks.detach()
 
@@ -239,6 +239,8 @@ def _engine(cfg: PretrainConfig, manifest: dict, ds_config: dict, device: torch.
     model = MaskedCodeModel(cfg.model)
     if cfg.model.code_embedding_init == "tokenizer" and fresh:
         model.init_code_embeddings(tokenizer_codebooks(manifest, cfg.codes), seed=cfg.seed)
+    if cfg.model.latent_loss > 0:  # the targets are not in the checkpoint: rebuilt on every start
+        model.set_latent_targets(tokenizer_codebooks(manifest, cfg.codes), seed=cfg.seed)
     if cfg.compile:
         model = torch.compile(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
@@ -258,16 +260,23 @@ def _checkpoint_config(cfg: PretrainConfig, manifest: dict) -> dict:
 
 def _micro_step(engine, batch: dict, cfg: PretrainConfig, generator: torch.Generator, device: torch.device):
     """Forward, backward and (at the accumulation boundary, DeepSpeed decides) optimizer step on one
-    micro-batch; returns the loss, per-level masked accuracy (on device, no host sync) and tokens."""
+    micro-batch; returns the loss, per-level masked accuracy, the latent-regression term (NaN without
+    ``latent_loss``; all on device, no host sync), windows and tokens per window."""
     codes, modality = batch["codes"].to(device), batch["modality"].to(device)
     b, p, k, _ = codes.shape
     mask = make_mask(b, p, k, cfg.model.mask_ratio, cfg.model.masking, generator).to(device)
     n_masked = masked_tokens(p, k, cfg.model.mask_ratio, cfg.model.masking)
-    logits = engine(codes, modality, mask, p * k - n_masked)
+    if cfg.model.latent_loss > 0:
+        logits, latents = engine(codes, modality, mask, p * k - n_masked, with_latents=True)
+        latent_term = masked_latent_loss(latents, engine.module.quantized_latents(codes), mask, n_masked)
+    else:
+        logits, latent_term = engine(codes, modality, mask, p * k - n_masked), torch.tensor(float("nan"), device=device)
     loss, accuracy = masked_code_loss(logits, codes, mask, n_masked)
+    if cfg.model.latent_loss > 0:
+        loss = loss + cfg.model.latent_loss * latent_term
     engine.backward(loss)
     engine.step()
-    return loss.detach(), accuracy.detach(), b, p * k
+    return loss.detach(), accuracy.detach(), latent_term.detach(), b, p * k
 
 
 def _train(cfg: PretrainConfig, manifest: dict, rank: int, world: int, device: torch.device, out: Path, progress: bool,
@@ -306,11 +315,12 @@ def _train(cfg: PretrainConfig, manifest: dict, rank: int, world: int, device: t
     metrics: dict = {}
     try:
         while step < cfg.steps:
-            losses, accuracies = [], []
+            losses, accuracies, latent_terms = [], [], []
             for _ in range(cfg.grad_accum):
-                loss, accuracy, windows, tokens_per_window = _micro_step(engine, next(batches), cfg, generator, device)
+                loss, accuracy, latent_term, windows, tokens_per_window = _micro_step(engine, next(batches), cfg, generator, device)
                 losses.append(loss)
                 accuracies.append(accuracy)
+                latent_terms.append(latent_term)
                 windows_seen += windows * world
                 throughput.add(windows * tokens_per_window * world)
             step += 1
@@ -320,6 +330,8 @@ def _train(cfg: PretrainConfig, manifest: dict, rank: int, world: int, device: t
                 metrics = {"step": step, "loss": float(torch.stack(losses).mean()),
                            "masked_accuracy": torch.stack(accuracies).float().mean(0).cpu().tolist(),
                            "lr": scheduler.get_last_lr()[0], **throughput.read(device, tokens_per_window)}
+                if cfg.model.latent_loss > 0:
+                    metrics["latent_unexplained"] = float(torch.stack(latent_terms).mean())
                 log.write(metrics)
                 if progress:
                     logger.info("step %d loss %.4f acc %s tok/s %.0f", step, metrics["loss"],
