@@ -264,16 +264,26 @@ def test_launch_shards_renders_the_slurm_job_of_a_cluster_section(capsys):
 def test_worker_processes_keep_glibc_malloc_settings(monkeypatch, capsys):
     """Dask's nannies set MALLOC_TRIM_THRESHOLD_, which made every task 1.5x slower; ours unset it — in a
     local cluster's workers and in the environment a batch job's nanny reads its Dask config from."""
+    import contextlib
     import os
     import re
+    import socket
     import subprocess
     import sys
+    import warnings
 
     from neurofm.cli import main
     from neurofm.data_shards.parallel import DaskExecutor
 
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
-    executor = DaskExecutor(1)
+    with socket.socket() as held, warnings.catch_warnings(record=True) as caught:  # another cluster holds Dask's 8787
+        warnings.simplefilter("always")
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        with contextlib.suppress(OSError):
+            held.bind(("", 8787))
+            held.listen()
+        executor = DaskExecutor(1)
+    assert not [w for w in caught if "already in use" in str(w.message)]  # its dashboard takes a free port, silently
     try:
         assert list(executor.client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == [None]
         assert list(executor.client.run(os.environ.get, "OMP_NUM_THREADS").values()) == ["1"]  # Dask's other settings stay

@@ -184,7 +184,9 @@ class DaskExecutor:
                                    "address (tcp://host:8786) and that the scheduler runs, or drop --scheduler.") from None
         else:
             with dask.config.set({f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in WORKER_ENVIRON.items()}):
-                self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+                # the scheduler serves its dashboard whatever dashboard_address says (dask/distributed#8136): a free
+                # port, so a second build beside this one does not warn that 8787 is taken
+                self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
             self.client = Client(self.cluster)
         self.workers = len(self.client.scheduler_info()["workers"]) if cluster is None else cluster.jobs * cluster.cores
 
