@@ -209,13 +209,28 @@ def test_bench_command_builds_a_release_through_every_stage(tmp_path, capsys):
     from neurofm.pretrain.export import from_pretrained
 
     out = tmp_path / "bench"
-    code = main(["bench", "representation", "--config", str(Path(__file__).parents[1] / "configs/bench/representation_cpu.yaml"),
-                 f"out={out}", "real_root=null", "corpus.hours=0.03", "corpus.subjects=2", "corpus.modalities=[eeg,meg]",
-                 "corpus.eeg_montages=[biosemi64]", "corpus.meg_helmets=[neuromag306]", "probe_set.hours=0.03",
-                 "probe_set.eeg_montages=[GSN-HydroCel-129]", "probe_set.meg_helmets=[kit157]",
-                 "tokenizer_overrides=[steps=3,batch_size=4,checkpoint_every=3,warmup_steps=1]",
-                 "pretrain_overrides=[steps=3,checkpoint_every=3,warmup_steps=1]", "--release-only", "--quiet"])
+    args = ["bench", "representation", "--config", str(Path(__file__).parents[1] / "configs/bench/representation_cpu.yaml"),
+            "real_root=null", "corpus.hours=0.03", "corpus.subjects=2", "corpus.modalities=[eeg,meg]",
+            "corpus.eeg_montages=[biosemi64]", "corpus.meg_helmets=[neuromag306]", "probe_set.hours=0.03",
+            "probe_set.eeg_montages=[GSN-HydroCel-129]", "probe_set.meg_helmets=[kit157]",
+            "tokenizer_overrides=[steps=3,batch_size=4,checkpoint_every=3,warmup_steps=1]",
+            "pretrain_overrides=[steps=3,checkpoint_every=3,warmup_steps=1]", "--release-only", "--quiet"]
+    code = main([*args[:-3], f"out={out}", *args[-3:]])
     assert code == 0 and f"release: {out / 'release'}" in capsys.readouterr().out
     model = from_pretrained(out / "release")
     assert sum(p.numel() for p in model.parameters()) > 0
     assert not (out / "results.json").exists()  # probes are the full command's job
+
+    # a pretraining candidate reuses that run's corpus, tokenizer and codes (stages_from) and builds only its own
+    built = {name: (out / name / "manifest.json").stat().st_mtime_ns for name in ("corpus", "probe_set", "codes")}
+    candidate, shared_args = tmp_path / "candidate", args[:-3]
+    code = main([*shared_args, f"out={candidate}", f"stages_from={out}",
+                 "pretrain_overrides=[steps=2,checkpoint_every=2,warmup_steps=1,model.latent_loss=1.0]", "--release-only", "--quiet"])
+    assert code == 0 and from_pretrained(candidate / "release").cfg.latent_loss == 1.0
+    assert sorted(p.name for p in candidate.iterdir() if p.is_dir()) == ["pretrain", "release"]
+    assert {name: (out / name / "manifest.json").stat().st_mtime_ns for name in built} == built
+    # a candidate whose tokenizer settings differ from the reused run's is refused, not mixed in
+    other = [a if not a.startswith("tokenizer_overrides=") else "tokenizer_overrides=[steps=3,batch_size=8,checkpoint_every=3,warmup_steps=1]"
+             for a in shared_args]
+    assert main([*other, f"out={tmp_path / 'other'}", f"stages_from={out}", *args[-3:]]) != 0
+    assert "batch_size" in capsys.readouterr().err

@@ -98,6 +98,11 @@ class RepresentationBenchConfig:
         Labelled tasks on the real recordings under ``real_root`` (skipped, and said so, without them).
     seed : int
         Seed of the random-weights column, masks of the diagnostics and label draws.
+    stages_from : str | None
+        Another benchmark run's ``out`` whose corpus, probe set, tokenizer and codes this run reuses, so a
+        pretraining candidate costs only pretraining and probes. Those stages still run there (each
+        resumes, so a finished one is a no-op): a config that differs on them is refused by the stage
+        (e.g. the tokenizer's resume check) rather than silently mixed.
     """
 
     out: str = "runs/bench_representation"
@@ -120,6 +125,7 @@ class RepresentationBenchConfig:
     few_label_repeats: int = 10
     real_tasks: list[RealTask] = field(default_factory=_real_tasks)
     seed: int = 0
+    stages_from: str | None = None
 
     def __post_init__(self) -> None:
         from neurofm.finetune.config import TOKEN_POOLINGS

@@ -88,7 +88,12 @@ def build_stages(cfg: RepresentationBenchConfig, progress: bool = False) -> dict
     from neurofm.tokenizers.train import train_tokenizer
 
     out = Path(cfg.out).resolve()
-    paths = {name: out / name for name in ("corpus", "probe_set", "tokenizer", "codes", "probe_codes", "pretrain", "release")}
+    shared = Path(cfg.stages_from).resolve() if cfg.stages_from else out
+    if cfg.stages_from and not (shared / "corpus" / "manifest.json").is_file():
+        raise NeuroFMError(f"stages_from={cfg.stages_from} holds no benchmark corpus (no corpus/manifest.json); give the out= "
+                           "of an earlier run of this benchmark, or drop stages_from.")
+    paths = {name: shared / name for name in ("corpus", "probe_set", "tokenizer", "codes", "probe_codes")}
+    paths.update({name: out / name for name in ("pretrain", "release")})
     real = (cfg.real_inputs, cfg.real_root) if cfg.real_inputs and cfg.real_root and Path(cfg.real_root).is_dir() else None
     timings = {}
     started = time.perf_counter()
@@ -139,7 +144,7 @@ def run_representation_bench(cfg: RepresentationBenchConfig, progress: bool = Fa
                 for name in windows.columns}
     results["few_labels"] = tasks.few_labels(windows, "event", cfg.evoked_labels, cfg.few_labels, layer_of, cfg.few_label_repeats, cfg.seed)
     results["few_label_layers"] = layer_of
-    results["tokenizer"] = tokenizer_vs_pca(paths["tokenizer"], paths["probe_set"], paths["probe_set"].parent / "tokenizer_eval")
+    results["tokenizer"] = tokenizer_vs_pca(paths["tokenizer"], paths["probe_set"], Path(cfg.out) / "tokenizer_eval")
     pre = stages["pretrain"]
     results["masked_codes"] = masked_code_report(from_pretrained(paths["release"]), paths["codes"], paths["probe_codes"],
                                                  mask_ratio=pre.model.mask_ratio, masking=pre.model.masking, seed=cfg.seed)
