@@ -246,6 +246,8 @@ def test_masked_latent_regression_targets_the_quantized_latents_and_trains(code_
     assert masked_latent_loss(perfect, target, mask, n_masked).item() == pytest.approx(0.0, abs=1e-10)
     assert masked_latent_loss(latents, target, mask, n_masked).item() == pytest.approx(masked_latent_loss(latents, target, mask).item())
     assert "latent_tables" not in model.state_dict()  # rebuilt from the tokenizer, never saved
+    mae = MaskedCodeModel(PretrainModelConfig(**{**vars(cfg), "asymmetric": True, "decoder_d_model": 16}))  # the GPU presets' layout
+    assert mae(codes, torch.tensor([0, 3]), mask, 32 - n_masked, with_latents=True)[1].shape == (2, 32, 32)
 
     run = tmp_path / "run"
     train_pretrain(config(code_shards, run, "steps=30", "lr=3e-3", "model.latent_loss=1.0"), progress=False)
