@@ -237,10 +237,13 @@ def _engine(cfg: PretrainConfig, manifest: dict, ds_config: dict, device: torch.
 
     torch.manual_seed(cfg.seed)
     model = MaskedCodeModel(cfg.model)
-    if cfg.model.code_embedding_init == "tokenizer" and fresh:
-        model.init_code_embeddings(tokenizer_codebooks(manifest, cfg.codes), seed=cfg.seed)
-    if cfg.model.latent_loss > 0:  # the targets are not in the checkpoint: rebuilt on every start
-        model.set_latent_targets(tokenizer_codebooks(manifest, cfg.codes), seed=cfg.seed)
+    init_embeddings = cfg.model.code_embedding_init == "tokenizer" and fresh
+    if init_embeddings or cfg.model.latent_loss > 0:
+        codebooks = tokenizer_codebooks(manifest, cfg.codes)
+        if init_embeddings:
+            model.init_code_embeddings(codebooks, seed=cfg.seed)
+        if cfg.model.latent_loss > 0:  # the targets are not in the checkpoint: rebuilt on every start
+            model.set_latent_targets(codebooks, seed=cfg.seed)
     if cfg.compile:
         model = torch.compile(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
@@ -269,11 +272,11 @@ def _micro_step(engine, batch: dict, cfg: PretrainConfig, generator: torch.Gener
     if cfg.model.latent_loss > 0:
         logits, latents = engine(codes, modality, mask, p * k - n_masked, with_latents=True)
         latent_term = masked_latent_loss(latents, engine.module.quantized_latents(codes), mask, n_masked)
-    else:
-        logits, latent_term = engine(codes, modality, mask, p * k - n_masked), torch.tensor(float("nan"), device=device)
-    loss, accuracy = masked_code_loss(logits, codes, mask, n_masked)
-    if cfg.model.latent_loss > 0:
+        loss, accuracy = masked_code_loss(logits, codes, mask, n_masked)
         loss = loss + cfg.model.latent_loss * latent_term
+    else:
+        loss, accuracy = masked_code_loss(engine(codes, modality, mask, p * k - n_masked), codes, mask, n_masked)
+        latent_term = torch.tensor(float("nan"), device=device)
     engine.backward(loss)
     engine.step()
     return loss.detach(), accuracy.detach(), latent_term.detach(), b, p * k
