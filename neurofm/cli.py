@@ -483,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--group-block", type=int, default=10, help="consecutive windows per CV group with --group-by blocks")
     probe.add_argument("--pooling", choices=PROBE_POOLINGS, default="auto",
                        help="tokens → one vector per window: mean over tokens holding signal, time (one mean per time patch), "
-                            "flat (every token), or auto (default: flat when all windows have one length, else mean)")
+                            "flat (every token), power (log variance of each latent feature over the window: rhythms), "
+                            "or auto (default: flat when all windows have one length, else mean)")
     _device_argument(probe)
     probe.set_defaults(func=_probe)
 
@@ -494,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     _io_arguments(embed, "release", "release directory (`neurofm export`)", "output folder")
     embed.add_argument("--pooling", choices=PROBE_POOLINGS, default="auto",
                        help="tokens → one vector per window: mean, time (one mean per time patch), flat (every token), "
+                            "power (log variance of each latent feature over the window), "
                             "or auto (default: flat when all windows have one length, else mean)")
     _device_argument(embed)
     embed.set_defaults(func=_embed)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,26 @@ def test_bench_config_refuses_overlapping_subjects_or_seeds():
         RepresentationBenchConfig(probe_set=SimulateConfig(first_subject=0, seed=9, epochs=EventEpochs(events=CLASSES)))
     with pytest.raises(ValueError, match="seed"):
         RepresentationBenchConfig(probe_set=SimulateConfig(first_subject=50, seed=0, epochs=EventEpochs(events=CLASSES)))
+    with pytest.raises(ValueError, match="continuous_set.first_subject"):
+        RepresentationBenchConfig(continuous_set=SimulateConfig(first_subject=3, seed=9))
+    with pytest.raises(ValueError, match="continuous_set.seed"):
+        RepresentationBenchConfig(continuous_set=SimulateConfig(first_subject=60, seed=0))
+    with pytest.raises(ValueError, match="continuous_set.epochs"):
+        RepresentationBenchConfig(continuous_set=SimulateConfig(first_subject=60, seed=9, epochs=EventEpochs(events=CLASSES)))
+
+
+def test_tokenizer_table_samples_every_modality_evenly():
+    from neurofm.bench.tokenizer_baseline import spread_rows
+
+    class Index:  # the manifest is all spread_rows reads
+        manifest = {"recordings": [{"modality": "eeg", "first_sample": 0, "n_windows": 500},
+                                   {"modality": "fmri", "first_sample": 500, "n_windows": 6},
+                                   {"modality": "eeg", "first_sample": 506, "n_windows": 500}]}
+
+    rows = spread_rows(Index(), 50)
+    assert len(rows) == 56 and set(range(500, 506)) <= set(rows.tolist())
+    eeg = rows[(rows < 500) | (rows >= 506)]
+    assert eeg.min() == 0 and eeg.max() == 1005  # spread over both EEG recordings, not the first 50 windows
 
 
 def _planted(n_per_class: int, recordings: int, amplitude: float, rng, channels=("a", "b", "c", "d")):
@@ -77,6 +98,15 @@ def test_raw_feature_baseline_recovers_a_planted_signal_and_only_that():
     assert probes.grouped_cv("logistic", [x], y, groups)["score"] > 0.9
     noise, y0, g0 = _planted(8, 4, 0.0, rng)
     assert probes.grouped_cv("logistic", [device_features(noise, CLASSES)], y0, g0)["score"] < 0.6
+
+
+def test_grouped_cv_scores_do_not_depend_on_worker_processes():
+    rng = np.random.default_rng(3)
+    windows, y, groups = _planted(6, 5, 0.4, rng)
+    x = device_features(windows, CLASSES)
+    layers = [x, x + rng.standard_normal(x.shape)]  # two candidate "layers", the second noisier
+    serial, parallel = (probes.grouped_cv("logistic", layers, y, groups, n_jobs=n) for n in (1, 2))
+    assert serial == parallel and serial["folds"] == 5 and len(serial["layers"]) == 2
 
 
 def test_raw_features_align_channels_by_name_across_recordings():
@@ -132,6 +162,11 @@ def test_pooling_leaves_padding_out():
     assert torch.allclose(mean, states[0, :4].mean(0, keepdim=True))
     time = pool_tokens(states, valid, "time", 2).reshape(3, 2)
     assert torch.allclose(time[0], states[0, :2].mean(0)) and torch.allclose(time[2], torch.zeros(2))
+    power = pool_tokens(states, valid, "power", 2).reshape(2, 2)  # latent k: variance over the 2 valid patches
+    by_patch = states[0, :4].reshape(2, 2, 2)
+    assert torch.allclose(power, torch.log(by_patch.var(0, unbiased=False) + 1e-6))
+    shifted = torch.cat([states[:, 2:4], states[:, :2], states[:, 4:]], dim=1)  # the same patches in another order
+    assert torch.allclose(pool_tokens(shifted, valid, "power", 2), pool_tokens(states, valid, "power", 2))
     with pytest.raises(NeuroFMError, match="unknown pooling"):
         pool_tokens(states, valid, "max", 2)
 
@@ -211,8 +246,11 @@ def test_bench_command_builds_a_release_through_every_stage(tmp_path, capsys):
     out = tmp_path / "bench"
     args = ["bench", "representation", "--config", str(Path(__file__).parents[1] / "configs/bench/representation_cpu.yaml"),
             "real_root=null", "corpus.hours=0.03", "corpus.subjects=2", "corpus.modalities=[eeg,meg]",
-            "corpus.eeg_montages=[biosemi64]", "corpus.meg_helmets=[neuromag306]", "probe_set.hours=0.03",
-            "probe_set.eeg_montages=[GSN-HydroCel-129]", "probe_set.meg_helmets=[kit157]",
+            "corpus.eeg_montages=[biosemi64]", "corpus.meg_helmets=[neuromag306]", "probe_set.hours=0.02",
+            "probe_set.modalities=[eeg]", "probe_set.eeg_montages=[GSN-HydroCel-129]", "held_out_devices=[GSN-HydroCel-129]",
+            "probe_set.recording_seconds=10",
+            "continuous_set.hours=0.02", "continuous_set.modalities=[eeg,fmri]", "continuous_set.recording_seconds=4",
+            "continuous_set.fmri_run_seconds=30", "continuous_set.eeg_montages=[GSN-HydroCel-129]", "continuous_set.subjects=2",
             "tokenizer_overrides=[steps=3,batch_size=4,checkpoint_every=3,warmup_steps=1]",
             "pretrain_overrides=[steps=3,checkpoint_every=3,warmup_steps=1]", "--release-only", "--quiet"]
     code = main([*args[:-3], f"out={out}", *args[-3:]])
@@ -234,3 +272,23 @@ def test_bench_command_builds_a_release_through_every_stage(tmp_path, capsys):
              for a in shared_args]
     assert main([*other, f"out={tmp_path / 'other'}", f"stages_from={out}", *args[-3:]]) != 0
     assert "batch_size" in capsys.readouterr().err
+
+    # the whole command on that run: every stage resumes as a no-op, then every probe and the report
+    assert main([*args[:-2], f"out={out}", "poolings=[flat,power]", "few_labels=[2]", "few_label_repeats=2", "--quiet"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["evoked"]) == {"GSN-HydroCel-129"}
+    # the alpha regression runs on the continuous set's EEG (many short recordings), not on the probe set
+    assert set(results["regression"]) == {"GSN-HydroCel-129"}
+    assert results["regression"]["GSN-HydroCel-129"]["recordings"] == 9
+    assert np.isfinite(results["regression"]["GSN-HydroCel-129"]["raw"]["score"])
+    assert np.isfinite(results["regression"]["GSN-HydroCel-129"]["release/power"]["score"])
+    # the tokenizer is scored against PCA on every modality of the continuous set, fMRI included
+    assert set(results["tokenizer"]) == {"eeg", "fmri"}
+    assert results["tokenizer"]["fmri"]["devices"] == ["tr1.5", "tr2.0"] and results["tokenizer"]["fmri"]["pca"] is not None
+    names = [t["target"] for t in results["targets"]]
+    assert "alpha_hz: release R² ≥ 0.8 (mean over devices, power pooling)" in names  # the declared pooling
+    # (this corpus holds no fMRI, so every fMRI device is one no pretraining window came from)
+    assert "tokenizer PCC ≥ same-bitrate PCA (fmri, held-out subjects and devices)" in names
+    assert "tokenizer PCC ≥ same-bitrate PCA (eeg, held-out subjects and devices)" in names
+    report = (out / "results.md").read_text()
+    assert "the continuous set" in report and "GSN-HydroCel-129*" in report and (out / "layers.png").stat().st_size > 0

@@ -13,6 +13,12 @@ def _probe_set() -> SimulateConfig:
                           recording_seconds=40.0, epochs=EventEpochs(events=["auditory", "visual", "somatosensory"], tmin=-0.5, tmax=1.5))
 
 
+def _continuous_set() -> SimulateConfig:
+    return SimulateConfig(hours=0.6, modalities=["eeg", "meg", "seeg", "ecog", "fmri"], subjects=3, first_subject=60, seed=1002,
+                          eeg_montages=["biosemi64", "GSN-HydroCel-129"], meg_helmets=["neuromag306", "kit157"],
+                          recording_seconds=10.0)
+
+
 @dataclass(kw_only=True)
 class RealTask:
     """A labelled task on real recordings (``real_root``), probed with every column of the benchmark.
@@ -78,6 +84,11 @@ class RepresentationBenchConfig:
     probe_set : SimulateConfig
         Labelled event-locked windows of held-out subjects (``first_subject`` past the corpus's, another
         seed) on the corpus's devices and on ``held_out_devices``.
+    continuous_set : SimulateConfig | None
+        Continuous windows of other held-out subjects, in many short recordings, on every modality:
+        the ground-truth regression (the alpha peak frequency is one value per recording, so a probe of
+        it needs many recordings per device; run on ``regression_modalities``) and the tokenizer's
+        reconstruction beside the PCA codec for every modality. Without it both use the probe set.
     held_out_devices : list of str
         Devices (montages, helmets) that no pretraining window comes from; checked.
     tokenizer_config, pretrain_config : str
@@ -90,6 +101,11 @@ class RepresentationBenchConfig:
         Classes of the evoked task (the probe set's epoch events).
     regression_key : str
         Numeric ground truth probed with ridge (the alpha peak frequency).
+    regression_modalities : list of str
+        The continuous set's modalities the regression runs on (fMRI has no alpha rhythm).
+    regression_pooling : str | None
+        The pooling whose release column the regression's target is checked on, declared here rather
+        than picked by its test score (``power`` for a rhythm's frequency); None: the first of ``poolings``.
     cross_device : list of [train, test]
         Device pairs for transfer probes.
     few_labels : list of int
@@ -98,6 +114,9 @@ class RepresentationBenchConfig:
         Labelled tasks on the real recordings under ``real_root`` (skipped, and said so, without them).
     seed : int
         Seed of the random-weights column, masks of the diagnostics and label draws.
+    probe_jobs : int
+        Processes the probes' outer cross-validation folds run in (joblib; -1: every core). The scores
+        do not depend on it.
     stages_from : str | None
         Another benchmark run's ``out`` whose corpus, probe set, tokenizer and codes this run reuses, so a
         pretraining candidate costs only pretraining and probes. Those stages still run there (each
@@ -111,6 +130,7 @@ class RepresentationBenchConfig:
     real_inputs: str | None = "configs/shared_data.yaml"
     real_root: str | None = "../shared/data"
     probe_set: SimulateConfig = field(default_factory=_probe_set)
+    continuous_set: SimulateConfig | None = field(default_factory=_continuous_set)
     held_out_devices: list[str] = field(default_factory=lambda: ["GSN-HydroCel-129", "kit157"])
     tokenizer_config: str = "configs/tokenizer_tiny.yaml"
     tokenizer_overrides: list[str] = field(default_factory=list)
@@ -119,12 +139,15 @@ class RepresentationBenchConfig:
     poolings: list[str] = field(default_factory=lambda: ["time", "mean"])
     evoked_labels: list[str] = field(default_factory=lambda: ["auditory", "visual", "somatosensory"])
     regression_key: str = "alpha_hz"
+    regression_modalities: list[str] = field(default_factory=lambda: ["eeg", "meg"])
+    regression_pooling: str | None = None
     cross_device: list[list[str]] = field(default_factory=lambda: [
         ["biosemi64", "GSN-HydroCel-129"], ["neuromag306", "ctf275"], ["neuromag306", "kit157"], ["biosemi64", "neuromag306"]])
     few_labels: list[int] = field(default_factory=lambda: [5, 10, 20])
     few_label_repeats: int = 10
     real_tasks: list[RealTask] = field(default_factory=_real_tasks)
     seed: int = 0
+    probe_jobs: int = -1
     stages_from: str | None = None
 
     def __post_init__(self) -> None:
@@ -133,13 +156,23 @@ class RepresentationBenchConfig:
         unknown = [p for p in self.poolings if p not in TOKEN_POOLINGS]
         if unknown or not self.poolings:
             raise ValueError(f"poolings must be some of {', '.join(TOKEN_POOLINGS)}; got {self.poolings}.")
+        if self.regression_pooling is not None and self.regression_pooling not in self.poolings:
+            raise ValueError(f"regression_pooling ({self.regression_pooling}) must be one of poolings {self.poolings}.")
+        if self.probe_jobs == 0 or self.probe_jobs < -1:
+            raise ValueError(f"probe_jobs is a number of processes (≥ 1) or -1 for every core; got {self.probe_jobs}.")
         for pair in self.cross_device:
             if len(pair) != 2 or pair[0] == pair[1]:
                 raise ValueError(f"cross_device pairs are [train device, another test device]; got {pair}.")
         if self.probe_set.epochs is None:
             raise ValueError("probe_set.epochs must be set: the evoked task needs event-locked windows.")
-        if self.probe_set.first_subject < self.corpus.first_subject + self.corpus.subjects:
-            raise ValueError(f"probe_set.first_subject ({self.probe_set.first_subject}) must come after the corpus's subjects "
-                             f"({self.corpus.first_subject}…{self.corpus.first_subject + self.corpus.subjects - 1}).")
-        if self.probe_set.seed == self.corpus.seed:
-            raise ValueError("probe_set.seed must differ from corpus.seed, so no held-out recording repeats a training one.")
+        if self.continuous_set is not None and self.continuous_set.epochs is not None:
+            raise ValueError("continuous_set.epochs must be null: its windows are continuous (the probe set holds the event-locked ones).")
+        for name in ("probe_set", "continuous_set"):
+            held = getattr(self, name)
+            if held is None:
+                continue
+            if held.first_subject < self.corpus.first_subject + self.corpus.subjects:
+                raise ValueError(f"{name}.first_subject ({held.first_subject}) must come after the corpus's subjects "
+                                 f"({self.corpus.first_subject}…{self.corpus.first_subject + self.corpus.subjects - 1}).")
+            if held.seed == self.corpus.seed:
+                raise ValueError(f"{name}.seed must differ from corpus.seed, so no held-out recording repeats a training one.")

@@ -5,7 +5,8 @@ the log-variance of the window and the log power in standard frequency bands; pl
 spectrum averaged over channels in 1-Hz bins (for rhythm frequencies). Channel sets differ between
 devices (and between recordings of one device, by their bad channels), so features are laid out over
 the union of a device's channel names; a channel a window lacks is NaN, imputed inside the probe's
-pipeline from training windows only.
+pipeline from training windows only. The benchmark offers the probe these features whole and the
+spectrum alone (:func:`neurofm.bench.embeddings.raw_columns`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ BANDS = ((1, 4), (4, 8), (8, 13), (13, 20), (20, 30), (30, 45))
 #: Event-locked amplitude bins, seconds after the event.
 EVENT_BINS = ((0.0, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4))
 SPECTRUM_HZ = (2.0, 40.0)
+#: Frequencies (Hz) of the channel-averaged log spectrum, the last features of every window.
+SPECTRUM_GRID = np.arange(SPECTRUM_HZ[0], SPECTRUM_HZ[1] + 0.5, 1.0)
 
 
 def window_features(signal: np.ndarray, sfreq: float, event_onset: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -48,7 +51,7 @@ def window_features(signal: np.ndarray, sfreq: float, event_onset: float | None)
             if 0 <= start < stop <= t:
                 amplitudes[:, j] = signal[:, start:stop].mean(axis=1)
     log_var = np.log(signal.var(axis=1) + 1e-12)[:, None]
-    grid = np.arange(SPECTRUM_HZ[0], SPECTRUM_HZ[1] + 0.5, 1.0)
+    grid = SPECTRUM_GRID
     if sfreq <= 2 * BANDS[-1][1] or t < sfreq / 2:
         # slow signals (fMRI) or very short windows: no bands to speak of; the mean of equal time bins
         # instead, so every window has the same feature layout
@@ -86,4 +89,4 @@ def device_features(windows: list[tuple[np.ndarray, dict]], labels: list[str] | 
     return np.stack(rows)
 
 
-__all__ = ["BANDS", "EVENT_BINS", "device_features", "event_onset", "window_features"]
+__all__ = ["BANDS", "EVENT_BINS", "SPECTRUM_GRID", "device_features", "event_onset", "window_features"]

@@ -5,10 +5,11 @@ recordings → signal shards → tokenizer → code shards → DeepSpeed pretrai
 the release against the baselines a user would pick instead, on held-out subjects and devices:
 
 1. evoked condition (3-way) within each device, grouped CV over recordings;
-2. alpha peak frequency (ridge, R²), same splits;
+2. alpha peak frequency (ridge, R²), grouped CV over recordings within each device, on the continuous
+   set (many short recordings of other held-out subjects: one alpha frequency per recording);
 3. cross-device transfer (fit on one device, test on another);
 4. few labels (5 / 10 / 20 windows per class);
-5. tokenizer reconstruction on the held-out set beside the same-bitrate PCA codec;
+5. tokenizer reconstruction beside the same-bitrate PCA codec, every modality of the continuous set;
 6. masked-code accuracy per RVQ level beside the unigram and copy-nearest predictors;
 7. real tasks on the recordings under ``real_root`` (``real_tasks``; their recordings are left out of
    the pretraining corpus).
@@ -92,7 +93,7 @@ def build_stages(cfg: RepresentationBenchConfig, progress: bool = False) -> dict
     if cfg.stages_from and not (shared / "corpus" / "manifest.json").is_file():
         raise NeuroFMError(f"stages_from={cfg.stages_from} holds no benchmark corpus (no corpus/manifest.json); give the out= "
                            "of an earlier run of this benchmark, or drop stages_from.")
-    paths = {name: shared / name for name in ("corpus", "probe_set", "tokenizer", "codes", "probe_codes")}
+    paths = {name: shared / name for name in ("corpus", "probe_set", "continuous_set", "tokenizer", "codes", "probe_codes")}
     paths.update({name: out / name for name in ("pretrain", "release")})
     real = (cfg.real_inputs, cfg.real_root) if cfg.real_inputs and cfg.real_root and Path(cfg.real_root).is_dir() else None
     timings = {}
@@ -130,21 +131,27 @@ def run_representation_bench(cfg: RepresentationBenchConfig, progress: bool = Fa
     stages = build_stages(cfg, progress)
     paths = stages["paths"]
     started = time.perf_counter()
+    build_continuous_set(cfg, paths, stages["split"], progress)
     windows = collect(paths["release"], paths["probe_set"], tuple(cfg.poolings), seed=cfg.seed)
     devices = sorted(set(windows.device()))
     results: dict = {
         "config": to_dict(cfg), "split": stages["split"], "real_data": stages["real_data"], "devices": devices,
         "windows": len(windows.metas), "layers": len(windows.columns[f"release/{cfg.poolings[0]}"]),
-        "evoked": tasks.within_device(windows, "logistic", "event", cfg.evoked_labels),
-        "regression": tasks.within_device(windows, "ridge", cfg.regression_key),
+        "evoked": tasks.within_device(windows, "logistic", "event", cfg.evoked_labels, n_jobs=cfg.probe_jobs),
     }
+    if cfg.continuous_set is not None:
+        rows = modality_rows(paths["continuous_set"], cfg.regression_modalities)
+        continuous = collect(paths["release"], paths["continuous_set"], tuple(cfg.poolings), seed=cfg.seed, indices=rows)
+        results["regression"] = tasks.within_device(continuous, "ridge", cfg.regression_key, n_jobs=cfg.probe_jobs)
+    else:
+        results["regression"] = tasks.within_device(windows, "ridge", cfg.regression_key, n_jobs=cfg.probe_jobs)
     results["cross_device"] = [tasks.cross_device(windows, "event", cfg.evoked_labels, a, b) for a, b in cfg.cross_device
                                if a in devices and b in devices]
     layer_of = {name: int(np.bincount([layer for dev in results["evoked"].values() for layer in dev[name]["chosen_layers"]]).argmax())
                 for name in windows.columns}
     results["few_labels"] = tasks.few_labels(windows, "event", cfg.evoked_labels, cfg.few_labels, layer_of, cfg.few_label_repeats, cfg.seed)
     results["few_label_layers"] = layer_of
-    results["tokenizer"] = tokenizer_vs_pca(paths["tokenizer"], paths["probe_set"], Path(cfg.out) / "tokenizer_eval")
+    results["tokenizer"] = tokenizer_vs_pca(paths["tokenizer"], paths["continuous_set"], Path(cfg.out) / "tokenizer_eval")
     pre = stages["pretrain"]
     results["masked_codes"] = masked_code_report(from_pretrained(paths["release"]), paths["codes"], paths["probe_codes"],
                                                  mask_ratio=pre.model.mask_ratio, masking=pre.model.masking, seed=cfg.seed)
@@ -157,6 +164,31 @@ def run_representation_bench(cfg: RepresentationBenchConfig, progress: bool = Fa
     (out / "results.md").write_text(report.markdown(results, cfg))
     report.figure(results, cfg, out / "layers.png")
     return results
+
+
+def build_continuous_set(cfg: RepresentationBenchConfig, paths: dict, split: dict, progress: bool = False) -> None:
+    """Build the continuous set (only the full benchmark probes it) and check its subjects are held out;
+    without one, ``paths['continuous_set']`` is the probe set."""
+    from neurofm.data_shards import build_shards
+    from neurofm.data_shards.dataset import ShardIndex
+
+    if cfg.continuous_set is None:
+        paths["continuous_set"] = paths["probe_set"]
+        return
+    continuous = build_shards(_shards_config(cfg.continuous_set, paths["continuous_set"], None), progress=progress)
+    split["continuous"] = check_held_out(ShardIndex(paths["corpus"]).manifest, continuous, [])["probe"]
+
+
+def modality_rows(shards: str | Path, modalities: list[str]) -> np.ndarray:
+    """Sample indices of the windows of ``shards`` whose recording has one of ``modalities`` (from the manifest)."""
+    from neurofm.data_shards.dataset import ShardIndex
+
+    recordings = ShardIndex(shards).manifest["recordings"]
+    rows = [np.arange(r["first_sample"], r["first_sample"] + r["n_windows"]) for r in recordings if r["modality"] in modalities]
+    if not rows:
+        raise NeuroFMError(f"{shards} holds no windows of {modalities}; add them to continuous_set.modalities or change "
+                           "regression_modalities.")
+    return np.concatenate(rows)
 
 
 def run_real_tasks(cfg: RepresentationBenchConfig, release: Path, work: Path) -> dict:
@@ -175,7 +207,7 @@ def run_real_tasks(cfg: RepresentationBenchConfig, release: Path, work: Path) ->
         shards = work / f"task{i}" / "shards"
         build_shards(load_config(ShardsConfig, task.shards, [f"root={cfg.real_root}", f"out={shards}"]), progress=False)
         windows = collect(release, shards, tuple(cfg.poolings), seed=cfg.seed)
-        out[task.name] = tasks.real_task(windows, task)
+        out[task.name] = tasks.real_task(windows, task, n_jobs=cfg.probe_jobs)
     return out
 
 
@@ -187,4 +219,4 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
-__all__ = ["build_stages", "check_held_out", "real_task_inputs", "run_real_tasks", "run_representation_bench"]
+__all__ = ["build_continuous_set", "build_stages", "check_held_out", "modality_rows", "real_task_inputs", "run_real_tasks", "run_representation_bench"]

@@ -34,8 +34,9 @@ def _columns(windows: ProbeWindows, rows: np.ndarray, raw_labels: list[str] | No
 
 
 def within_device(windows: ProbeWindows, kind: str, key: str, classes: list[str] | None = None,
-                  devices: list[str] | None = None) -> dict:
-    """Grouped CV (groups = recordings) per device for every column: {device: {column: result}}."""
+                  devices: list[str] | None = None, n_jobs: int = 1) -> dict:
+    """Grouped CV (groups = recordings) per device for every column: {device: {column: result}}
+    (outer folds in ``n_jobs`` processes, see :func:`~neurofm.bench.probes.grouped_cv`)."""
     rows_all = _rows(windows, key, classes)
     device = windows.device()
     results = {}
@@ -48,7 +49,7 @@ def within_device(windows: ProbeWindows, kind: str, key: str, classes: list[str]
         groups = windows.field("source")[rows].astype(str)
         results[dev] = {"windows": int(len(rows)), "recordings": int(len(np.unique(groups)))}
         for name, features in _columns(windows, rows, classes).items():
-            results[dev][name] = probes.grouped_cv(kind, features, y, groups)
+            results[dev][name] = probes.grouped_cv(kind, features, y, groups, n_jobs=n_jobs)
     return results
 
 
@@ -109,7 +110,7 @@ def real_task_labels(windows: ProbeWindows, task) -> tuple[np.ndarray, np.ndarra
     return np.asarray(y, dtype=object), np.asarray(groups)
 
 
-def real_task(windows: ProbeWindows, task) -> dict:
+def real_task(windows: ProbeWindows, task, n_jobs: int = 1) -> dict:
     """Grouped CV of every column on one real task: {windows, groups, classes, column: result}."""
     y, groups = real_task_labels(windows, task)
     rows = np.flatnonzero(y != None)  # noqa: E711 (element-wise)
@@ -120,7 +121,7 @@ def real_task(windows: ProbeWindows, task) -> dict:
            "classes": dict(zip(classes.tolist(), counts.tolist())), "chance": 1 / len(classes)}
     raw_labels = task.classes or None if task.label_key == "event" else None
     for name, features in _columns(windows, rows, raw_labels).items():
-        out[name] = probes.grouped_cv("logistic", features, y[rows].astype(str), groups[rows])
+        out[name] = probes.grouped_cv("logistic", features, y[rows].astype(str), groups[rows], n_jobs=n_jobs)
     return out
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from scipy import signal as sps
 
+from neurofm.bench.embeddings import device_of
 from neurofm.data_shards.dataset import ShardIndex
 from neurofm.tokenizers.checkpoint import load_tokenizer
 from neurofm.data_shards.batches import ordered_batches
@@ -76,18 +77,32 @@ def best_pca(items: list[np.ndarray], budget_bits: float) -> dict | None:
     return best
 
 
+def spread_rows(index: ShardIndex, max_windows: int) -> np.ndarray:
+    """Up to ``max_windows`` sample indices per modality, spread evenly over that modality's windows (so a
+    modality with few windows, such as fMRI, is not crowded out by one with many)."""
+    by_modality = defaultdict(list)
+    for rec in index.manifest["recordings"]:
+        by_modality[rec["modality"]].append(np.arange(rec["first_sample"], rec["first_sample"] + rec["n_windows"]))
+    rows = []
+    for parts in by_modality.values():
+        windows = np.concatenate(parts)
+        rows.append(windows[np.unique(np.linspace(0, len(windows) - 1, min(max_windows, len(windows))).astype(int))])
+    return np.sort(np.concatenate(rows)) if rows else np.zeros(0, dtype=int)
+
+
 def tokenizer_vs_pca(checkpoint: str | Path, shards: str | Path, out: str | Path, max_windows: int = 400) -> dict:
-    """Per modality: the tokenizer's PCC, R² and spectral error on (up to ``max_windows``) windows of
-    ``shards`` beside the best same-bitrate PCA codec."""
+    """Per modality: the tokenizer's PCC, R² and spectral error on (up to ``max_windows`` per modality)
+    windows of ``shards`` beside the best same-bitrate PCA codec."""
     from neurofm.tokenizers.evaluate import evaluate_tokenizer
 
     model = load_tokenizer(checkpoint)
     index = ShardIndex(shards)
-    rows = np.unique(np.linspace(0, len(index) - 1, min(max_windows, len(index))).astype(int))
+    rows = spread_rows(index, max_windows)
     metrics = evaluate_tokenizer(checkpoint, shards, out, indices=rows)
-    windows = defaultdict(list)
+    windows, devices = defaultdict(list), defaultdict(set)
     for batch in ordered_batches(index, rows, 32):
         for i, meta in enumerate(batch.metas):
+            devices[meta["modality"]].add(device_of(meta))
             c, t = int(batch.channel_mask[i].sum()), int(batch.time_mask[i].sum())
             windows[meta["modality"]].append((batch.signal[i, :c, :t].numpy().astype(np.float64), batch.signal.shape[2] / meta["sfreq"]))
     result = {}
@@ -96,8 +111,9 @@ def tokenizer_vs_pca(checkpoint: str | Path, shards: str | Path, out: str | Path
         budget = model.cfg.bits_per_second(family) * items[0][1]
         tok = metrics["modalities"][modality]
         result[modality] = {"tokenizer": {k: tok[k] for k in ("pcc", "r2", "spectral_error", "windows")},
-                            "bits_per_second": model.cfg.bits_per_second(family), "pca": best_pca([w for w, _ in items], budget)}
+                            "bits_per_second": model.cfg.bits_per_second(family), "pca": best_pca([w for w, _ in items], budget),
+                            "devices": sorted(devices[modality])}
     return result
 
 
-__all__ = ["best_pca", "pca_codec", "quantize", "tokenizer_vs_pca"]
+__all__ = ["best_pca", "pca_codec", "quantize", "spread_rows", "tokenizer_vs_pca"]

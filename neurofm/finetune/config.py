@@ -13,7 +13,7 @@ GroupBy = Literal["subject", "run", "recording", "stimulus", "block"]
 #: consecutive windows), and how token states become one vector per window (see
 #: :func:`neurofm.finetune.encoder.pool_tokens`).
 PROBE_GROUPINGS = ("auto", "recording", "subject", "block")
-TOKEN_POOLINGS = ("mean", "time", "flat")
+TOKEN_POOLINGS = ("mean", "time", "flat", "power")
 #: ``neurofm probe`` / ``embed`` also take ``auto``: ``flat`` when every window has one token count,
 #: else ``mean`` (the representation benchmark's winner for event-locked windows is ``flat``).
 PROBE_POOLINGS = ("auto", *TOKEN_POOLINGS)
