@@ -274,7 +274,7 @@ def test_bench_command_builds_a_release_through_every_stage(tmp_path, capsys):
     assert "batch_size" in capsys.readouterr().err
 
     # the whole command on that run: every stage resumes as a no-op, then every probe and the report
-    assert main([*args[:-2], f"out={out}", "poolings=[flat,power]", "few_labels=[2]", "few_label_repeats=2", "--quiet"]) == 0
+    assert main([*args[:-2], f"out={out}", "poolings=[flat,power]", "few_labels=[2]", "few_label_repeats=2", "probe_jobs=1", "--quiet"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["evoked"]) == {"GSN-HydroCel-129"}
     # the alpha regression runs on the continuous set's EEG (many short recordings), not on the probe set
