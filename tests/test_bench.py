@@ -12,7 +12,7 @@ import torch
 from neurofm.bench import probes, tasks
 from neurofm.bench.embeddings import ProbeWindows
 from neurofm.bench.features import device_features, window_features
-from neurofm.bench.representation import check_held_out
+from neurofm.bench.representation import check_held_out, modality_rows
 from neurofm.data_shards.config import EventEpochs, SimulateConfig
 from neurofm.data_shards.simulate import plan_recordings
 from neurofm.data_shards.simulate.geometry import _clear_of_scalp
@@ -59,15 +59,17 @@ def test_bench_config_refuses_overlapping_subjects_or_seeds():
         RepresentationBenchConfig(continuous_set=SimulateConfig(first_subject=60, seed=0))
     with pytest.raises(ValueError, match="continuous_set.epochs"):
         RepresentationBenchConfig(continuous_set=SimulateConfig(first_subject=60, seed=9, epochs=EventEpochs(events=CLASSES)))
+    with pytest.raises(ValueError, match="regression_pooling"):
+        RepresentationBenchConfig(poolings=["flat"], regression_pooling="power")
+    with pytest.raises(ValueError, match="probe_jobs"):
+        RepresentationBenchConfig(probe_jobs=0)
 
 
 def test_tokenizer_table_samples_every_modality_evenly():
     from neurofm.bench.tokenizer_baseline import spread_rows
 
-    class Index:  # the manifest is all spread_rows reads
-        manifest = {"recordings": [{"modality": "eeg", "first_sample": 0, "n_windows": 500},
-                                   {"modality": "fmri", "first_sample": 500, "n_windows": 6},
-                                   {"modality": "eeg", "first_sample": 506, "n_windows": 500}]}
+    class Index:  # each window's modality (ShardIndex.modality_of, from the manifest) is all spread_rows reads
+        modality_of = np.array(["eeg"] * 500 + ["fmri"] * 6 + ["eeg"] * 500, dtype=object)
 
     rows = spread_rows(Index(), 50)
     assert len(rows) == 56 and set(range(500, 506)) <= set(rows.tolist())
@@ -279,6 +281,8 @@ def test_bench_command_builds_a_release_through_every_stage(tmp_path, capsys):
     assert set(results["evoked"]) == {"GSN-HydroCel-129"}
     # the alpha regression runs on the continuous set's EEG (many short recordings), not on the probe set
     assert set(results["regression"]) == {"GSN-HydroCel-129"}
+    with pytest.raises(NeuroFMError, match="regression_modalities"):  # a modality the continuous set lacks
+        modality_rows(out / "continuous_set", ["meg"])
     assert results["regression"]["GSN-HydroCel-129"]["recordings"] == 9
     assert np.isfinite(results["regression"]["GSN-HydroCel-129"]["raw"]["score"])
     assert np.isfinite(results["regression"]["GSN-HydroCel-129"]["release/power"]["score"])

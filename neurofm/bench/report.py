@@ -73,11 +73,9 @@ def targets(results: dict, cfg: RepresentationBenchConfig) -> list[dict]:
 def _held_out_what(results: dict, modality: str) -> str:
     """'subjects and devices' where the windows the tokenizer was scored on include a device of this
     modality that no pretraining window came from, else 'subjects'."""
-    split = results["split"]
-    scored = split.get("continuous", split["probe"])
-    new = set(scored["devices"]) - set(split["corpus"]["devices"])
+    corpus = set(results["split"]["corpus"]["devices"])
     devices = results["tokenizer"].get(modality, {}).get("devices", [])
-    return "subjects and devices" if new & set(devices) else "subjects"
+    return "subjects and devices" if set(devices) - corpus else "subjects"
 
 
 def _within_table(results: dict, task: str, cfg: RepresentationBenchConfig, metric: str) -> list[str]:

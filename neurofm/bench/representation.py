@@ -183,12 +183,11 @@ def modality_rows(shards: str | Path, modalities: list[str]) -> np.ndarray:
     """Sample indices of the windows of ``shards`` whose recording has one of ``modalities`` (from the manifest)."""
     from neurofm.data_shards.dataset import ShardIndex
 
-    recordings = ShardIndex(shards).manifest["recordings"]
-    rows = [np.arange(r["first_sample"], r["first_sample"] + r["n_windows"]) for r in recordings if r["modality"] in modalities]
-    if not rows:
+    rows = np.flatnonzero(np.isin(ShardIndex(shards).modality_of, modalities))
+    if not len(rows):
         raise NeuroFMError(f"{shards} holds no windows of {modalities}; add them to continuous_set.modalities or change "
                            "regression_modalities.")
-    return np.concatenate(rows)
+    return rows
 
 
 def run_real_tasks(cfg: RepresentationBenchConfig, release: Path, work: Path) -> dict:

@@ -80,12 +80,9 @@ def best_pca(items: list[np.ndarray], budget_bits: float) -> dict | None:
 def spread_rows(index: ShardIndex, max_windows: int) -> np.ndarray:
     """Up to ``max_windows`` sample indices per modality, spread evenly over that modality's windows (so a
     modality with few windows, such as fMRI, is not crowded out by one with many)."""
-    by_modality = defaultdict(list)
-    for rec in index.manifest["recordings"]:
-        by_modality[rec["modality"]].append(np.arange(rec["first_sample"], rec["first_sample"] + rec["n_windows"]))
     rows = []
-    for parts in by_modality.values():
-        windows = np.concatenate(parts)
+    for modality in sorted(set(index.modality_of)):
+        windows = np.flatnonzero(index.modality_of == modality)
         rows.append(windows[np.unique(np.linspace(0, len(windows) - 1, min(max_windows, len(windows))).astype(int))])
     return np.sort(np.concatenate(rows)) if rows else np.zeros(0, dtype=int)
 
