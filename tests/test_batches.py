@@ -89,3 +89,41 @@ def test_map_tensors_keeps_the_kind_of_batch_and_its_other_values(corpus_shards)
     codes = {"codes": torch.arange(6).view(2, 3), "keys": ["a", "b"]}
     mapped = map_tensors(codes, torch.neg)
     assert isinstance(mapped, dict) and mapped["keys"] == ["a", "b"] and torch.equal(mapped["codes"], -codes["codes"])
+
+
+class _SlotUser(torch.utils.data.IterableDataset):
+    """Yields, from a DataLoader worker, batches collated into the ring's slot (``zeros``) and batches
+    collated elsewhere, each with whether the packed batch's tensor is the very memory it was written to."""
+
+    def __init__(self, ring):
+        super().__init__()
+        self.ring = ring
+
+    def __iter__(self):
+        from neurofm.data_shards.slots import new_zeros
+
+        for i in range(8):
+            allocate = self.ring.zeros if i % 2 == 0 else new_zeros
+            tensors = allocate({"x": ((3, 5), torch.float32), "mask": ((3,), torch.bool)})
+            tensors["x"] += i
+            tensors["mask"][: i % 3] = True
+            packed = self.ring.pack({**tensors, "i": i})
+            offset, shape, dtype = packed.layout["x"]
+            in_place = self.ring._view(packed.slot, offset, shape, dtype).data_ptr() == tensors["x"].data_ptr()
+            yield packed, in_place
+
+
+def test_a_worker_collates_straight_into_its_slot_and_copies_only_what_was_collated_elsewhere():
+    from neurofm.data_shards.slots import SlotRing
+
+    ring = SlotRing(1, slots_per_worker=8)  # one per batch: every batch is kept below
+    loader = torch.utils.data.DataLoader(_SlotUser(ring), batch_size=None, num_workers=1)
+    kept = []
+    for packed, in_place in loader:
+        batch = ring.unpack(packed)
+        i = batch["i"]
+        assert in_place == (i % 2 == 0), i  # allocated by ring.zeros: no copy; fresh tensors: copied in
+        assert torch.equal(batch["x"], torch.full((3, 5), float(i)))  # zeroed, then written, nothing left over
+        assert batch["mask"].tolist() == [j < i % 3 for j in range(3)]
+        kept.append(batch)
+    assert [b["x"][0, 0].item() for b in kept] == list(range(8))  # kept batches were never overwritten

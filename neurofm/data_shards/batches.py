@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from neurofm.data_shards.dataset import ShardIndex, ShardStream
-from neurofm.data_shards.slots import SlotRing, map_tensors
+from neurofm.data_shards.slots import SlotRing, TensorSpec, map_tensors, new_zeros
 from neurofm.errors import ShardError
 from neurofm.data_shards.modalities import FAMILY_OF_MODALITY
 
@@ -99,15 +99,16 @@ def family_of(meta: dict) -> str:
     return FAMILY_OF_MODALITY[meta["modality"]]
 
 
-def collate(samples: list[dict]) -> Batch:
-    """Pad a list of decoded samples of one family and window length into a :class:`Batch`."""
+def collate(samples: list[dict], zeros: Callable[[TensorSpec], dict] = new_zeros) -> Batch:
+    """Pad a list of decoded samples of one family and window length into a :class:`Batch`; ``zeros``
+    allocates its tensors (in a DataLoader worker: straight in a shared-memory slot)."""
     n_channels = max(s["signal"].shape[0] for s in samples)
     n_times = samples[0]["signal"].shape[1]
     b = len(samples)
-    signal = torch.zeros(b, n_channels, n_times)
-    sensors = torch.zeros(b, n_channels, samples[0]["sensors"].shape[1])
-    channel_mask = torch.zeros(b, n_channels, dtype=torch.bool)
-    time_mask = torch.zeros(b, n_times, dtype=torch.bool)
+    tensors = zeros({"signal": ((b, n_channels, n_times), torch.float32),
+                     "sensors": ((b, n_channels, samples[0]["sensors"].shape[1]), torch.float32),
+                     "channel_mask": ((b, n_channels), torch.bool), "time_mask": ((b, n_times), torch.bool)})
+    signal, sensors, channel_mask, time_mask = (tensors[k] for k in ("signal", "sensors", "channel_mask", "time_mask"))
     for i, s in enumerate(samples):
         c = s["signal"].shape[0]
         signal[i, :c] = torch.from_numpy(s["signal"])  # float16 or float32 on disk; the copy casts
@@ -180,7 +181,8 @@ class PlannedBatches(torch.utils.data.IterableDataset):
     """The planned batches, read and collated: (batch, resume state after it). In ``DataLoader``
     worker w of W, every worker plans all batches (cheap) and reads and collates batches w, w + W, …
     — the order a ``DataLoader`` returns them in, so the stream is the same for any worker count. With
-    a ``ring``, a worker hands each batch over in one of its reused shared-memory slots."""
+    a ``ring``, a worker collates each batch straight into one of its reused shared-memory slots
+    (``collate_fn(samples, zeros=ring.zeros)``) and hands it over there."""
 
     def __init__(self, stream: ShardStream, batch_size: int, buckets: np.ndarray, pending: dict | None, collate_fn,
                  part: tuple[int, int] = (0, 1), ring: SlotRing | None = None):
@@ -195,8 +197,11 @@ class PlannedBatches(torch.utils.data.IterableDataset):
         for b, (indices, state) in enumerate(BatchPlanner(self.stream, self.batch_size, self.buckets, self.pending)):
             if b % workers == worker:
                 rank, ranks = self.part
-                batch = self.collate_fn([{**index[i], "__index__": i} for i in indices[rank::ranks]])
-                yield (self.ring.pack(batch) if self.ring is not None else batch), state
+                samples = [{**index[i], "__index__": i} for i in indices[rank::ranks]]
+                if self.ring is None:
+                    yield self.collate_fn(samples), state
+                else:
+                    yield self.ring.pack(self.collate_fn(samples, zeros=self.ring.zeros)), state
 
 
 class BatchStream:
@@ -213,12 +218,14 @@ class BatchStream:
     pending : dict | None
         Saved queues (bucket name → global sample indices waiting in it), from :meth:`state`.
     collate_fn : callable
-        Samples → batch (signal windows by default; code shards pass theirs).
+        ``(samples, zeros=…) → batch`` (signal windows by default; code shards pass theirs), allocating
+        the batch's tensors through ``zeros`` ({name: (shape, dtype)} → zeroed tensors), so that a worker
+        can collate straight into shared memory.
     by_channels : bool
         Also group windows by channel class, so few-channel windows are not padded to many-channel ones.
     num_workers : int
         DataLoader worker processes that read and collate; the batches and :meth:`state` are the same
-        for every count. Workers hand batches over in reused shared-memory slots
+        for every count. Workers collate batches straight into reused shared-memory slots
         (:class:`~neurofm.data_shards.slots.SlotRing`): the tensors returned are views of a slot, which
         a worker reuses once they are all gone.
     pin_memory : bool

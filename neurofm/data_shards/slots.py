@@ -3,14 +3,16 @@
 A tensor a DataLoader worker returns travels in a fresh shared-memory segment: allocated, page-faulted
 on both sides and handed over through a socket, for every batch (≈ 5 ms for a 4-MB batch on a CPU
 core — half of what reading and collating it costs). Here each worker keeps a few segments
-(**slots**) and copies each batch's tensors into a free one; only the slot's number, the tensors'
-offsets and the rest of the batch are pickled. The training process maps a slot once and hands out
+(**slots**) and collates each batch straight into a free one (its tensors are allocated there by
+:meth:`SlotRing.zeros`, so nothing is copied; a batch collated elsewhere is copied in); only the slot's
+number, the tensors' offsets and the rest of the batch are pickled. The training process maps a slot once and hands out
 tensors that are views of it (no copy); the slot becomes free for the worker again when the last of
 those views is gone, whoever holds them and for however long. A worker that finds no free slot (the
 consumer keeps many batches) sends the batch the ordinary way, so nothing ever waits.
 
-Use: create a :class:`SlotRing` in the training process before the DataLoader starts its workers,
-call ``ring.pack(batch)`` in the worker and ``ring.unpack(item)`` on what the loader returns.
+Use: create a :class:`SlotRing` in the training process before the DataLoader starts its workers;
+in the worker, collate with ``zeros=ring.zeros`` and call ``ring.pack(batch)``; call
+``ring.unpack(item)`` on what the loader returns.
 """
 
 from __future__ import annotations
@@ -18,11 +20,29 @@ from __future__ import annotations
 import dataclasses
 import math
 import weakref
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 
 _ALIGN = 64  # bytes: every tensor starts on a cache line, so any dtype's view is aligned
+
+#: What a collate function is given to allocate its batch's tensors: {name: (shape, dtype)} → {name: zeroed tensor}.
+TensorSpec = Mapping[str, tuple[tuple[int, ...], torch.dtype]]
+
+
+def new_zeros(spec: TensorSpec) -> dict[str, torch.Tensor]:
+    """Fresh zeroed tensors, one per entry of ``spec`` (the allocator outside a DataLoader worker)."""
+    return {name: torch.zeros(shape, dtype=dtype) for name, (shape, dtype) in spec.items()}
+
+
+def _layout(spec: TensorSpec) -> tuple[dict, int]:
+    """{name: (offset in bytes, shape, dtype)} of ``spec``'s tensors packed one after another, and the bytes."""
+    layout, size = {}, 0
+    for name, (shape, dtype) in spec.items():
+        layout[name] = (size, tuple(shape), dtype)
+        size += -(-math.prod(shape) * dtype.itemsize // _ALIGN) * _ALIGN
+    return layout, size
 
 
 @dataclasses.dataclass
@@ -58,43 +78,63 @@ class SlotRing:
         self._slots: list[torch.Tensor] = []  # worker side: this worker's slots (uint8, shared)
         self._generations: list[int] = []  # worker side: times each slot was (re)allocated
         self._sent: dict[int, int] = {}  # worker side: slot → generation the training process has mapped
+        self._reserved: tuple[int, dict, dict] | None = None  # worker side: (slot, layout, views) from zeros()
         self._mapped: dict[tuple[int, int], tuple[int, np.ndarray]] = {}  # training side: (worker, slot) → (generation, bytes)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_slots": [], "_generations": [], "_sent": {}, "_mapped": {}}
+        return {**self.__dict__, "_slots": [], "_generations": [], "_sent": {}, "_mapped": {}, "_reserved": None}
 
     # -- worker side -------------------------------------------------------------------------------
+    def zeros(self, spec: TensorSpec) -> dict[str, torch.Tensor]:
+        """Zeroed tensors for the next batch, as views of a free slot of this worker, so that
+        :meth:`pack` hands the batch over without a copy; fresh tensors outside a worker or when every
+        slot is held."""
+        info = torch.utils.data.get_worker_info()
+        self._reserved = None
+        if info is None:
+            return new_zeros(spec)
+        layout, size = _layout(spec)
+        slot = self._free_slot(info.id, size)
+        if slot is None:
+            return new_zeros(spec)
+        views = {name: self._view(slot, *layout[name]).zero_() for name in layout}
+        self._reserved = (slot, layout, views)
+        return views
+
+    def _view(self, slot: int, offset: int, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+        return self._slots[slot][offset : offset + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
+
     def pack(self, batch):
         """``batch`` (a dataclass or dict of tensors and other values) as a :class:`_Packed` in a free
-        slot of this worker; unchanged outside a worker, without tensors, or when no slot is free."""
+        slot of this worker — the slot its tensors were allocated in by :meth:`zeros`, or one they are
+        copied into; unchanged outside a worker, without tensors, or when no slot is free."""
         info = torch.utils.data.get_worker_info()
         values = batch_fields(batch)
         tensors = {k: v for k, v in values.items() if torch.is_tensor(v) and v.device.type == "cpu"}
+        reserved, self._reserved = self._reserved, None
         if info is None or not tensors:
             return batch
-        layout, size = {}, 0
-        for name, t in tensors.items():
-            layout[name] = (size, tuple(t.shape), t.dtype)
-            size += -(-t.nbytes // _ALIGN) * _ALIGN
-        slot = self._free_slot(info.id, size)
-        if slot is None:
-            return batch
-        buffer = self._slots[slot]
-        for name, t in tensors.items():
-            offset, shape, dtype = layout[name]
-            buffer[offset : offset + t.nbytes].view(dtype).view(shape).copy_(t)
+        if reserved is not None and reserved[2].keys() == tensors.keys() and all(tensors[k] is v for k, v in reserved[2].items()):
+            slot, layout = reserved[0], reserved[1]
+        else:  # collated elsewhere (or not only into the reserved views): copy into a slot other than the reserved one
+            layout, size = _layout({name: (t.shape, t.dtype) for name, t in tensors.items()})
+            slot = self._free_slot(info.id, size, exclude=None if reserved is None else reserved[0])
+            if slot is None:
+                return batch
+            for name, t in tensors.items():
+                self._view(slot, *layout[name]).copy_(t)
         self.busy[info.id, slot] = 1
         generation = self._generations[slot]
-        storage = buffer if self._sent.get(slot) != generation else None
+        storage = self._slots[slot] if self._sent.get(slot) != generation else None
         self._sent[slot] = generation
         others = {k: v for k, v in values.items() if k not in layout}
         return _Packed(info.id, slot, generation, type(batch), layout, others, storage)
 
-    def _free_slot(self, worker: int, size: int) -> int | None:
+    def _free_slot(self, worker: int, size: int, exclude: int | None = None) -> int | None:
         """A free slot of at least ``size`` bytes (adding one, or replacing the smallest free one, when
-        none fits), or None when every slot is held by the training process."""
+        none fits), or None when every slot is held by the training process (or is ``exclude``)."""
         busy = self.busy[worker].tolist()
-        free = [s for s in range(len(self._slots)) if not busy[s]]
+        free = [s for s in range(len(self._slots)) if not busy[s] and s != exclude]
         fitting = [s for s in free if self._slots[s].numel() >= size]
         if fitting:
             return min(fitting, key=lambda s: self._slots[s].numel())

@@ -44,6 +44,7 @@ from neurofm.pretrain.masking import make_mask, masked_tokens
 from neurofm.pretrain.model import MaskedCodeModel, masked_code_loss, masked_latent_loss
 from neurofm.outputs import output_folder, writer_lock
 from neurofm.data_shards.batches import BatchStream
+from neurofm.data_shards.slots import new_zeros
 
 logger = logging.getLogger("neurofm.pretrain")
 
@@ -51,11 +52,15 @@ logger = logging.getLogger("neurofm.pretrain")
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "V100": 125e12}
 
 
-def collate_codes(samples: list[dict]) -> dict:
-    """Code samples of one bucket → codes [B, P, K, L] (long), modality [B] (long), keys."""
-    codes = torch.stack([torch.from_numpy(s["codes"].astype(np.int64)).permute(1, 0, 2) for s in samples])
-    modality = torch.tensor([MODALITY_IDS[s["meta"]["modality"]] for s in samples])
-    return {"codes": codes, "modality": modality, "keys": [s["__key__"] for s in samples]}
+def collate_codes(samples: list[dict], zeros=new_zeros) -> dict:
+    """Code samples of one bucket → codes [B, P, K, L] (long), modality [B] (long), keys; ``zeros``
+    allocates the tensors (see :class:`~neurofm.data_shards.batches.BatchStream`)."""
+    k, p, levels = samples[0]["codes"].shape  # stored [K, P, L]
+    out = zeros({"codes": ((len(samples), p, k, levels), torch.int64), "modality": ((len(samples),), torch.int64)})
+    for i, s in enumerate(samples):
+        out["codes"][i] = torch.from_numpy(s["codes"].astype(np.int64)).permute(1, 0, 2)
+    out["modality"][:] = torch.tensor([MODALITY_IDS[s["meta"]["modality"]] for s in samples])
+    return {**out, "keys": [s["__key__"] for s in samples]}
 
 
 def code_manifest(codes_dir: str | Path) -> dict:
