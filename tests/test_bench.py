@@ -151,10 +151,34 @@ def test_cross_device_transfer_finds_a_shared_code():
                     v = rng.standard_normal(8)
                     v[c] += 3.0
                     feats.append(v)
-                    metas.append({"labels": {"device": device, "event": name}, "source": f"{device}-{r}"})
+                    metas.append({"labels": {"device": device, "event": name}, "source": f"{device}-{r}",
+                                  "modality": "eeg" if device == "dev-a" else "meg"})
     windows = ProbeWindows(metas=metas, columns={"release/time": [np.stack(feats)]})
     result = tasks.cross_device(windows, "event", CLASSES, "dev-a", "dev-b")
     assert result["release/time"]["score"] > 0.9 and result["test_windows"] == 54
+    assert result["modalities"] == ["eeg", "meg"]
+
+
+def test_cross_device_target_keeps_the_stretch_pair_apart():
+    """The issue's required pairs (montage → montage, helmet → helmet) and its stretch (EEG → MEG) are
+    two targets: a weak stretch pair must not hide, or be hidden by, the required ones."""
+    from neurofm.bench.config import RepresentationBenchConfig
+    from neurofm.bench.report import targets
+
+    def pair(train, test, modalities, score):
+        return {"train": train, "test": test, "modalities": modalities, "release/flat": {"score": score}}
+
+    evoked = {"d": {f"{c}/flat": {"score": 0.8} for c in ("release", "random")} | {"raw": {"score": 0.9}}}
+    results = {"evoked": evoked, "regression": {"d": {"release/flat": {"score": 0.5}}}, "tokenizer": {}, "real_tasks": {},
+               "cross_device": [pair("a", "b", ["eeg", "eeg"], 0.9), pair("m", "n", ["meg", "meg"], 0.7),
+                                pair("a", "m", ["eeg", "meg"], 0.3)],
+               "masked_codes": {"model": [0.6], "unigram": [0.1], "copy_nearest": [0.2]}}
+    cfg = RepresentationBenchConfig(poolings=["flat"], few_labels=[5], continuous_set=None)
+    rows = {t["target"]: t for t in targets(results, cfg)}
+    within = rows["cross-device transfer ≥ 0.75 (within a modality: montage → montage, helmet → helmet; mean over 2 pairs)"]
+    stretch = rows["cross-device transfer ≥ 0.75 (EEG → MEG, the issue's stretch; mean over 1 pair)"]
+    assert within["value"] == pytest.approx(0.8) and within["met"]
+    assert stretch["value"] == pytest.approx(0.3) and not stretch["met"]
 
 
 def test_pooling_leaves_padding_out():

@@ -65,7 +65,9 @@ def cross_device(windows: ProbeWindows, key: str, classes: list[str], train_devi
             raise NeuroFMError(f"No labelled window of device '{dev}' in the probe set; check the benchmark's devices.")
     y = windows.field(key).astype(str)
     groups = windows.field("source").astype(str)
-    out = {"train": train_device, "test": test_device, "train_windows": int(len(train)), "test_windows": int(len(test))}
+    modality = windows.field("modality").astype(str)
+    out = {"train": train_device, "test": test_device, "train_windows": int(len(train)), "test_windows": int(len(test)),
+           "modalities": [str(modality[train[0]]), str(modality[test[0]])]}
     for name, layers in windows.columns.items():
         out[name] = probes.transfer("logistic", [x[train] for x in layers], y[train], groups[train], [x[test] for x in layers], y[test])
     return out
