@@ -4,10 +4,10 @@ A tensor a DataLoader worker returns travels in a fresh shared-memory segment: a
 on both sides and handed over through a socket, for every batch (≈ 5 ms for a 4-MB batch on a CPU
 core — half of what reading and collating it costs). Here each worker keeps a few segments
 (**slots**) and collates each batch straight into a free one (its tensors are allocated there by
-:meth:`SlotRing.zeros`, so nothing is copied; a batch collated elsewhere is copied in); only the slot's
-number, the tensors' offsets and the rest of the batch are pickled. The training process maps a slot once and hands out
-tensors that are views of it (no copy); the slot becomes free for the worker again when the last of
-those views is gone, whoever holds them and for however long. A worker that finds no free slot (the
+:meth:`SlotRing.zeros`, so nothing is copied; a batch collated elsewhere is copied in); only the
+slot's number, the tensors' offsets and the rest of the batch are pickled. The training process maps
+a slot once and hands out tensors that are views of it (no copy); the slot becomes free for the
+worker again when the last of those views is gone, whoever holds them and for however long. A worker that finds no free slot (the
 consumer keeps many batches) sends the batch the ordinary way, so nothing ever waits.
 
 Use: create a :class:`SlotRing` in the training process before the DataLoader starts its workers;
