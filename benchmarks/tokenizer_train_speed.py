@@ -3,10 +3,12 @@
 Trains a tokenizer preset for a few steps on the EEG + MEG windows of a shard folder twice — batches
 that hold one family and window length (padded to their largest window), and batches that also hold one
 channel class (``bucket_by_channels``, the default) — and reports windows/s and the channel rows padded
-per real one. Same preset, batch size, seed and data.
+per real one. Same preset, batch size, seed and data. With ``--eval``, each tokenizer is then scored on
+the held-out windows of the same shards (the last ``eval_fraction`` of every recording): PCC, R² and
+log-spectrum error per modality, so a faster batching can be checked to learn the same.
 
 Usage: python benchmarks/tokenizer_train_speed.py --shards runs/shards [--config configs/tokenizer_base.yaml]
-       [--steps 30] [--batch-size 16]
+       [--steps 30] [--batch-size 16] [--eval]
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def main() -> None:
     parser.add_argument("--config", default="configs/tokenizer_base.yaml")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--eval", action="store_true", help="also score each tokenizer on the held-out windows")
     args = parser.parse_args()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, device {device}, torch {torch.__version__}")
@@ -66,6 +69,13 @@ def main() -> None:
             print(f"{'grouped by channel class' if grouped else 'family + length only'}: {rate:.1f} windows/s "
                   f"({args.steps} steps of {args.batch_size}, {seconds:.0f} s wall incl. start-up), "
                   f"{pad:.2f} channel rows per real row")
+            if args.eval:
+                from neurofm.tokenizers.evaluate import evaluate_tokenizer
+
+                metrics = evaluate_tokenizer(Path(tmp) / str(grouped), args.shards, Path(tmp) / f"{grouped}_eval", plot=False)
+                for modality, m in sorted(metrics["modalities"].items()):
+                    print(f"  held-out {modality}: PCC {m['pcc']:.3f}, R² {m['r2']:.3f}, log-spectrum error "
+                          f"{m['spectral_error']:.3f} decades ({m['windows']} windows)")
     print(f"speed-up from grouping: {rates[True] / rates[False]:.2f}x")
 
 
