@@ -63,7 +63,8 @@ def test_radial_dipole_is_silent_in_meg_but_not_in_eeg(head):
 
 
 def test_meg_helmets_put_coils_outside_the_head_pointing_out(head):
-    for helmet, n in (("neuromag306", 306), ("ctf275", 275), ("kit157", 157)):
+    for helmet, n in (("neuromag306", 306), ("ctf275", 275), ("kit157", 157), ("neuromag122", 122), ("magnes3600", 248),
+                      ("magnes2500", 148)):
         info = geometry.meg_info(helmet, head, 600.0, seed=0)
         assert len(info.ch_names) == n
         dev_head = info["dev_head_t"]["trans"]
@@ -141,6 +142,24 @@ def test_simulated_recordings_go_through_the_shards_path_with_their_ground_truth
     assert {"auditory", "visual", "somatosensory", "blink"} <= set(events)
     subjects = {s["meta"]["subject"] for s in samples}
     assert {"00", "01"} <= subjects
+
+
+@pytest.mark.parametrize("helmet,n_channels,kinds", [("magnes3600", 248, {"meg_mag"}), ("neuromag122", 122, {"meg_grad"})])
+def test_the_other_helmets_simulate_through_the_forward_model_into_sensor_rows(cache, helmet, n_channels, kinds):
+    """Magnes magnetometers and Neuromag-122 planar pairs: a forward model, a finite field, and sensor rows
+    whose orientation is the coil normal (magnetometers) or the gradient direction, tangential (planar)."""
+    from neurofm.data_shards.sensors import sensor_table
+
+    raw, _ = simulate_raw(SimulatedSpec("meg", helmet, 1, 0, 1, 4.0, 0), SimulateConfig(hours=0.01, cache_dir=str(cache)))
+    data = raw.get_data()
+    assert data.shape[0] == n_channels and np.isfinite(data).all() and data.std() > 0
+    table = sensor_table(raw.info, "meg")
+    assert set(table.kinds) == kinds
+    rows = table.features()
+    head_centre = rows[:, :3].mean(0)
+    radial = (rows[:, :3] - head_centre) / np.linalg.norm(rows[:, :3] - head_centre, axis=1, keepdims=True)
+    along = np.abs(np.sum(rows[:, 3:6] * radial, axis=1))
+    assert np.median(along) > 0.8 if kinds == {"meg_mag"} else np.median(along) < 0.3
 
 
 def test_a_simulated_recording_saved_as_fif_reads_back_the_same(tmp_path, cache):

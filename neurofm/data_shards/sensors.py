@@ -107,9 +107,10 @@ def _head_frame_loc(ch: dict, dev_head_t: np.ndarray | None) -> tuple[np.ndarray
     return pos, orientation
 
 
+# Neuromag-122's planar gradiometer coil is the one whose FIFF name does not say PLANAR.
 _PLANAR_COILS = {
     c for name, c in vars(mne.io.constants.FIFF).items() if name.startswith("FIFFV_COIL") and "PLANAR" in name
-}
+} | {mne.io.constants.FIFF.FIFFV_COIL_NM_122}
 
 
 def has_position(pos: np.ndarray) -> bool:

@@ -30,7 +30,18 @@ from mne.io.constants import FIFF
 
 from neurofm.errors import ConfigError
 
-HELMETS = {"neuromag306": ("306m.fif.gz", 102), "ctf275": ("CTF_275.fif.gz", 275), "kit157": ("KIT.fif.gz", 157)}
+#: Helmet name → (MNE helmet surface, coil locations, the coils at each location: (name suffix, channel
+#: type, coil type, in-plane axes as "x y" or "y -x")). Planar pairs measure the two tangential gradients.
+_TRIPLET = (("1", "mag", FIFF.FIFFV_COIL_VV_MAG_T3, "x y"), ("2", "grad", FIFF.FIFFV_COIL_VV_PLANAR_T1, "x y"),
+            ("3", "grad", FIFF.FIFFV_COIL_VV_PLANAR_T1, "y -x"))
+HELMETS = {
+    "neuromag306": ("306m.fif.gz", 102, _TRIPLET),
+    "neuromag122": ("122m.fif.gz", 61, (("2", "grad", FIFF.FIFFV_COIL_NM_122, "x y"), ("3", "grad", FIFF.FIFFV_COIL_NM_122, "y -x"))),
+    "ctf275": ("CTF_275.fif.gz", 275, (("", "mag", FIFF.FIFFV_COIL_CTF_GRAD, "x y"),)),
+    "kit157": ("KIT.fif.gz", 157, (("", "mag", FIFF.FIFFV_COIL_KIT_GRAD, "x y"),)),
+    "magnes3600": ("Magnes_3600wh.fif.gz", 248, (("", "mag", FIFF.FIFFV_COIL_MAGNES_MAG, "x y"),)),
+    "magnes2500": ("Magnes_2500wh.fif.gz", 148, (("", "mag", FIFF.FIFFV_COIL_MAGNES_MAG, "x y"),)),
+}
 CLASSIC_1020 = ["Fp1", "Fp2", "F7", "F3", "Fz", "F4", "F8", "T7", "C3", "Cz", "C4", "T8", "P7", "P3", "Pz", "P4", "P8", "O1", "O2"]
 #: Montage name → (MNE montage, channel subset or None).
 MONTAGES = {"classic_1020": ("colin27_1020", CLASSIC_1020)}
@@ -189,7 +200,7 @@ def _clear_of_scalp(coils: np.ndarray, head_radius: float, margin: float = 0.005
 def meg_info(helmet: str, head: Head, sfreq: float, seed: int) -> mne.Info:
     """MEG coils on an MNE helmet surface, in the device frame, with a subject-specific dev_head_t."""
     check_helmet(helmet)
-    fname, n_locations = HELMETS[helmet]
+    fname, n_locations, coils_here = HELMETS[helmet]
     surface = mne.read_bem_surfaces(Path(mne.__file__).parent / "data" / "helmets" / fname, verbose="error")[0]
     rr, nn = surface["rr"], surface["nn"]
     centre = _fit_sphere(rr)
@@ -201,19 +212,12 @@ def meg_info(helmet: str, head: Head, sfreq: float, seed: int) -> mne.Info:
         ex = np.cross(ez, [0.0, 0.0, 1.0] if abs(ez[2]) < 0.9 else [1.0, 0.0, 0.0])
         ex /= np.linalg.norm(ex)
         ey = np.cross(ez, ex)
-        if helmet == "neuromag306":
-            for suffix, kind, coil, (a, b) in (("1", "mag", FIFF.FIFFV_COIL_VV_MAG_T3, (ex, ey)),
-                                               ("2", "grad", FIFF.FIFFV_COIL_VV_PLANAR_T1, (ex, ey)),
-                                               ("3", "grad", FIFF.FIFFV_COIL_VV_PLANAR_T1, (ey, -ex))):
-                names.append(f"MEG{i + 1:03d}{suffix}")
-                types.append(kind)
-                locs.append(np.r_[pos, a, b, ez])
-                coils.append(coil)
-        else:
-            names.append(f"MEG{i + 1:03d}")
-            types.append("mag")
-            locs.append(np.r_[pos, ex, ey, ez])
-            coils.append(FIFF.FIFFV_COIL_CTF_GRAD if helmet == "ctf275" else FIFF.FIFFV_COIL_KIT_GRAD)
+        for suffix, kind, coil, axes in coils_here:
+            a, b = (ex, ey) if axes == "x y" else (ey, -ex)
+            names.append(f"MEG{i + 1:03d}{suffix}")
+            types.append(kind)
+            locs.append(np.r_[pos, a, b, ez])
+            coils.append(coil)
     info = mne.create_info(names, sfreq, types)
     for ch, loc, coil in zip(info["chs"], locs, coils):
         ch["loc"][:] = loc
