@@ -139,12 +139,11 @@ def run_representation_bench(cfg: RepresentationBenchConfig, progress: bool = Fa
         "windows": len(windows.metas), "layers": len(windows.columns[f"release/{cfg.poolings[0]}"]),
         "evoked": tasks.within_device(windows, "logistic", "event", cfg.evoked_labels, n_jobs=cfg.probe_jobs),
     }
+    regression_windows = windows
     if cfg.continuous_set is not None:
         rows = modality_rows(paths["continuous_set"], cfg.regression_modalities)
-        continuous = collect(paths["release"], paths["continuous_set"], tuple(cfg.poolings), seed=cfg.seed, indices=rows)
-        results["regression"] = tasks.within_device(continuous, "ridge", cfg.regression_key, n_jobs=cfg.probe_jobs)
-    else:
-        results["regression"] = tasks.within_device(windows, "ridge", cfg.regression_key, n_jobs=cfg.probe_jobs)
+        regression_windows = collect(paths["release"], paths["continuous_set"], tuple(cfg.poolings), seed=cfg.seed, indices=rows)
+    results["regression"] = tasks.within_device(regression_windows, "ridge", cfg.regression_key, n_jobs=cfg.probe_jobs)
     results["cross_device"] = [tasks.cross_device(windows, "event", cfg.evoked_labels, a, b) for a, b in cfg.cross_device
                                if a in devices and b in devices]
     layer_of = {name: int(np.bincount([layer for dev in results["evoked"].values() for layer in dev[name]["chosen_layers"]]).argmax())
