@@ -17,6 +17,10 @@ OVERRIDES_HELP = (
     "samples_per_shard=128 inputs.0.missing_positions=drop (values are YAML)"
 )
 
+#: ``--workers`` of the commands that build shards (see neurofm.data_shards.parallel)
+WORKERS_HELP = ("recordings processed at once: this process and a local Dask cluster of N-1 worker processes (default N: "
+                "the cores this process may use; 1: this process alone)")
+
 
 def _shards_build(args: argparse.Namespace) -> int:
     from neurofm.config import load_config
@@ -336,8 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         "several: mappings merge, lists such as inputs add up, later values win"))
     build.add_argument("--out", help="output folder (overrides the config's 'out')")
     build.add_argument("--overwrite", action="store_true", help="delete shards built with other settings in --out")
-    build.add_argument("--workers", type=int, help="recordings processed at once on a local Dask cluster (default: the cores "
-                                                   "this process may use; 1: in this process)")
+    build.add_argument("--workers", type=int, help=WORKERS_HELP)
     build.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:8786) to run on instead")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
@@ -368,8 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--cache-dir", help="where gain matrices are cached (default ~/.cache/neurofm/gains)")
     simulate.add_argument("--config", action="append", help="optional ShardsConfig YAML (preprocessing, other simulate.* fields)")
     simulate.add_argument("--overwrite", action="store_true", help="delete shards built with other settings in --out")
-    simulate.add_argument("--workers", type=int, help="recordings processed at once on a local Dask cluster (default: the cores "
-                                                   "this process may use; 1: in this process)")
+    simulate.add_argument("--workers", type=int, help=WORKERS_HELP)
     simulate.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://host:8786) to run on instead")
     simulate.add_argument("--quiet", action="store_true", help="no progress bar")
     simulate.add_argument("overrides", nargs="*", help=OVERRIDES_HELP + "; simulate.* fields too, e.g. simulate.recording_seconds=120")

@@ -215,9 +215,9 @@ def test_a_second_build_into_one_out_is_refused_and_a_dead_writers_lock_is_stale
     assert build_shards(config, progress=False)["complete"]  # the killed writer's lock file is stale
 
 
-@pytest.mark.parametrize("workers", [2, 4])
-def test_a_build_on_dask_workers_is_byte_identical_to_the_serial_build(tmp_path, workers):
-    """One task per recording on a local Dask cluster; the driver packs them in order."""
+def _mixed_config(tmp_path):
+    """Three generated FIF recordings, a broken EDF (skipped) and simulated EEG, MEG and fMRI: a build config
+    maker ``config(out)`` and the expected number of recordings."""
     from neurofm.data_shards.config import SimulateConfig
 
     fif = [write_eeg_fif(tmp_path / f"rec{i}_raw.fif", seconds, n_channels=8, seed=i) for i, seconds in enumerate((30, 12, 20))]
@@ -230,15 +230,74 @@ def test_a_build_on_dask_workers_is_byte_identical_to_the_serial_build(tmp_path,
         cfg.simulate = SimulateConfig(hours=0.015, modalities=["eeg", "meg", "fmri"], recording_seconds=10, fmri_run_seconds=40, subjects=1)
         return cfg
 
-    serial = build_shards(config("out"), progress=False)
+    return config, broken
+
+
+def _serial_bytes(config, out: Path) -> dict[str, bytes]:
+    """Build serially into ``out``, return every shard's and the manifest's bytes, and remove ``out``."""
+    serial = build_shards(config(out.name), progress=False)
     names = [s["name"] for s in serial["shards"]] + ["manifest.json"]
-    expected = {name: (tmp_path / "out" / name).read_bytes() for name in names}
-    shutil.rmtree(tmp_path / "out")
-    build_shards(config("out"), progress=False, workers=workers)  # into the same folder: the manifest names it
-    assert len(serial["recordings"]) >= 6 and [s["source"] for s in serial["skipped"]] == [str(broken)]
-    for name in names:
-        assert (tmp_path / "out" / name).read_bytes() == expected[name], name
-    assert not (tmp_path / "out" / ".staging").exists()
+    expected = {name: (out / name).read_bytes() for name in names}
+    shutil.rmtree(out)
+    return expected
+
+
+def _assert_same_bytes(out: Path, expected: dict[str, bytes]) -> None:
+    for name, payload in expected.items():
+        assert (out / name).read_bytes() == payload, name
+    assert not (out / ".staging").exists()
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_a_build_on_dask_workers_is_byte_identical_to_the_serial_build(tmp_path, workers):
+    """One task per recording, run by the driver and a local Dask cluster; the driver packs them in order."""
+    config, broken = _mixed_config(tmp_path)
+    expected = _serial_bytes(config, tmp_path / "out")
+    manifest = build_shards(config("out"), progress=False, workers=workers)  # into the same folder: the manifest names it
+    assert len(manifest["recordings"]) >= 6 and [s["source"] for s in manifest["skipped"]] == [str(broken)]
+    _assert_same_bytes(tmp_path / "out", expected)
+
+
+def test_a_worker_killed_mid_recording_costs_only_that_recordings_retry(tmp_path):
+    """SIGKILL a Dask worker while it stages a recording (its staging tar open): Dask reruns that task on a
+    worker and the shards are byte-identical to the serial build's."""
+    import threading
+    import time
+
+    import psutil
+    from dask.distributed import LocalCluster
+
+    config, _ = _mixed_config(tmp_path)
+    expected = _serial_bytes(config, tmp_path / "out")
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    killed, stop = [], threading.Event()
+    workers_before = {child.pid for child in psutil.Process().children(recursive=True)}
+
+    def kill_a_worker_mid_recording():
+        while not stop.is_set() and not killed:
+            for child in psutil.Process().children(recursive=True):
+                try:
+                    staging = [f.path for f in child.open_files() if f.path.endswith(".tar.partial")]
+                except psutil.Error:
+                    continue
+                if staging:
+                    child.kill()
+                    killed.append((child.pid, staging[0]))
+                    return
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=kill_a_worker_mid_recording)
+    watcher.start()
+    try:
+        build_shards(config("out"), progress=False, scheduler=cluster.scheduler_address)
+    finally:
+        stop.set()
+        watcher.join()
+        cluster.close()
+    assert killed, "no worker was caught with a staging tar open"
+    pid, staging = killed[0]
+    assert pid in workers_before and Path(staging).parent.name == ".staging"
+    _assert_same_bytes(tmp_path / "out", expected)
 
 
 def test_an_unreachable_scheduler_is_a_clear_error_within_seconds(tmp_path):

@@ -26,7 +26,8 @@ from tqdm import tqdm
 import neurofm
 from neurofm.config import to_dict
 from neurofm.data_shards.config import ShardsConfig
-from neurofm.data_shards.parallel import STAGING, drop_staged, make_executor, raise_if_failed, run_recording, staged_samples
+from neurofm.data_shards.parallel import (STAGING, Call, OrderedTasks, drop_staged, make_executor, raise_if_failed, run_recording,
+                                          staged_samples)
 from neurofm.data_shards.preprocess import prepare
 from neurofm.data_shards.readers import expand_inputs, read_recording, source_checksum
 from neurofm.data_shards.sensors import SENSOR_FEATURES, has_position
@@ -150,8 +151,9 @@ def build_shards(config: ShardsConfig, *, overwrite: bool = False, progress: boo
     progress : bool
         Show a tqdm progress bar over recordings.
     workers : int
-        Recordings processed at once: 1 runs them in this process; more start a local Dask cluster of
-        that many worker processes (:mod:`neurofm.data_shards.parallel`). The shards are the same.
+        Recordings processed at once: 1 runs them in this process; more run them in this process and
+        on a local Dask cluster of ``workers - 1`` processes (:mod:`neurofm.data_shards.parallel`). The
+        shards are the same.
     scheduler : str | None
         Address of a running Dask scheduler (``tcp://host:8786``) to run the recordings on instead; its
         workers must see ``config.out``.
@@ -202,13 +204,13 @@ def _build(config: ShardsConfig, out: Path, manifest: dict, executor, progress: 
     staging = out / STAGING
     staging.mkdir(exist_ok=True)
     packed = {i for i, s in enumerate(sources) if s.name in known and known[s.name]["first_sample"] + known[s.name]["n_windows"] <= done}
-    tasks, leaders = {}, {}
+    calls, leaders = [], {}
     mne_level = logging.getLogger("mne").getEffectiveLevel()
     for i, source in enumerate(sources):  # one task per recording still to pack; a dataset's first one leads
         if i not in packed:
-            lead = leaders.get(source.dataset)
-            tasks[i] = executor.submit(run_recording, config, source, i, str(staging), after=lead, mne_log_level=mne_level)
-            leaders.setdefault(source.dataset, tasks[i])
+            calls.append(Call(i, leaders.get(source.dataset), (config, source, i, str(staging)), {"mne_log_level": mne_level}))
+            leaders.setdefault(source.dataset, i)
+    results = iter(OrderedTasks(run_recording, calls, executor))
     sample_index = 0
     started = time.perf_counter()
     try:
@@ -220,7 +222,7 @@ def _build(config: ShardsConfig, out: Path, manifest: dict, executor, progress: 
                 sample_index += known[source.name]["n_windows"]
                 continue
             try:
-                entry = raise_if_failed(tasks[i].result())
+                entry = raise_if_failed(next(results)[1])
             except NeuroFMError as err:
                 if config.on_error == "raise":
                     raise

@@ -7,11 +7,13 @@ order and packs their samples into the shards, so the shards do not depend on ho
 or in which order tasks finished. Staged recordings survive a crash: a rerun packs them without
 reading them again.
 
-Executors: :class:`InlineExecutor` runs each task when its result is asked for (one process, in
-order); :class:`DaskExecutor` runs them on ``dask.distributed`` workers — a local cluster of
-``workers`` processes, or a running scheduler at ``scheduler``. Dask reruns a task whose worker died.
-Every run of one dataset's later recordings waits for its first one (fMRI runs of a dataset share the
-parcellation that the first run fits).
+Who runs the tasks (:class:`OrderedTasks`): with ``workers`` local workers, this process (the driver)
+and a local Dask cluster of ``workers - 1`` processes, which starts in the background while the driver
+already runs the first recordings itself; whenever the recording the driver must pack next is not
+finished, it runs the next one nobody has taken instead of waiting. With a running scheduler
+(``scheduler``) or batch jobs (``cluster``), the workers run every task and the driver only packs.
+Dask reruns a task whose worker died. Every run of one dataset's later recordings waits for its first
+one (fMRI runs of a dataset share the parcellation that the first run fits).
 
 Worker processes that this module starts (a local cluster, batch jobs) run with glibc's own malloc
 settings: Dask's nannies set ``MALLOC_TRIM_THRESHOLD_=65536`` by default, which turns off glibc's
@@ -26,7 +28,9 @@ import io
 import json
 import os
 import tarfile
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from neurofm.data_shards.writer import write_text_atomic
@@ -127,26 +131,6 @@ def drop_staged(staging: Path, index: int) -> None:
         path.unlink(missing_ok=True)
 
 
-class _Deferred:
-    def __init__(self, fn, args, kwargs):
-        self.fn, self.args, self.kwargs = fn, args, kwargs
-
-    def result(self):
-        return self.fn(*self.args, **{k: (v.result() if isinstance(v, _Deferred) else v) for k, v in self.kwargs.items()})
-
-
-class InlineExecutor:
-    """Runs each task in this process when its result is asked for (results are asked for in order)."""
-
-    workers = 1
-
-    def submit(self, fn, *args, **kwargs) -> _Deferred:
-        return _Deferred(fn, args, kwargs)
-
-    def close(self) -> None:
-        pass
-
-
 #: Environment the nannies set before starting a worker process, over Dask's defaults (None unsets).
 WORKER_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": None}
 
@@ -164,48 +148,156 @@ def batch_cluster(cluster):
 
 
 class DaskExecutor:
-    """Tasks on ``dask.distributed``: a local cluster of ``workers`` processes, the scheduler at
-    ``scheduler``, or batch jobs of a ``cluster`` config (SLURM / PBS through dask-jobqueue)."""
+    """Tasks on ``dask.distributed``: a local cluster of ``processes`` worker processes, the scheduler at
+    ``scheduler``, or batch jobs of a ``cluster`` config (SLURM / PBS through dask-jobqueue).
 
-    def __init__(self, workers: int | None = None, scheduler: str | None = None, cluster=None, timeout_s: float = 10.0):
-        import dask
-        from dask.distributed import Client, LocalCluster
+    A local cluster starts in a background thread when ``background`` (:meth:`ready` says when it
+    takes tasks); ``driver_helps`` says whether the driver runs tasks too (local clusters only: a
+    scheduler's or batch job's workers may be where the driver is not)."""
 
-        self.cluster = None
+    def __init__(self, processes: int | None = None, scheduler: str | None = None, cluster=None, timeout_s: float = 10.0,
+                 background: bool = False):
+        from dask.distributed import Client
+
+        self.cluster, self.client, self._failed = None, None, None
+        self.driver_helps = cluster is None and scheduler is None
+        self.workers = (processes or 0) + self.driver_helps
         if cluster is not None:
             self.cluster = batch_cluster(cluster)
             self.cluster.scale(jobs=cluster.jobs)
             self.client = Client(self.cluster)
+            self.workers = cluster.jobs * cluster.cores
         elif scheduler:
             try:
                 self.client = Client(scheduler, timeout=f"{timeout_s}s")
             except (OSError, TimeoutError) as err:
                 raise NeuroFMError(f"Cannot reach the Dask scheduler at {scheduler} within {timeout_s:g} s ({err}); check the "
                                    "address (tcp://host:8786) and that the scheduler runs, or drop --scheduler.") from None
+            self.workers = len(self.client.scheduler_info()["workers"])
+        elif background:
+            self._starting = threading.Thread(target=self._start_local, args=(processes,), name="dask-local-cluster", daemon=True)
+            self._starting.start()
         else:
+            self._start_local(processes)
+        #: tasks kept submitted and unfinished at once (more would leave the driver nothing to take)
+        self.ahead = 2 * max(self.workers - self.driver_helps, 1) if self.driver_helps else None
+
+    def _start_local(self, processes: int) -> None:
+        import dask
+        from dask.distributed import Client, LocalCluster
+
+        try:
             with dask.config.set({f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in WORKER_ENVIRON.items()}):
                 # the scheduler serves its dashboard whatever dashboard_address says (dask/distributed#8136): a free
                 # port, so a second build beside this one does not warn that 8787 is taken
-                self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+                self.cluster = LocalCluster(n_workers=processes, threads_per_worker=1, processes=True, dashboard_address=":0")
             self.client = Client(self.cluster)
-        self.workers = len(self.client.scheduler_info()["workers"]) if cluster is None else cluster.jobs * cluster.cores
+        except Exception as err:  # noqa: BLE001 (re-raised by ready() in the driver's thread)
+            self._failed = err
+
+    def ready(self) -> bool:
+        """Whether the cluster takes tasks (a local cluster that failed to start raises here)."""
+        if self._failed is not None:
+            raise NeuroFMError(f"The local Dask cluster did not start ({self._failed}); run with --workers 1, or free the "
+                               "resources it needs (ports, memory).") from self._failed
+        return self.client is not None
 
     def submit(self, fn, *args, **kwargs):
         return self.client.submit(fn, *args, pure=False, **kwargs)
 
     def close(self) -> None:
-        self.client.close()
+        starting = getattr(self, "_starting", None)
+        if starting is not None:
+            starting.join()
+        if self.client is not None:
+            self.client.close()
         if self.cluster is not None:
             self.cluster.close()
 
 
+class DriverOnly:
+    """No workers: the driver runs every task itself, in order."""
+
+    workers, driver_helps, ahead = 1, True, None
+
+    def ready(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
 def make_executor(workers: int = 1, scheduler: str | None = None, cluster=None):
-    """Inline for one local worker; Dask otherwise (a ``cluster`` config wins over ``scheduler`` and ``workers``)."""
+    """The driver alone for one local worker; the driver beside a local cluster of ``workers - 1``
+    processes for more; a ``cluster`` config wins over ``scheduler``, and both over ``workers``."""
     if workers < 1:
         raise NeuroFMError(f"--workers must be at least 1; got {workers}.")
-    if cluster is None and scheduler is None and workers == 1:
-        return InlineExecutor()
-    return DaskExecutor(workers, scheduler, cluster)
+    if cluster is None and scheduler is None:
+        return DriverOnly() if workers == 1 else DaskExecutor(workers - 1, background=True)
+    return DaskExecutor(None, scheduler, cluster)
+
+
+@dataclass
+class Call:
+    """One task: ``fn(*args, after=<the lead's future>, **kwargs)``; ``lead`` is the index of the
+    call it must wait for (None: none)."""
+
+    index: int
+    lead: int | None
+    args: tuple
+    kwargs: dict
+
+
+class OrderedTasks:
+    """Every call's result, in the calls' order, from an executor's workers and (where it helps) this
+    process: see the module docstring. Calls are taken in order, so a lead is always taken before the
+    calls that wait for it."""
+
+    def __init__(self, fn, calls: list[Call], executor):
+        self.fn, self.calls, self.executor = fn, calls, executor
+        self.taken = 0  # calls[:taken] run, or were submitted
+        self.futures: dict[int, object] = {}
+        self.finished: dict[int, object] = {}
+
+    def __iter__(self) -> Iterator[tuple[int, object]]:
+        for call in self.calls:
+            yield call.index, self._result(call.index)
+
+    def _result(self, index: int):
+        from dask.distributed import wait
+
+        while True:
+            self._submit_ahead()
+            if index in self.finished:
+                return self.finished.pop(index)
+            future = self.futures.get(index)
+            if future is not None and (future.done() or not self.executor.driver_helps):
+                return self.futures.pop(index).result()
+            if self._driver_may_take():
+                call = self.calls[self.taken]
+                self.taken += 1
+                self.finished[call.index] = self.fn(*call.args, **call.kwargs)  # its lead has finished
+                continue
+            lead = self.futures.get(self.calls[self.taken].lead) if self.taken < len(self.calls) else None
+            wait([f for f in (future, lead) if f is not None], return_when="FIRST_COMPLETED")
+
+    def _pending_lead(self, call: Call):
+        """The future of ``call``'s lead while it runs on a worker, else None (no lead, or finished)."""
+        future = self.futures.get(call.lead) if call.lead is not None else None
+        return None if future is None or future.done() else future
+
+    def _driver_may_take(self) -> bool:
+        return (self.executor.driver_helps and self.taken < len(self.calls)
+                and self._pending_lead(self.calls[self.taken]) is None)
+
+    def _submit_ahead(self) -> None:
+        if not self.executor.ready():
+            return
+        while self.taken < len(self.calls) and (
+                self.executor.ahead is None or sum(not f.done() for f in self.futures.values()) < self.executor.ahead):
+            call = self.calls[self.taken]
+            self.taken += 1
+            self.futures[call.index] = self.executor.submit(self.fn, *call.args, after=self._pending_lead(call), **call.kwargs)
 
 
 def available_cores() -> int:
@@ -216,5 +308,5 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-__all__ = ["batch_cluster", "DaskExecutor", "InlineExecutor", "STAGING", "available_cores", "drop_staged", "finish_staged", "make_executor", "raise_if_failed", "run_recording", "staged_entry", "staging_tar",
+__all__ = ["batch_cluster", "Call", "DaskExecutor", "DriverOnly", "OrderedTasks", "STAGING", "available_cores", "drop_staged", "finish_staged", "make_executor", "raise_if_failed", "run_recording", "staged_entry", "staging_tar",
            "staged_samples"]
