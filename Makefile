@@ -70,7 +70,7 @@ RELEASE ?= $(if $(wildcard $(SMALL_RELEASE)/config.json),$(SMALL_RELEASE),$(DEMO
 EX_OUT ?= runs/examples
 EX_EPOCHS ?= 50
 DEMO_EPOCHS ?= 5
-DEMO_POOLING ?= flat
+DEMO_POOLING ?= event
 # 300 steps keep the rhythms but lose the evoked response the probe looks for (benchmarks/RESULTS.md)
 DEMO_TOKENIZER_STEPS ?= 600
 FINETUNE = $(BIN)/neurofm finetune release=$(RELEASE) epochs=$(EX_EPOCHS) --quiet --overwrite

@@ -17,6 +17,11 @@ OVERRIDES_HELP = (
     "samples_per_shard=128 inputs.0.missing_positions=drop (values are YAML)"
 )
 
+#: ``--pooling`` of ``probe`` and ``embed`` (see neurofm.finetune.encoder.pool_tokens)
+POOLING_HELP = ("tokens → one vector per window: mean over tokens holding signal, time (one mean per time patch), flat (every "
+                "token), power (log variance of each latent feature over the window: rhythms), event (every token of the patches "
+                "0–0.4 s after the window's event), or auto (default: event when every window is an epoch or evoked condition, "
+                "else flat when all windows have one length, else mean)")
 #: ``--workers`` of the commands that build shards (see neurofm.data_shards.parallel)
 WORKERS_HELP = ("recordings processed at once: this process and a local Dask cluster of N-1 worker processes (default N: "
                 "the cores this process may use; 1: this process alone)")
@@ -483,10 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CV groups: whole recordings, subjects, or blocks of --group-block consecutive windows; "
                             "auto (default): recordings when there are two or more, else blocks")
     probe.add_argument("--group-block", type=int, default=10, help="consecutive windows per CV group with --group-by blocks")
-    probe.add_argument("--pooling", choices=PROBE_POOLINGS, default="auto",
-                       help="tokens → one vector per window: mean over tokens holding signal, time (one mean per time patch), "
-                            "flat (every token), power (log variance of each latent feature over the window: rhythms), "
-                            "or auto (default: flat when all windows have one length, else mean)")
+    probe.add_argument("--pooling", choices=PROBE_POOLINGS, default="auto", help=POOLING_HELP)
     _device_argument(probe)
     probe.set_defaults(func=_probe)
 
@@ -495,10 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
         "embeddings.safetensors with layer_0 … layer_n, each [windows, F] pooled over the tokens that hold signal, and index.json "
         "(key, source, modality, onset, labels, events per row)."))
     _io_arguments(embed, "release", "release directory (`neurofm export`)", "output folder")
-    embed.add_argument("--pooling", choices=PROBE_POOLINGS, default="auto",
-                       help="tokens → one vector per window: mean, time (one mean per time patch), flat (every token), "
-                            "power (log variance of each latent feature over the window), "
-                            "or auto (default: flat when all windows have one length, else mean)")
+    embed.add_argument("--pooling", choices=PROBE_POOLINGS, default="auto", help=POOLING_HELP)
     _device_argument(embed)
     embed.set_defaults(func=_embed)
 

@@ -61,6 +61,12 @@ def test_bench_config_refuses_overlapping_subjects_or_seeds():
         RepresentationBenchConfig(continuous_set=SimulateConfig(first_subject=60, seed=9, epochs=EventEpochs(events=CLASSES)))
     with pytest.raises(ValueError, match="regression_pooling"):
         RepresentationBenchConfig(poolings=["flat"], regression_pooling="power")
+    with pytest.raises(ValueError, match="regression_pooling"):  # the continuous set has no event-locked windows
+        RepresentationBenchConfig(poolings=["event", "flat"], regression_pooling="event")
+    with pytest.raises(ValueError, match="none for the continuous set"):
+        RepresentationBenchConfig(poolings=["event"])
+    with pytest.raises(ValueError, match="ECoG seizure"):  # a real task's declared pooling must be probed
+        RepresentationBenchConfig(poolings=["event", "power"])
     with pytest.raises(ValueError, match="probe_jobs"):
         RepresentationBenchConfig(probe_jobs=0)
 
@@ -197,6 +203,24 @@ def test_pooling_leaves_padding_out():
         pool_tokens(states, valid, "max", 2)
 
 
+def test_event_pooling_keeps_the_patches_after_each_windows_event():
+    from neurofm.finetune.encoder import event_anchor, event_patches
+
+    # 0.25-s patches, 8 per window, the raw baseline's 0.4 s after the event: at most 3 patches
+    patches = event_patches([0.5, 0.2, None, 1.9, -0.3, 2.5], 0.25, 8, span_seconds=0.4)
+    assert patches.tolist() == [[2, 3, -1], [0, 1, 2], [-1, -1, -1], [7, -1, -1], [0, -1, -1], [-1, -1, -1]]
+    assert event_anchor({"events": [{"onset": 0.5, "label": "visual"}, {"onset": 1.7, "label": "auditory"}]}) == 0.5
+    assert event_anchor({"events": []}) is None and event_anchor({}) is None
+    states = torch.arange(2 * 8 * 2, dtype=torch.float32).reshape(2, 16, 1).repeat(1, 1, 3)  # B=2, P=8, K=2, D=3
+    valid = torch.ones(2, 16, dtype=torch.bool)
+    valid[1, 4:] = False  # window 1: only its first 2 patches hold signal
+    pooled = pool_tokens(states, valid, "event", 2, patches[:2]).reshape(2, 3, 2, 3)
+    assert torch.equal(pooled[0, :2], states[0, 4:8].reshape(2, 2, 3)) and not pooled[0, 2].any()
+    assert torch.equal(pooled[1, :2], states[1, 0:4].reshape(2, 2, 3)) and not pooled[1, 2].any()  # patch 2 is padding
+    with pytest.raises(NeuroFMError, match="event"):
+        pool_tokens(states, valid, "event", 2)
+
+
 def test_helmet_is_moved_clear_of_a_large_head():
     coils = np.array([[0.0, 0.0, 0.09], [0.0, 0.08, 0.0], [0.1, 0.0, 0.0]])
     shift = _clear_of_scalp(coils, head_radius=0.095)
@@ -300,9 +324,12 @@ def test_bench_command_builds_a_release_through_every_stage(tmp_path, capsys):
     assert "batch_size" in capsys.readouterr().err
 
     # the whole command on that run: every stage resumes as a no-op, then every probe and the report
-    assert main([*args[:-2], f"out={out}", "poolings=[flat,power]", "few_labels=[2]", "few_label_repeats=2", "probe_jobs=1", "--quiet"]) == 0
+    assert main([*args[:-2], f"out={out}", "poolings=[event,power]", "few_labels=[2]", "few_label_repeats=2", "probe_jobs=1", "--quiet"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["evoked"]) == {"GSN-HydroCel-129"}
+    # event pooling on the event-locked probe set; the continuous set's windows have no event to lock to
+    assert {"release/event", "release/power"} <= set(results["evoked"]["GSN-HydroCel-129"])
+    assert "release/event" not in results["regression"]["GSN-HydroCel-129"]
     # the alpha regression runs on the continuous set's EEG (many short recordings), not on the probe set
     assert set(results["regression"]) == {"GSN-HydroCel-129"}
     with pytest.raises(NeuroFMError, match="regression_modalities"):  # a modality the continuous set lacks

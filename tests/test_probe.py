@@ -106,12 +106,14 @@ def test_probe_on_two_torchrun_processes_gives_the_scores_of_one(release, corpus
     assert one == two and one["windows"] > 8
 
 
-def test_auto_pooling_is_flat_for_one_window_length_and_mean_for_several():
+def test_auto_pooling_is_event_for_event_locked_windows_flat_for_one_window_length_and_mean_for_several():
     from neurofm.finetune.encoder import resolve_pooling
 
     settings = {"eeg": {"window_seconds": 2.0, "sfreq": 256.0}, "meg": {"window_seconds": 2.0, "sfreq": 256.0},
                 "fmri": {"window_seconds": 16.0, "tr_seconds": 2.0}}
-    manifest = lambda *mods: {"settings": settings, "recordings": [{"modality": m} for m in mods]}  # noqa: E731
+    manifest = lambda *mods, layout="continuous": {"settings": settings, "recordings": [{"modality": m, "layout": layout} for m in mods]}  # noqa: E731
+    assert resolve_pooling("auto", manifest("eeg", "meg", layout="epochs")) == "event"
+    assert resolve_pooling("auto", manifest("eeg", "fmri", layout="epochs")) == "mean"  # two patch lengths
     assert resolve_pooling("auto", manifest("eeg", "meg")) == "flat"
     assert resolve_pooling("auto", manifest("eeg", "fmri")) == "mean"
     assert resolve_pooling("auto", {"settings": {}, "recordings": [{"modality": "eeg"}]}) == "mean"

@@ -37,6 +37,10 @@ class RealTask:
         Classes kept (all when empty).
     group_by : str
         CV groups: ``recording`` (a run) or ``block`` (``block`` consecutive windows of one recording).
+    pooling : str | None
+        The pooling its target counts on, declared by the kind of its windows rather than picked by
+        score (``flat`` for continuous windows, which have no event for ``event`` pooling to lock to);
+        None: the benchmark's first.
     """
 
     name: str
@@ -46,6 +50,7 @@ class RealTask:
     classes: list[str] = field(default_factory=list)
     group_by: str = "recording"
     block: int = 10
+    pooling: str | None = None
 
     def __post_init__(self) -> None:
         if (self.label_key is None) == (self.onset_event is None):
@@ -63,7 +68,7 @@ def _real_tasks() -> list[RealTask]:
         RealTask(name="N400 related vs unrelated", shards="configs/examples/n400_words.yaml", label_key="event",
                  classes=["related", "unrelated"], group_by="block", block=10),
         RealTask(name="ECoG seizure: before vs after onset", shards="configs/examples/ecog_seizure.yaml",
-                 onset_event="eeg sz start", group_by="block", block=4),
+                 onset_event="eeg sz start", group_by="block", block=4, pooling="flat"),
     ]
 
 
@@ -96,7 +101,9 @@ class RepresentationBenchConfig:
     tokenizer_overrides, pretrain_overrides : list of str
         Dotted overrides on top of the presets (e.g. ``steps=1500``).
     poolings : list of str
-        How token states become a window's vector (``mean``, ``time``); the first is the headline.
+        How token states become a window's vector (see :func:`neurofm.finetune.encoder.pool_tokens`); the
+        first is the headline. ``event`` pools only event-locked windows, so the continuous set's
+        regression leaves it out.
     evoked_labels : list of str
         Classes of the evoked task (the probe set's epoch events).
     regression_key : str
@@ -105,7 +112,8 @@ class RepresentationBenchConfig:
         The continuous set's modalities the regression runs on (fMRI has no alpha rhythm).
     regression_pooling : str | None
         The pooling whose release column the regression's target is checked on, declared here rather
-        than picked by its test score (``power`` for a rhythm's frequency); None: the first of ``poolings``.
+        than picked by its test score (``power`` for a rhythm's frequency); None: the first of
+        :attr:`regression_poolings`.
     cross_device : list of [train, test]
         Device pairs for transfer probes.
     few_labels : list of int
@@ -136,7 +144,7 @@ class RepresentationBenchConfig:
     tokenizer_overrides: list[str] = field(default_factory=list)
     pretrain_config: str = "configs/pretrain_tiny.yaml"
     pretrain_overrides: list[str] = field(default_factory=list)
-    poolings: list[str] = field(default_factory=lambda: ["time", "mean"])
+    poolings: list[str] = field(default_factory=lambda: ["event", "flat", "time", "power"])
     evoked_labels: list[str] = field(default_factory=lambda: ["auditory", "visual", "somatosensory"])
     regression_key: str = "alpha_hz"
     regression_modalities: list[str] = field(default_factory=lambda: ["eeg", "meg"])
@@ -150,14 +158,25 @@ class RepresentationBenchConfig:
     probe_jobs: int = -1
     stages_from: str | None = None
 
+    @property
+    def regression_poolings(self) -> list[str]:
+        """The poolings of the regression task: all but ``event`` when it runs on the continuous set."""
+        return [p for p in self.poolings if self.continuous_set is None or p != "event"]
+
     def __post_init__(self) -> None:
         from neurofm.finetune.config import TOKEN_POOLINGS
 
         unknown = [p for p in self.poolings if p not in TOKEN_POOLINGS]
         if unknown or not self.poolings:
             raise ValueError(f"poolings must be some of {', '.join(TOKEN_POOLINGS)}; got {self.poolings}.")
-        if self.regression_pooling is not None and self.regression_pooling not in self.poolings:
-            raise ValueError(f"regression_pooling ({self.regression_pooling}) must be one of poolings {self.poolings}.")
+        if not self.regression_poolings:
+            raise ValueError(f"poolings {self.poolings} leave none for the continuous set's regression (its windows have no event); "
+                             "add flat or power.")
+        if self.regression_pooling is not None and self.regression_pooling not in self.regression_poolings:
+            raise ValueError(f"regression_pooling ({self.regression_pooling}) must be one of poolings {self.regression_poolings}.")
+        for task in self.real_tasks if self.real_root else []:
+            if task.pooling is not None and task.pooling not in self.poolings:
+                raise ValueError(f"real task '{task.name}': pooling {task.pooling} is not one of poolings {self.poolings}.")
         if self.probe_jobs == 0 or self.probe_jobs < -1:
             raise ValueError(f"probe_jobs is a number of processes (≥ 1) or -1 for every core; got {self.probe_jobs}.")
         for pair in self.cross_device:

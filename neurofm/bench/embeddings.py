@@ -1,8 +1,8 @@
 """Every column of the representation benchmark, computed once per window of a probe shard set.
 
 Columns: the release (every layer), the same architecture with random weights (every layer), the
-tokenizer alone (its quantized latents) — each pooled over the tokens that hold signal, ``mean`` or
-``time`` (see :func:`neurofm.finetune.encoder.pool_tokens`) — and raw features of the same windows
+tokenizer alone (its quantized latents) — each pooled over the tokens that hold signal in each of the
+benchmark's poolings (see :func:`neurofm.finetune.encoder.pool_tokens`) — and raw features of the same windows
 (:mod:`neurofm.bench.features`, laid out per device).
 """
 
@@ -17,7 +17,7 @@ import torch
 
 from neurofm.bench.features import SPECTRUM_GRID, device_features
 from neurofm.data_shards.dataset import ShardIndex
-from neurofm.finetune.encoder import BrainEncoder
+from neurofm.finetune.encoder import BrainEncoder, event_anchor
 from neurofm.pretrain.model import MaskedCodeModel
 from neurofm.data_shards.batches import ordered_batches
 
@@ -63,10 +63,11 @@ def collect(release: str | Path, shards: str | Path, poolings: tuple[str, ...] =
         n_valid = batch.time_mask.sum(1)
         modalities = [m["modality"] for m in batch.metas]
         args = (batch.signal, batch.sensors, batch.channel_mask, batch.family)
+        anchors = [event_anchor(m) for m in batch.metas]
         for pooling in poolings:
-            parts[f"release/{pooling}"].append(encoder.layer_embeddings(*args, modalities, n_valid, pooling).numpy())
-            parts[f"random/{pooling}"].append(random.layer_embeddings(*args, modalities, n_valid, pooling).numpy())
-            parts[f"tokenizer/{pooling}"].append(encoder.tokenizer_embeddings(*args, n_valid, pooling)[None].numpy())
+            parts[f"release/{pooling}"].append(encoder.layer_embeddings(*args, modalities, n_valid, pooling, anchors).numpy())
+            parts[f"random/{pooling}"].append(random.layer_embeddings(*args, modalities, n_valid, pooling, anchors).numpy())
+            parts[f"tokenizer/{pooling}"].append(encoder.tokenizer_embeddings(*args, n_valid, pooling, anchors)[None].numpy())
         for i, meta in enumerate(batch.metas):
             c, t = int(batch.channel_mask[i].sum()), int(n_valid[i])
             raw_windows.append((batch.signal[i, :c, :t].numpy(), meta))

@@ -142,7 +142,8 @@ def run_representation_bench(cfg: RepresentationBenchConfig, progress: bool = Fa
     regression_windows = windows
     if cfg.continuous_set is not None:
         rows = modality_rows(paths["continuous_set"], cfg.regression_modalities)
-        regression_windows = collect(paths["release"], paths["continuous_set"], tuple(cfg.poolings), seed=cfg.seed, indices=rows)
+        regression_windows = collect(paths["release"], paths["continuous_set"], tuple(cfg.regression_poolings), seed=cfg.seed,
+                                     indices=rows)
     results["regression"] = tasks.within_device(regression_windows, "ridge", cfg.regression_key, n_jobs=cfg.probe_jobs)
     results["cross_device"] = [tasks.cross_device(windows, "event", cfg.evoked_labels, a, b) for a, b in cfg.cross_device
                                if a in devices and b in devices]

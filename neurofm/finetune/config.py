@@ -13,10 +13,14 @@ GroupBy = Literal["subject", "run", "recording", "stimulus", "block"]
 #: consecutive windows), and how token states become one vector per window (see
 #: :func:`neurofm.finetune.encoder.pool_tokens`).
 PROBE_GROUPINGS = ("auto", "recording", "subject", "block")
-TOKEN_POOLINGS = ("mean", "time", "flat", "power")
-#: ``neurofm probe`` / ``embed`` also take ``auto``: ``flat`` when every window has one token count,
-#: else ``mean`` (the representation benchmark's winner for event-locked windows is ``flat``).
+TOKEN_POOLINGS = ("mean", "time", "flat", "power", "event")
+#: ``neurofm probe`` / ``embed`` also take ``auto``: ``event`` when every window is locked to an event
+#: (epochs, evoked), else ``flat`` when every window has one token count, else ``mean`` (the
+#: representation benchmark's winners: ``event`` for event-locked windows, ``flat`` before it).
 PROBE_POOLINGS = ("auto", *TOKEN_POOLINGS)
+#: Seconds after a window's event that ``event`` pooling keeps: the span of the raw-feature baseline's
+#: event-locked amplitude bins (``neurofm.bench.features.EVENT_BINS``), so both read the same latencies.
+EVENT_SPAN_SECONDS = 0.4
 
 
 @dataclass(kw_only=True)

@@ -10,6 +10,7 @@ Token order: time patch major, latent minor (N = P · K tokens), as in pretraini
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from einops import rearrange
 from torch import nn
 
 from neurofm.errors import NeuroFMError
-from neurofm.finetune.config import TOKEN_POOLINGS
+from neurofm.finetune.config import EVENT_SPAN_SECONDS, TOKEN_POOLINGS
 from neurofm.data_shards.modalities import MODALITY_IDS
 from neurofm.pretrain.export import from_pretrained
 from neurofm.pretrain.model import MaskedCodeModel, encoder_hidden_states
@@ -90,41 +91,84 @@ class BrainEncoder(nn.Module):
 
     @torch.no_grad()
     def layer_embeddings(self, signal, sensors, channel_mask, family: str, modalities: list[str],
-                         n_valid_samples: torch.Tensor | None = None, pooling: str = "mean") -> torch.Tensor:
+                         n_valid_samples: torch.Tensor | None = None, pooling: str = "mean",
+                         anchors: list[float | None] | None = None) -> torch.Tensor:
         """signal [B, C, T], sensors [B, C, 12], channel_mask [B, C] → embeddings [layers, B, F] of every
         layer, pooled over the tokens that hold signal (``n_valid_samples`` [B]; default: all) — see
-        :func:`pool_tokens` for ``pooling`` and F. Runs on the encoder's device; returned on the CPU."""
+        :func:`pool_tokens` for ``pooling`` and F; ``anchors``: each window's event in seconds from its
+        start (:func:`event_anchor`), for ``event`` pooling. Runs on the encoder's device; returned on the CPU."""
         codes = self.codes(signal, sensors, channel_mask, family)
-        n_valid = n_valid_samples if n_valid_samples is not None else torch.full((len(codes),), signal.shape[2])
-        valid = self.valid_tokens(codes, n_valid, signal.shape[2])
-        k = codes.shape[2]
+        pool = self._pooler(codes, signal.shape[2], family, n_valid_samples, pooling, anchors)
         states = self.hidden_states(codes, self.modality_ids(modalities).to(self.device))
-        return torch.stack([pool_tokens(h, valid, pooling, k) for h in states]).cpu()
+        return torch.stack([pool(h) for h in states]).cpu()
 
     @torch.no_grad()
     def tokenizer_embeddings(self, signal, sensors, channel_mask, family: str, n_valid_samples: torch.Tensor | None = None,
-                             pooling: str = "mean") -> torch.Tensor:
+                             pooling: str = "mean", anchors: list[float | None] | None = None) -> torch.Tensor:
         """The tokenizer alone: its quantized latents [B, P, K, D_tok], pooled like ``layer_embeddings`` → [B, F]."""
         inputs = (t.to(self.device) for t in (signal, sensors, channel_mask))
         quantized, codes, _ = self.tokenizer.quantize(self.tokenizer.encode(*inputs, family))
-        n_valid = n_valid_samples if n_valid_samples is not None else torch.full((len(codes),), signal.shape[2])
-        valid = self.valid_tokens(codes, n_valid, signal.shape[2])
-        return pool_tokens(rearrange(quantized, "b p k d -> b (p k) d"), valid, pooling, codes.shape[2]).cpu()
+        pool = self._pooler(codes, signal.shape[2], family, n_valid_samples, pooling, anchors)
+        return pool(rearrange(quantized, "b p k d -> b (p k) d")).cpu()
+
+    def _pooler(self, codes: torch.Tensor, window_samples: int, family: str, n_valid_samples, pooling: str, anchors):
+        """states [B, N, D] → [B, F]: :func:`pool_tokens` with these windows' valid tokens and event patches."""
+        n_valid = n_valid_samples if n_valid_samples is not None else torch.full((len(codes),), window_samples)
+        valid = self.valid_tokens(codes, n_valid, window_samples)
+        events = None
+        if pooling == "event":
+            if anchors is None:
+                raise NeuroFMError("'event' pooling needs each window's event (anchors); pass event_anchor(meta) of every window.")
+            events = event_patches(anchors, self.tokenizer.cfg.patch_seconds(family), codes.shape[1]).to(codes.device)
+        return lambda states: pool_tokens(states, valid, pooling, codes.shape[2], events)
 
 
 def resolve_pooling(pooling: str, manifest: dict) -> str:
-    """``auto`` → ``flat`` when every window of a shard set has one token count (one tokenizer family and
-    one window length), else ``mean`` (flat vectors of different lengths do not stack); others as given."""
+    """``auto`` → ``event`` when every window of a shard set is locked to an event (epochs, evoked
+    conditions) and of one tokenizer family; else ``flat`` when every window has one token count (one
+    family and one window length); else ``mean`` (flat vectors of different lengths do not stack).
+    Others as given."""
     from neurofm.data_shards.batches import modality_window
+    from neurofm.data_shards.modalities import FAMILY_OF_MODALITY
 
     if pooling != "auto":
         return pooling
-    windows = {modality_window(manifest, r["modality"]) for r in manifest.get("recordings", [])}
+    recordings = manifest.get("recordings", [])
+    families = {FAMILY_OF_MODALITY[r["modality"]] for r in recordings}
+    if recordings and len(families) == 1 and all(r.get("layout", "continuous") != "continuous" for r in recordings):
+        return "event"
+    windows = {modality_window(manifest, r["modality"]) for r in recordings}
     return "flat" if len(windows) == 1 and None not in windows else "mean"
 
 
-def pool_tokens(states: torch.Tensor, valid: torch.Tensor, pooling: str, n_latents: int) -> torch.Tensor:
-    """states [B, N, D], valid [B, N] (tokens holding signal) → [B, F].
+def event_anchor(meta: dict) -> float | None:
+    """Seconds from a window's start to the event it is locked to: its first event (an epoch's or an
+    evoked condition's window holds only its own, at its time 0); None for a window without one."""
+    events = meta.get("events") or []
+    return float(events[0]["onset"]) if events else None
+
+
+def event_patches(anchors: list[float | None], patch_seconds: float, n_patches: int,
+                  span_seconds: float = EVENT_SPAN_SECONDS) -> torch.Tensor:
+    """[B, M] indices of the time patches that overlap [anchor, anchor + span) of each window, in order,
+    then −1; M = ceil(span / patch) + 1, the most patches such a span can overlap, so every window gets
+    one layout. A window without an event (anchor None) or whose span lies outside it gets only −1."""
+    m = math.ceil(span_seconds / patch_seconds - 1e-9) + 1
+    out = torch.full((len(anchors), m), -1, dtype=torch.long)
+    for i, anchor in enumerate(anchors):
+        if anchor is None:
+            continue
+        first = max(math.floor(anchor / patch_seconds + 1e-9), 0)
+        stop = min(math.ceil((anchor + span_seconds) / patch_seconds - 1e-9), n_patches)
+        if stop > first:
+            out[i, : stop - first] = torch.arange(first, stop)
+    return out
+
+
+def pool_tokens(states: torch.Tensor, valid: torch.Tensor, pooling: str, n_latents: int,
+                events: torch.Tensor | None = None) -> torch.Tensor:
+    """states [B, N, D], valid [B, N] (tokens holding signal), ``events`` [B, M] (``event`` pooling:
+    :func:`event_patches`) → [B, F].
 
     - ``mean``: the mean over valid tokens, F = D;
     - ``time``: the mean over the latents of each time patch, patches kept in order (padding patches
@@ -133,7 +177,11 @@ def pool_tokens(states: torch.Tensor, valid: torch.Tensor, pooling: str, n_laten
       and latent-resolved;
     - ``power``: per latent and feature, the log variance of its state over the valid patches, F = K · D —
       invariant to phase and latency, so a rhythm's frequency and power become linear features (the
-      alpha-frequency R² of a release rose from −0.15 with ``flat`` to 0.60; benchmarks/RESULTS.md).
+      alpha-frequency R² of a release rose from −0.15 with ``flat`` to 0.60; benchmarks/RESULTS.md);
+    - ``event``: every token of the M patches ``events`` names (the span after the window's event),
+      in order (zeros for −1 and padding), F = M · K · D — ``flat`` without the patches far from the
+      event, which only add noise dimensions to a probe (evoked condition 0.80 with ``flat``, 0.95 with
+      ``event``; benchmarks/RESULTS.md).
     """
     weights = valid.to(states.dtype)[..., None]
     if pooling == "flat":
@@ -144,6 +192,12 @@ def pool_tokens(states: torch.Tensor, valid: torch.Tensor, pooling: str, n_laten
         per_patch = rearrange(states * weights, "b (p k) d -> b p k d", k=n_latents).sum(2)
         count = rearrange(weights, "b (p k) one -> b p k one", k=n_latents).sum(2).clamp(min=1)
         return rearrange(per_patch / count, "b p d -> b (p d)")
+    if pooling == "event":
+        if events is None:
+            raise NeuroFMError("'event' pooling needs the patches of each window's event (see event_patches).")
+        per_patch = rearrange(states * weights, "b (p k) d -> b p k d", k=n_latents)
+        picked = per_patch[torch.arange(len(per_patch), device=per_patch.device)[:, None], events.clamp(min=0)]
+        return rearrange(picked * (events >= 0)[..., None, None].to(states.dtype), "b m k d -> b (m k d)")
     if pooling == "power":
         per_patch = rearrange(states, "b (p k) d -> b p k d", k=n_latents)
         w = rearrange(weights, "b (p k) one -> b p k one", k=n_latents)
@@ -154,4 +208,4 @@ def pool_tokens(states: torch.Tensor, valid: torch.Tensor, pooling: str, n_laten
     raise NeuroFMError(f"unknown pooling '{pooling}'; use one of {', '.join(TOKEN_POOLINGS)}.")
 
 
-__all__ = ["BrainEncoder", "pool_tokens", "resolve_pooling"]
+__all__ = ["BrainEncoder", "event_anchor", "event_patches", "pool_tokens", "resolve_pooling"]
