@@ -57,6 +57,32 @@ def test_probe_groups_by_recording_by_default(release, corpus_shards, tmp_path):
         probe_release(release, corpus_shards, tmp_path / "t", label_key="modality", n_splits=3, pooling="time")
 
 
+def test_probe_of_epochs_pools_the_patches_after_each_event_by_default(release, tmp_path):
+    """Event-locked windows (the demo's probe set, smaller): ``auto`` is ``event`` pooling, whose vector
+    holds the tokens of the 3 patches a 0.4-s span can overlap, whatever the window length."""
+    from neurofm.config import load_config
+    from neurofm.data_shards import ShardIndex, build_shards
+    from neurofm.data_shards.config import ShardsConfig
+    from neurofm.finetune.encoder import event_anchor
+
+    config = load_config(ShardsConfig, "configs/demo_probe.yaml", [f"out={tmp_path / 'epochs'}", "simulate.hours=0.02",
+                                                                  "simulate.recording_seconds=20"])
+    build_shards(config, progress=False)
+    metrics = probe_release(release, tmp_path / "epochs", tmp_path / "p", label_key="event", n_splits=2)
+    assert metrics["pooling"] == "event" and metrics["grouping"] == "by recording"
+    encoder = BrainEncoder.from_pretrained(release)
+    index = ShardIndex(tmp_path / "epochs")
+    batch = collate([index[0], index[1]])
+    anchors = [event_anchor(m) for m in batch.metas]
+    assert anchors == [0.5, 0.5]  # tmin −0.5: the event half a second into each window
+    args = (batch.signal, batch.sensors, batch.channel_mask, batch.family, ["eeg", "eeg"], None, "event", anchors)
+    emb = encoder.layer_embeddings(*args)
+    k, d = encoder.model.cfg.n_latents, encoder.d_model
+    assert emb.shape == (encoder.n_layers, 2, 3 * k * d) and not emb[:, :, 2 * k * d:].any()  # patches 2, 3; no third
+    flat = encoder.layer_embeddings(*args[:-2], "flat").reshape(encoder.n_layers, 2, -1, k * d)
+    assert np.allclose(emb[:, :, : 2 * k * d].numpy(), flat[:, :, 2:4].reshape(encoder.n_layers, 2, -1).numpy())
+
+
 def test_probe_bad_labels(release, corpus_shards, tmp_path):
     with pytest.raises(NeuroFMError, match="carries any of the labels"):
         probe_release(release, corpus_shards, tmp_path, labels=["nope"])
