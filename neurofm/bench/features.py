@@ -14,10 +14,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import signal as sps
 
+from neurofm.finetune.config import EVENT_SPAN_SECONDS
+
 #: Band edges in Hz for per-channel log band powers.
 BANDS = ((1, 4), (4, 8), (8, 13), (13, 20), (20, 30), (30, 45))
-#: Event-locked amplitude bins, seconds after the event.
-EVENT_BINS = ((0.0, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4))
+#: Event-locked amplitude bins, seconds after the event: four equal bins over the span ``event`` pooling
+#: keeps of the embeddings (0 … 0.4 s), so the raw baseline and the embeddings read the same latencies.
+EVENT_BINS = tuple((round(i * EVENT_SPAN_SECONDS / 4, 6), round((i + 1) * EVENT_SPAN_SECONDS / 4, 6)) for i in range(4))
 SPECTRUM_HZ = (2.0, 40.0)
 #: Frequencies (Hz) of the channel-averaged log spectrum, the last features of every window.
 SPECTRUM_GRID = np.arange(SPECTRUM_HZ[0], SPECTRUM_HZ[1] + 0.5, 1.0)

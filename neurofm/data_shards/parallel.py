@@ -159,7 +159,7 @@ class DaskExecutor:
                  background: bool = False):
         from dask.distributed import Client
 
-        self.cluster, self.client, self._failed = None, None, None
+        self.cluster, self.client, self._failed, self._starting = None, None, None, None
         self.driver_helps = cluster is None and scheduler is None
         self.workers = (processes or 0) + self.driver_helps
         if cluster is not None:
@@ -179,6 +179,7 @@ class DaskExecutor:
             self._starting.start()
         else:
             self._start_local(processes)
+            self.ready()  # raises if it did not start
         #: tasks kept submitted and unfinished at once (more would leave the driver nothing to take)
         self.ahead = 2 * max(self.workers - self.driver_helps, 1) if self.driver_helps else None
 
@@ -206,9 +207,8 @@ class DaskExecutor:
         return self.client.submit(fn, *args, pure=False, **kwargs)
 
     def close(self) -> None:
-        starting = getattr(self, "_starting", None)
-        if starting is not None:
-            starting.join()
+        if self._starting is not None:
+            self._starting.join()
         if self.client is not None:
             self.client.close()
         if self.cluster is not None:

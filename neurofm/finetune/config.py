@@ -18,8 +18,8 @@ TOKEN_POOLINGS = ("mean", "time", "flat", "power", "event")
 #: (epochs, evoked), else ``flat`` when every window has one token count, else ``mean`` (the
 #: representation benchmark's winners: ``event`` for event-locked windows, ``flat`` before it).
 PROBE_POOLINGS = ("auto", *TOKEN_POOLINGS)
-#: Seconds after a window's event that ``event`` pooling keeps: the span of the raw-feature baseline's
-#: event-locked amplitude bins (``neurofm.bench.features.EVENT_BINS``), so both read the same latencies.
+#: Seconds after a window's event that ``event`` pooling keeps; the raw-feature baseline's event-locked
+#: amplitude bins (``neurofm.bench.features.EVENT_BINS``) split the same span, so both read the same latencies.
 EVENT_SPAN_SECONDS = 0.4
 
 
