@@ -204,13 +204,14 @@ def test_pooling_leaves_padding_out():
 
 
 def test_event_pooling_keeps_the_patches_after_each_windows_event():
-    from neurofm.finetune.encoder import event_anchor, event_patches
+    from neurofm.data_shards.windows import event_onset
+    from neurofm.finetune.encoder import event_patches
 
     # 0.25-s patches, 8 per window, the raw baseline's 0.4 s after the event: at most 3 patches
     patches = event_patches([0.5, 0.2, None, 1.9, -0.3, 2.5], 0.25, 8, span_seconds=0.4)
     assert patches.tolist() == [[2, 3, -1], [0, 1, 2], [-1, -1, -1], [7, -1, -1], [0, -1, -1], [-1, -1, -1]]
-    assert event_anchor({"events": [{"onset": 0.5, "label": "visual"}, {"onset": 1.7, "label": "auditory"}]}) == 0.5
-    assert event_anchor({"events": []}) is None and event_anchor({}) is None
+    assert event_onset({"events": [{"onset": 0.5, "label": "visual"}, {"onset": 1.7, "label": "auditory"}]}) == 0.5
+    assert event_onset({"events": []}) is None and event_onset({}) is None
     states = torch.arange(2 * 8 * 2, dtype=torch.float32).reshape(2, 16, 1).repeat(1, 1, 3)  # B=2, P=8, K=2, D=3
     valid = torch.ones(2, 16, dtype=torch.bool)
     valid[1, 4:] = False  # window 1: only its first 2 patches hold signal

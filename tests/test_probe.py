@@ -63,7 +63,7 @@ def test_probe_of_epochs_pools_the_patches_after_each_event_by_default(release, 
     from neurofm.config import load_config
     from neurofm.data_shards import ShardIndex, build_shards
     from neurofm.data_shards.config import ShardsConfig
-    from neurofm.finetune.encoder import event_anchor
+    from neurofm.data_shards.windows import event_onset
 
     config = load_config(ShardsConfig, "configs/demo_probe.yaml", [f"out={tmp_path / 'epochs'}", "simulate.hours=0.02",
                                                                   "simulate.recording_seconds=20"])
@@ -73,7 +73,7 @@ def test_probe_of_epochs_pools_the_patches_after_each_event_by_default(release, 
     encoder = BrainEncoder.from_pretrained(release)
     index = ShardIndex(tmp_path / "epochs")
     batch = collate([index[0], index[1]])
-    anchors = [event_anchor(m) for m in batch.metas]
+    anchors = [event_onset(m) for m in batch.metas]
     assert anchors == [0.5, 0.5]  # tmin −0.5: the event half a second into each window
     args = (batch.signal, batch.sensors, batch.channel_mask, batch.family, ["eeg", "eeg"], None, "event", anchors)
     emb = encoder.layer_embeddings(*args)

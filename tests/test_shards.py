@@ -329,6 +329,7 @@ def test_worker_processes_keep_glibc_malloc_settings(monkeypatch, capsys):
     import socket
     import subprocess
     import sys
+    import time
     import warnings
 
     from neurofm.cli import main
@@ -342,6 +343,8 @@ def test_worker_processes_keep_glibc_malloc_settings(monkeypatch, capsys):
             held.bind(("", 8787))
             held.listen()
         executor = DaskExecutor(1)
+        while not executor.ready():  # it starts in the background
+            time.sleep(0.05)
     assert not [w for w in caught if "already in use" in str(w.message)]  # its dashboard takes a free port, silently
     try:
         assert list(executor.client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == [None]

@@ -17,7 +17,8 @@ import torch
 
 from neurofm.bench.features import SPECTRUM_GRID, device_features
 from neurofm.data_shards.dataset import ShardIndex
-from neurofm.finetune.encoder import BrainEncoder, event_anchor
+from neurofm.finetune.encoder import BrainEncoder
+from neurofm.data_shards.windows import event_onset
 from neurofm.pretrain.model import MaskedCodeModel
 from neurofm.data_shards.batches import ordered_batches
 
@@ -63,7 +64,7 @@ def collect(release: str | Path, shards: str | Path, poolings: tuple[str, ...] =
         n_valid = batch.time_mask.sum(1)
         modalities = [m["modality"] for m in batch.metas]
         args = (batch.signal, batch.sensors, batch.channel_mask, batch.family)
-        anchors = [event_anchor(m) for m in batch.metas]
+        anchors = [event_onset(m) for m in batch.metas]
         for pooling in poolings:
             parts[f"release/{pooling}"].append(encoder.layer_embeddings(*args, modalities, n_valid, pooling, anchors).numpy())
             parts[f"random/{pooling}"].append(random.layer_embeddings(*args, modalities, n_valid, pooling, anchors).numpy())

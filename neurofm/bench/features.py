@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import signal as sps
 
+from neurofm.data_shards.windows import event_onset
 from neurofm.finetune.config import EVENT_SPAN_SECONDS
 
 #: Band edges in Hz for per-channel log band powers.
@@ -67,14 +68,6 @@ def window_features(signal: np.ndarray, sfreq: float, event_onset: float | None)
     return np.concatenate([amplitudes, log_var, bands], axis=1), spectrum
 
 
-def event_onset(meta: dict, labels: list[str] | None = None) -> float | None:
-    """Seconds from the window's start to its first event (of ``labels`` when given)."""
-    for e in meta.get("events", []):
-        if labels is None or e["label"] in labels:
-            return float(e["onset"])
-    return None
-
-
 def device_features(windows: list[tuple[np.ndarray, dict]], labels: list[str] | None = None) -> np.ndarray:
     """Feature matrix [windows, features] of windows of one device, channels aligned by name.
 
@@ -92,4 +85,4 @@ def device_features(windows: list[tuple[np.ndarray, dict]], labels: list[str] | 
     return np.stack(rows)
 
 
-__all__ = ["BANDS", "EVENT_BINS", "SPECTRUM_GRID", "device_features", "event_onset", "window_features"]
+__all__ = ["BANDS", "EVENT_BINS", "SPECTRUM_GRID", "device_features", "window_features"]

@@ -151,12 +151,11 @@ class DaskExecutor:
     """Tasks on ``dask.distributed``: a local cluster of ``processes`` worker processes, the scheduler at
     ``scheduler``, or batch jobs of a ``cluster`` config (SLURM / PBS through dask-jobqueue).
 
-    A local cluster starts in a background thread when ``background`` (:meth:`ready` says when it
-    takes tasks); ``driver_helps`` says whether the driver runs tasks too (local clusters only: a
-    scheduler's or batch job's workers may be where the driver is not)."""
+    A local cluster starts in a background thread (:meth:`ready` says when it takes tasks);
+    ``driver_helps`` says whether the driver runs tasks too (local clusters only: a scheduler's or batch
+    job's workers may be where the driver is not)."""
 
-    def __init__(self, processes: int | None = None, scheduler: str | None = None, cluster=None, timeout_s: float = 10.0,
-                 background: bool = False):
+    def __init__(self, processes: int | None = None, scheduler: str | None = None, cluster=None, timeout_s: float = 10.0):
         from dask.distributed import Client
 
         self.cluster, self.client, self._failed, self._starting = None, None, None, None
@@ -174,12 +173,9 @@ class DaskExecutor:
                 raise NeuroFMError(f"Cannot reach the Dask scheduler at {scheduler} within {timeout_s:g} s ({err}); check the "
                                    "address (tcp://host:8786) and that the scheduler runs, or drop --scheduler.") from None
             self.workers = len(self.client.scheduler_info()["workers"])
-        elif background:
+        else:
             self._starting = threading.Thread(target=self._start_local, args=(processes,), name="dask-local-cluster", daemon=True)
             self._starting.start()
-        else:
-            self._start_local(processes)
-            self.ready()  # raises if it did not start
         #: tasks kept submitted and unfinished at once (more would leave the driver nothing to take)
         self.ahead = 2 * max(self.workers - self.driver_helps, 1) if self.driver_helps else None
 
@@ -233,7 +229,7 @@ def make_executor(workers: int = 1, scheduler: str | None = None, cluster=None):
     if workers < 1:
         raise NeuroFMError(f"--workers must be at least 1; got {workers}.")
     if cluster is None and scheduler is None:
-        return DriverOnly() if workers == 1 else DaskExecutor(workers - 1, background=True)
+        return DriverOnly() if workers == 1 else DaskExecutor(workers - 1)
     return DaskExecutor(None, scheduler, cluster)
 
 

@@ -88,3 +88,12 @@ def iter_windows(prepared: Prepared, *, relative_source: str, checksum: str, dat
                 "labels": segment.labels,
             }
             yield f"{rid}_{seg_index:04d}_{win_index:05d}", chunk.astype(np.float32), meta
+
+
+def event_onset(meta: dict, labels: list[str] | None = None) -> float | None:
+    """Seconds from a window's start to its first event (of ``labels`` when given), None without one. An
+    epoch's or an evoked condition's window holds only its own event, at its time 0."""
+    for event in meta.get("events") or []:
+        if labels is None or event["label"] in labels:
+            return float(event["onset"])
+    return None

@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 from neurofm.data_shards.dataset import ShardIndex
 from neurofm.devices import resolve_device
 from neurofm.errors import NeuroFMError
-from neurofm.finetune.encoder import BrainEncoder, event_anchor, resolve_pooling
+from neurofm.finetune.encoder import BrainEncoder, resolve_pooling
+from neurofm.data_shards.windows import event_onset
 from neurofm.distributed import barrier, map_batches, process_group
 from neurofm.data_shards.batches import require_signal
 from neurofm.outputs import output_folder
@@ -39,7 +40,7 @@ def embed_shards(release: str | Path, shards: str | Path, out: str | Path, *, ba
         n_valid = batch.time_mask.sum(1)  # samples holding signal (collate reads n_valid_samples)
         embeddings = encoder.layer_embeddings(batch.signal, batch.sensors, batch.channel_mask, batch.family,
                                               [m["modality"] for m in batch.metas], n_valid, pooling,
-                                              [event_anchor(m) for m in batch.metas])
+                                              [event_onset(m) for m in batch.metas])
         rows = [{"key": k, "source": m["source"], "modality": m["modality"], "window_onset": m.get("window_onset"),
                  "labels": m.get("labels", {}), "events": m.get("events", [])} for k, m in zip(batch.keys, batch.metas)]
         return embeddings, rows

@@ -96,7 +96,7 @@ class BrainEncoder(nn.Module):
         """signal [B, C, T], sensors [B, C, 12], channel_mask [B, C] → embeddings [layers, B, F] of every
         layer, pooled over the tokens that hold signal (``n_valid_samples`` [B]; default: all) — see
         :func:`pool_tokens` for ``pooling`` and F; ``anchors``: each window's event in seconds from its
-        start (:func:`event_anchor`), for ``event`` pooling. Runs on the encoder's device; returned on the CPU."""
+        start (:func:`neurofm.data_shards.windows.event_onset`), for ``event`` pooling. Runs on the encoder's device; returned on the CPU."""
         codes = self.codes(signal, sensors, channel_mask, family)
         pool = self._pooler(codes, signal.shape[2], family, n_valid_samples, pooling, anchors)
         states = self.hidden_states(codes, self.modality_ids(modalities).to(self.device))
@@ -118,7 +118,7 @@ class BrainEncoder(nn.Module):
         events = None
         if pooling == "event":
             if anchors is None:
-                raise NeuroFMError("'event' pooling needs each window's event (anchors); pass event_anchor(meta) of every window.")
+                raise NeuroFMError("'event' pooling needs each window's event (anchors); pass event_onset(meta) of every window.")
             events = event_patches(anchors, self.tokenizer.cfg.patch_seconds(family), codes.shape[1]).to(codes.device)
         return lambda states: pool_tokens(states, valid, pooling, codes.shape[2], events)
 
@@ -139,13 +139,6 @@ def resolve_pooling(pooling: str, manifest: dict) -> str:
         return "event"
     windows = {modality_window(manifest, r["modality"]) for r in recordings}
     return "flat" if len(windows) == 1 and None not in windows else "mean"
-
-
-def event_anchor(meta: dict) -> float | None:
-    """Seconds from a window's start to the event it is locked to: its first event (an epoch's or an
-    evoked condition's window holds only its own, at its time 0); None for a window without one."""
-    events = meta.get("events") or []
-    return float(events[0]["onset"]) if events else None
 
 
 def event_patches(anchors: list[float | None], patch_seconds: float, n_patches: int,
@@ -208,4 +201,4 @@ def pool_tokens(states: torch.Tensor, valid: torch.Tensor, pooling: str, n_laten
     raise NeuroFMError(f"unknown pooling '{pooling}'; use one of {', '.join(TOKEN_POOLINGS)}.")
 
 
-__all__ = ["BrainEncoder", "event_anchor", "event_patches", "pool_tokens", "resolve_pooling"]
+__all__ = ["BrainEncoder", "event_patches", "pool_tokens", "resolve_pooling"]

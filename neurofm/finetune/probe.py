@@ -27,7 +27,8 @@ from neurofm.data_shards.dataset import ShardIndex
 from neurofm.devices import resolve_device
 from neurofm.errors import NeuroFMError
 from neurofm.finetune.config import PROBE_GROUPINGS
-from neurofm.finetune.encoder import BrainEncoder, event_anchor, resolve_pooling
+from neurofm.finetune.encoder import BrainEncoder, resolve_pooling
+from neurofm.data_shards.windows import event_onset
 from neurofm.finetune.metrics import classification_metrics
 from neurofm.finetune.plots import save_confusion
 from neurofm.distributed import barrier, map_batches, process_group
@@ -72,7 +73,7 @@ def collect(encoder: BrainEncoder, shards: str | Path, labels: list[str] | None,
         metas = [batch.metas[i] for i in keep]
         n_valid = batch.time_mask[keep].sum(1)
         args = (batch.signal[keep], batch.sensors[keep], batch.channel_mask[keep], batch.family, [m["modality"] for m in metas], n_valid, pooling,
-                [event_anchor(m) for m in metas])
+                [event_onset(m) for m in metas])
         part = {"metas": metas, "feats": encoder.layer_embeddings(*args).numpy()}
         if random is not None:
             part["random"] = random.layer_embeddings(*args).numpy()
