@@ -12,6 +12,7 @@ import torch
 from neurofm.bench import probes, tasks
 from neurofm.bench.embeddings import ProbeWindows
 from neurofm.bench.features import device_features, window_features
+from neurofm.bench.oracle import oracle_column
 from neurofm.bench.representation import check_held_out, modality_rows
 from neurofm.data_shards.config import EventEpochs, SimulateConfig
 from neurofm.data_shards.simulate import plan_recordings
@@ -127,6 +128,56 @@ def test_raw_features_align_channels_by_name_across_recordings():
     grid = x[:, : len(names) * per_channel].reshape(2, len(names), per_channel)
     assert np.isnan(grid[0, names.index("e")]).all() and np.isnan(grid[1, names.index("a")]).all()
     assert np.allclose(grid[1, names.index("d")], window_features(b[0][0], 100.0, 0.5)[0][0])
+
+
+def test_oracle_spatial_filter_reads_each_source_group_back_from_scaled_sensors():
+    from neurofm.bench.oracle import source_groups, spatial_filter
+
+    rng = np.random.default_rng(5)
+    channels, regions = [f"ch{i}" for i in range(12)], ["r0", "r1", "r2", "r3"]
+    gain = rng.standard_normal((12, 4)) * np.r_[np.full(6, 1e-6), np.full(6, 1e-13)][:, None]  # two kinds, V and T per A·m
+    truth = {"condition_regions": {"a": ["r0", "r1"], "b": ["r2"]}, "alpha_regions": ["r3"]}
+    assert source_groups(truth, "event") == {"a": ["r0", "r1"], "b": ["r2"]}
+    assert source_groups(truth, "event", ["b"]) == {"b": ["r2"]}
+    assert source_groups(truth, "alpha_hz") == {"r3": ["r3"]}
+    assert source_groups(truth, "beta_hz") is None and source_groups({}, "event") is None
+    # a window keeps 10 of the channels, in another order, scaled per sensor kind as the shards are
+    kept = [channels[i] for i in (9, 0, 3, 7, 1, 11, 5, 2, 8, 6)]
+    meta = {"channels": kept, "kinds": ["mag" if int(n[2:]) >= 6 else "eeg" for n in kept], "scale": {"eeg": 2e-6, "mag": 3e-13}}
+    sources = rng.standard_normal((3, 500))  # a (shared by r0 and r1), b, and r3 (not a group: background)
+    physical = gain[:, :2].sum(axis=1, keepdims=True) * sources[0] + gain[:, 2:3] * sources[1] + gain[:, 3:] * sources[2] * 0.3
+    rows = [channels.index(n) for n in kept]
+    scaled = physical[rows] / np.array([meta["scale"][k] for k in meta["kinds"]])[:, None]
+    w = spatial_filter(gain, channels, regions, meta, source_groups(truth, "event"))
+    estimate = w @ scaled
+    assert w.shape == (2, 10)
+    assert np.corrcoef(estimate[0], sources[0])[0, 1] > 0.95 and np.corrcoef(estimate[1], sources[1])[0, 1] > 0.95
+
+
+def test_oracle_column_decodes_simulated_conditions_from_their_true_sources(tmp_path):
+    """The real simulator's twin of the hand-made check: sEEG epochs of two recordings, the oracle's
+    features of the condition regions' source estimates separate the conditions; windows the simulation
+    did not make get no oracle."""
+    from neurofm.data_shards import ShardIndex, build_shards
+    from neurofm.data_shards.config import ShardsConfig
+
+    sim = SimulateConfig(hours=0.02, modalities=["seeg"], subjects=1, recording_seconds=36, cache_dir=str(tmp_path / "gains"),
+                         epochs=EventEpochs(events=CLASSES, tmin=-0.5, tmax=1.5))
+    build_shards(ShardsConfig(simulate=sim, out=str(tmp_path / "s")), progress=False)
+    index = ShardIndex(tmp_path / "s")
+    samples = [index[i] for i in range(len(index))]
+    raw = [(np.asarray(s["signal"])[: len(s["meta"]["channels"]), : s["meta"]["n_valid_samples"]], s["meta"]) for s in samples]
+    windows = ProbeWindows(metas=[m for _, m in raw], raw_windows=raw, simulation=sim)
+    result = tasks.within_device(windows, "logistic", "event", CLASSES)["shafts"]
+    assert result["recordings"] == 2 and result["windows"] >= 20
+    assert result["oracle"]["score"] > 0.6  # chance 0.33
+    rows = np.arange(len(raw))
+    assert oracle_column(ProbeWindows(metas=windows.metas, raw_windows=raw), rows, "event", None) is None
+    other = SimulateConfig(hours=0.02, modalities=["seeg"], subjects=1, recording_seconds=36, seed=7)
+    with pytest.raises(NeuroFMError, match="provenance hash"):  # the same recording names, made with another seed
+        oracle_column(windows, rows, "event", other)
+    elsewhere = [(x, {**m, "source": "eeg/real_recording.edf"}) for x, m in raw]
+    assert oracle_column(ProbeWindows(metas=[m for _, m in elsewhere], raw_windows=elsewhere), rows, "event", sim) is None
 
 
 def test_trivial_code_predictors_on_a_hand_made_sequence():
@@ -338,6 +389,10 @@ def test_bench_command_builds_a_release_through_every_stage(tmp_path, capsys):
     assert results["regression"]["GSN-HydroCel-129"]["recordings"] == 9
     assert np.isfinite(results["regression"]["GSN-HydroCel-129"]["raw"]["score"])
     assert np.isfinite(results["regression"]["GSN-HydroCel-129"]["release/power"]["score"])
+    # the oracle (raw features of the simulator's true sources) beside every within-device column
+    assert np.isfinite(results["evoked"]["GSN-HydroCel-129"]["oracle"]["score"])
+    assert np.isfinite(results["regression"]["GSN-HydroCel-129"]["oracle"]["score"])
+    assert "oracle (true sources)" in (out / "results.md").read_text()
     # the tokenizer is scored against PCA on every modality of the continuous set, fMRI included
     assert set(results["tokenizer"]) == {"eeg", "fmri"}
     assert results["tokenizer"]["fmri"]["devices"] == ["tr1.5", "tr2.0"] and results["tokenizer"]["fmri"]["pca"] is not None

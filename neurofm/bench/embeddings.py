@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from neurofm.bench.features import SPECTRUM_GRID, device_features
+from neurofm.data_shards.config import SimulateConfig
 from neurofm.data_shards.dataset import ShardIndex
 from neurofm.finetune.encoder import BrainEncoder
 from neurofm.data_shards.windows import event_onset
@@ -26,11 +27,13 @@ from neurofm.data_shards.batches import ordered_batches
 @dataclass
 class ProbeWindows:
     """Per window (``n``): ``metas`` and the valid raw signal; per column name: a list of per-layer
-    matrices [n, F]."""
+    matrices [n, F]; the simulator settings that made the windows, if they are simulated (the oracle
+    column, :mod:`neurofm.bench.oracle`, rebuilds their true sources from them)."""
 
     metas: list[dict]
     columns: dict[str, list[np.ndarray]] = field(default_factory=dict)
     raw_windows: list[tuple[np.ndarray, dict]] = field(default_factory=list)  # (signal [C, valid T], meta)
+    simulation: SimulateConfig | None = None
 
     def device(self) -> np.ndarray:
         return np.asarray([device_of(m) for m in self.metas])
@@ -52,9 +55,9 @@ def random_encoder(release_encoder: BrainEncoder, seed: int) -> BrainEncoder:
 
 
 def collect(release: str | Path, shards: str | Path, poolings: tuple[str, ...] = ("mean", "time"), seed: int = 0,
-            batch_size: int = 32, indices=None) -> ProbeWindows:
+            batch_size: int = 32, indices=None, simulation: SimulateConfig | None = None) -> ProbeWindows:
     """Every column for every window of ``shards`` (or its sample ``indices``; raw features per device,
-    see module docstring)."""
+    see module docstring); ``simulation``: the settings that simulated ``shards`` (enables the oracle)."""
     encoder = BrainEncoder.from_pretrained(release)
     random = random_encoder(encoder, seed + 1)
     index = ShardIndex(shards)
@@ -73,7 +76,7 @@ def collect(release: str | Path, shards: str | Path, poolings: tuple[str, ...] =
             c, t = int(batch.channel_mask[i].sum()), int(n_valid[i])
             raw_windows.append((batch.signal[i, :c, :t].numpy(), meta))
         metas += batch.metas
-    windows = ProbeWindows(metas, raw_windows=raw_windows)
+    windows = ProbeWindows(metas, raw_windows=raw_windows, simulation=simulation)
     for name, chunks in parts.items():
         stacked = np.concatenate(chunks, axis=1)  # [layers, n, F]
         windows.columns[name] = list(stacked)

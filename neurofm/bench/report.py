@@ -9,7 +9,8 @@ import numpy as np
 from neurofm.bench.config import RepresentationBenchConfig
 
 EMBEDDINGS = ("release", "random", "tokenizer")
-NAMES = {"release": "release", "random": "random weights", "tokenizer": "tokenizer alone", "raw": "raw features"}
+NAMES = {"release": "release", "random": "random weights", "tokenizer": "tokenizer alone", "raw": "raw features",
+         "oracle": "oracle (true sources)"}
 
 
 def _f(x) -> str:
@@ -85,21 +86,29 @@ def _held_out_what(results: dict, modality: str) -> str:
     return "subjects and devices" if set(devices) - corpus else "subjects"
 
 
+def _baselines(task: dict) -> list[str]:
+    """The columns beside the embeddings: raw features, and the oracle where every device has one."""
+    return ["raw"] + (["oracle"] if task and all("oracle" in r for r in task.values()) else [])
+
+
 def _within_table(results: dict, task: str, cfg: RepresentationBenchConfig, metric: str) -> list[str]:
     lines = []
     first = next(iter(results[task].values()), {})
+    baselines = _baselines(results[task])
     for pooling in [p for p in cfg.poolings if f"release/{p}" in first]:  # the regression has no event pooling
         cols = [f"release/{pooling}", f"random/{pooling}", f"tokenizer/{pooling}"]
         lines += [f"\n{metric}, {pooling} pooling (grouped CV over recordings, within device):\n",
-                  "| device | held out | windows | release (inner-CV layer) | release (last layer) | random weights | tokenizer alone | raw features |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| device | held out | windows | release (inner-CV layer) | release (last layer) | random weights | tokenizer alone | "
+                  + " | ".join(NAMES[b] for b in baselines) + " |",
+                  "|---|---|---|---|---|---|---|" + "---|" * len(baselines)]
         for device, r in results[task].items():
             held = "yes" if device in cfg.held_out_devices else ""
             lines.append(f"| {device} | {held} | {r['windows']} | {_f(r[cols[0]]['score'])} | {_f(r[cols[0]]['layers'][-1])} | "
-                         f"{_f(r[cols[1]]['score'])} | {_f(r[cols[2]]['score'])} | {_f(r['raw']['score'])} |")
+                         f"{_f(r[cols[1]]['score'])} | {_f(r[cols[2]]['score'])} | " + " | ".join(_f(r[b]["score"]) for b in baselines) + " |")
         lines.append(f"| **mean** | | | {_f(_mean(headline(results, task, cols[0]).values()))} | "
                      f"{_f(_mean(headline(results, task, cols[0], last=True).values()))} | {_f(_mean(headline(results, task, cols[1]).values()))} | "
-                     f"{_f(_mean(headline(results, task, cols[2]).values()))} | {_f(_mean(headline(results, task, 'raw').values()))} |")
+                     f"{_f(_mean(headline(results, task, cols[2]).values()))} | "
+                     + " | ".join(_f(_mean(headline(results, task, b).values())) for b in baselines) + " |")
     return lines
 
 
@@ -145,10 +154,13 @@ def markdown(results: dict, cfg: RepresentationBenchConfig) -> str:
     p = cfg.poolings[0]
     lines += [f"\nFew labels ({p} pooling; balanced accuracy, mean ± SD over {cfg.few_label_repeats} draws; train on half of the "
               "recordings, test on the other half):\n",
-              "| device | labels per class | release | random weights | tokenizer alone | raw features |", "|---|---|---|---|---|---|"]
+              "| device | labels per class | release | random weights | tokenizer alone | "
+              + " | ".join(NAMES[b] for b in _baselines(results["evoked"])) + " |",
+              "|---|---|---|---|---|" + "---|" * len(_baselines(results["evoked"]))]
     for device, by_n in results["few_labels"].items():
         for n, r in by_n.items():
-            cells = [f"{r[c]['mean']:.3f} ± {r[c]['sd']:.3f}" for c in (f"release/{p}", f"random/{p}", f"tokenizer/{p}", "raw")]
+            cells = [f"{r[c]['mean']:.3f} ± {r[c]['sd']:.3f}" if c in r else "—"
+                     for c in (f"release/{p}", f"random/{p}", f"tokenizer/{p}", *_baselines(results["evoked"]))]
             lines.append(f"| {device} | {n} | " + " | ".join(cells) + " |")
     scored = "the continuous set" if cfg.continuous_set is not None else "the probe set"
     lines += [f"\nTokenizer on windows of held-out subjects ({scored}; up to 400 per modality) vs the same-bitrate PCA codec:\n",
@@ -190,6 +202,8 @@ def figure(results: dict, cfg: RepresentationBenchConfig, path: Path) -> None:
         ax.plot(layers, r[f"random/{p}"]["layers"], "^-", color="tab:orange", label="random weights")
         ax.axhline(r[f"tokenizer/{p}"]["score"], color="tab:purple", ls="-.", label="tokenizer alone")
         ax.axhline(r["raw"]["score"], color="tab:green", ls=":", label="raw features")
+        if "oracle" in r:
+            ax.axhline(r["oracle"]["score"], color="tab:gray", ls="--", label="oracle (true sources)")
         ax.axhline(1 / len(cfg.evoked_labels), color="black", lw=0.8, label="chance")
         ax.set_title(device + (" (held out)" if device in cfg.held_out_devices else ""), fontsize=8)
         ax.set_xlabel("layer")

@@ -15,7 +15,8 @@ the release against the baselines a user would pick instead, on held-out subject
    the pretraining corpus).
 
 Columns: the release (layer and regularisation chosen by inner CV; and its last layer), the same
-architecture with random weights, the tokenizer alone (quantized latents), raw features, chance.
+architecture with random weights, the tokenizer alone (quantized latents), raw features, the oracle
+(raw features of the simulator's true sources, where the ground truth names them), chance.
 Writes ``results.json``, ``results.md`` and ``layers.png`` into ``out``.
 """
 
@@ -132,7 +133,7 @@ def run_representation_bench(cfg: RepresentationBenchConfig, progress: bool = Fa
     paths = stages["paths"]
     started = time.perf_counter()
     build_continuous_set(cfg, paths, stages["split"], progress)
-    windows = collect(paths["release"], paths["probe_set"], tuple(cfg.poolings), seed=cfg.seed)
+    windows = collect(paths["release"], paths["probe_set"], tuple(cfg.poolings), seed=cfg.seed, simulation=cfg.probe_set)
     devices = sorted(set(windows.device()))
     results: dict = {
         "config": to_dict(cfg), "split": stages["split"], "real_data": stages["real_data"], "devices": devices,
@@ -143,7 +144,7 @@ def run_representation_bench(cfg: RepresentationBenchConfig, progress: bool = Fa
     if cfg.continuous_set is not None:
         rows = modality_rows(paths["continuous_set"], cfg.regression_modalities)
         regression_windows = collect(paths["release"], paths["continuous_set"], tuple(cfg.regression_poolings), seed=cfg.seed,
-                                     indices=rows)
+                                     indices=rows, simulation=cfg.continuous_set)
     results["regression"] = tasks.within_device(regression_windows, "ridge", cfg.regression_key, n_jobs=cfg.probe_jobs)
     results["cross_device"] = [tasks.cross_device(windows, "event", cfg.evoked_labels, a, b) for a, b in cfg.cross_device
                                if a in devices and b in devices]

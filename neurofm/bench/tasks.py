@@ -8,6 +8,9 @@
 - ``few_labels``: 5 / 10 / 20 labelled windows per class (balanced accuracy on other recordings);
 - ``real_task``: a labelled task on real recordings (:class:`~neurofm.bench.config.RealTask`): grouped CV
   over runs or blocks of consecutive windows, every column.
+
+Columns: the embeddings' (every layer), raw features, and on simulated windows the oracle (raw features
+of the true sources, :mod:`neurofm.bench.oracle`) where the ground truth names the task's sources.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import numpy as np
 
 from neurofm.bench import probes
 from neurofm.bench.embeddings import ProbeWindows, raw_columns
+from neurofm.bench.oracle import oracle_column
 from neurofm.errors import NeuroFMError
 
 RAW = "raw"
+ORACLE = "oracle"
 
 
 def _rows(windows: ProbeWindows, key: str, classes: list[str] | None) -> np.ndarray:
@@ -27,9 +32,14 @@ def _rows(windows: ProbeWindows, key: str, classes: list[str] | None) -> np.ndar
     return np.flatnonzero(ok)
 
 
-def _columns(windows: ProbeWindows, rows: np.ndarray, raw_labels: list[str] | None) -> dict[str, list[np.ndarray]]:
+def _columns(windows: ProbeWindows, rows: np.ndarray, raw_labels: list[str] | None, key: str | None = None) -> dict[str, list[np.ndarray]]:
+    """Every column's feature sets for ``rows``: the embeddings' layers, raw features, and — for simulated
+    windows whose ground truth names the sources of ``key`` — the oracle."""
     columns = {name: [layer[rows] for layer in layers] for name, layers in windows.columns.items()}
     columns[RAW] = raw_columns(windows, rows, raw_labels)
+    oracle = oracle_column(windows, rows, key, windows.simulation, raw_labels) if key else None
+    if oracle is not None:
+        columns[ORACLE] = oracle
     return columns
 
 
@@ -48,7 +58,7 @@ def within_device(windows: ProbeWindows, kind: str, key: str, classes: list[str]
         y = y.astype(str) if kind == "logistic" else y.astype(float)
         groups = windows.field("source")[rows].astype(str)
         results[dev] = {"windows": int(len(rows)), "recordings": int(len(np.unique(groups)))}
-        for name, features in _columns(windows, rows, classes).items():
+        for name, features in _columns(windows, rows, classes, key).items():
             results[dev][name] = probes.grouped_cv(kind, features, y, groups, n_jobs=n_jobs)
     return results
 
@@ -83,7 +93,7 @@ def few_labels(windows: ProbeWindows, key: str, classes: list[str], per_class: l
         rows = rows_all[device[rows_all] == dev]
         y = windows.field(key)[rows].astype(str)
         groups = windows.field("source")[rows].astype(str)
-        columns = _columns(windows, rows, classes)
+        columns = _columns(windows, rows, classes, key)
         out[dev] = {}
         for n in per_class:
             out[dev][n] = {name: probes.few_labels(layers[layer_of.get(name, 0)], y, groups, n, repeats, seed)
@@ -127,4 +137,4 @@ def real_task(windows: ProbeWindows, task, n_jobs: int = 1) -> dict:
     return out
 
 
-__all__ = ["RAW", "cross_device", "few_labels", "real_task", "real_task_labels", "within_device"]
+__all__ = ["ORACLE", "RAW", "cross_device", "few_labels", "real_task", "real_task_labels", "within_device"]

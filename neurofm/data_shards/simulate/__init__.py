@@ -7,6 +7,6 @@ and :mod:`.recordings`. ``neurofm simulate`` and the ``simulate`` section of a s
 simulated recordings straight into shards through the same path as files read from disk.
 """
 
-from neurofm.data_shards.simulate.recordings import SimulatedSpec, plan_recordings, simulate_raw, simulate_recording
+from neurofm.data_shards.simulate.recordings import SimulatedSpec, plan_recordings, recording_gain, simulate_raw, simulate_recording
 
-__all__ = ["SimulatedSpec", "plan_recordings", "simulate_raw", "simulate_recording"]
+__all__ = ["SimulatedSpec", "plan_recordings", "recording_gain", "simulate_raw", "simulate_recording"]

@@ -116,6 +116,19 @@ def _sensor_info(spec: SimulatedSpec, head: geometry.Head, sfreq: float) -> mne.
     return geometry.positions_info(geometry.ecog_positions(head, spec.seed), sfreq, "ecog")
 
 
+def recording_gain(spec: SimulatedSpec, config: SimulateConfig) -> tuple[np.ndarray, mne.Info, list[str]]:
+    """The true forward model of one simulated electrophysiology recording (not fMRI): the gain of every
+    region, shape (n_channels, n_regions), in V or T per A·m; the sensors (``mne.Info``, at the site's
+    sampling rate); and the region names the ground truth refers to. :func:`simulate_raw` projects the
+    sources through exactly this gain."""
+    if spec.modality == "fmri":
+        raise ValueError("simulated fMRI has no gain matrix: its channels are the regions themselves")
+    head = _head(spec.subject, spec.seed, config.source_spacing_mm, config.n_regions)
+    sfreq, _ = SITES[spec.modality][spec.site % len(SITES[spec.modality])]
+    info = _sensor_info(spec, head, sfreq)
+    return region_gain(info, head, spec.device, config.cache_dir), info, list(head.region_names)
+
+
 def _add_nuisances(data: np.ndarray, info: mne.Info, spec: SimulatedSpec, head, line_freq: float, rng, scenario) -> dict:
     """Sensor noise, line noise, one flat and one noisy channel, eye blinks (EEG). Returns the bad channels."""
     types = np.asarray(info.get_channel_types())
@@ -164,8 +177,7 @@ def simulate_raw(spec: SimulatedSpec, config: SimulateConfig) -> tuple[mne.io.Ra
         raw = mne.io.RawArray(bold, info, verbose="error")
         bad: dict[str, str] = {}
     else:
-        info = _sensor_info(spec, head, sfreq)
-        gain = region_gain(info, head, spec.device, config.cache_dir)
+        gain, info, _ = recording_gain(spec, config)
         n = int(round(spec.seconds * sfreq))
         scenario = activity.make_scenario(head, rng, spec.seconds)
         data = project(gain, activity.region_activity(head, scenario, sfreq, n, rng))  # [channels, time]
