@@ -357,3 +357,26 @@ def test_worker_processes_keep_glibc_malloc_settings(monkeypatch, capsys):
     job_env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")} | {name: value}
     seen = subprocess.run([sys.executable, "-c", code], env=job_env, capture_output=True, text=True, check=True).stdout
     assert "OMP_NUM_THREADS" in seen and "MALLOC_TRIM_THRESHOLD_" not in seen
+
+
+def test_a_worker_staging_a_recording_file_does_not_load_torch(tmp_path):
+    """A Dask worker of the build only reads, preprocesses and stages recordings: it must not pay torch's
+    import (≈ 1.3 s and 120 MB per worker process) through the package's modules. A fresh interpreter
+    stages a generated FIF recording the way a worker does."""
+    import subprocess
+    import sys
+
+    fif = write_eeg_fif(tmp_path / "rec_raw.fif", 12, n_channels=8, seed=0)
+    script = (
+        "import sys\n"
+        "from neurofm.data_shards.config import InputSpec, ShardsConfig\n"
+        "from neurofm.data_shards.build import list_sources\n"
+        "from neurofm.data_shards.parallel import run_recording\n"
+        f"cfg = ShardsConfig(inputs=[InputSpec(path={str(fif)!r})], out={str(tmp_path / 'out')!r})\n"
+        f"entry = run_recording(cfg, list_sources(cfg)[0], 0, {str(tmp_path)!r})\n"
+        "print(entry['n_windows'], 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    windows, torch_loaded = done.stdout.split()
+    assert int(windows) > 0 and torch_loaded == "False"

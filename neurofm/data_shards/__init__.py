@@ -8,22 +8,32 @@ Public entry points (the CLI calls these; notebooks can too):
 - :func:`read_recording` — one recording as an MNE object with positioned brain channels.
 """
 
-from neurofm.data_shards.build import build_shards
-from neurofm.data_shards.config import InputSpec, ShardsConfig
-from neurofm.data_shards.dataset import ShardIndex, ShardStream
-from neurofm.data_shards.readers import read_recording
-from neurofm.data_shards.sensors import KINDS, SENSOR_FEATURES
-from neurofm.data_shards.verify import summarize, verify_shards
+import importlib
 
-__all__ = [
-    "KINDS",
-    "SENSOR_FEATURES",
-    "InputSpec",
-    "ShardIndex",
-    "ShardStream",
-    "ShardsConfig",
-    "build_shards",
-    "read_recording",
-    "summarize",
-    "verify_shards",
-]
+#: Public name → the module that defines it. Imported on first use (PEP 562), so a process that only
+#: stages recordings (a Dask worker of ``build_shards``) does not load torch through the dataset module.
+_HOMES = {
+    "KINDS": "sensors",
+    "SENSOR_FEATURES": "sensors",
+    "InputSpec": "config",
+    "ShardIndex": "dataset",
+    "ShardStream": "dataset",
+    "ShardsConfig": "config",
+    "build_shards": "build",
+    "read_recording": "readers",
+    "summarize": "verify",
+    "verify_shards": "verify",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

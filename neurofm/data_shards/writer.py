@@ -16,7 +16,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 
 from neurofm.errors import ShardError
 
@@ -108,7 +107,7 @@ class ShardWriter:
         self.out = out
         self.samples_per_shard = samples_per_shard
         self.manifest = manifest
-        self._tar: wds.TarWriter | None = None
+        self._tar = None  # webdataset.TarWriter of the open shard
         self._stream = None
         self._count = 0
         for stale in out.glob("*.partial"):
@@ -122,6 +121,10 @@ class ShardWriter:
     def _open(self) -> None:
         index = len(self.manifest["shards"])
         self._name = f"shard-{index:06d}.tar"
+        # imported here, not with the module: webdataset imports torch, which the Dask workers that only
+        # stage recordings (this module's helpers) would otherwise load for nothing (≈ 1.3 s, 120 MB each)
+        import webdataset as wds
+
         self._stream = open(self.out / (self._name + ".partial"), "wb")
         self._tar = wds.TarWriter(self._stream, mtime=0.0)  # fixed mtime: same samples, same bytes
         self._count = 0
