@@ -155,28 +155,34 @@ def test_oracle_spatial_filter_reads_each_source_group_back_from_scaled_sensors(
 
 
 def test_oracle_column_decodes_simulated_conditions_from_their_true_sources(tmp_path):
-    """The real simulator's twin of the hand-made check: sEEG epochs of two recordings, the oracle's
-    features of the condition regions' source estimates separate the conditions; windows the simulation
-    did not make get no oracle."""
+    """The real simulator's twin of the hand-made check: EEG epochs of two montages, four recordings each;
+    the oracle's features of the condition regions' source estimates separate the conditions within a
+    montage and transfer from one montage to the other (both read the same sources, in A·m); windows the
+    simulation did not make get no oracle."""
     from neurofm.data_shards import ShardIndex, build_shards
     from neurofm.data_shards.config import ShardsConfig
 
-    sim = SimulateConfig(hours=0.02, modalities=["seeg"], subjects=1, recording_seconds=36, cache_dir=str(tmp_path / "gains"),
-                         epochs=EventEpochs(events=CLASSES, tmin=-0.5, tmax=1.5))
+    sim = SimulateConfig(hours=0.08, modalities=["eeg"], eeg_montages=["biosemi64", "GSN-HydroCel-129"], subjects=1,
+                         recording_seconds=36, cache_dir=str(tmp_path / "gains"), epochs=EventEpochs(events=CLASSES, tmin=-0.5, tmax=1.5))
     build_shards(ShardsConfig(simulate=sim, out=str(tmp_path / "s")), progress=False)
     index = ShardIndex(tmp_path / "s")
     samples = [index[i] for i in range(len(index))]
     raw = [(np.asarray(s["signal"])[: len(s["meta"]["channels"]), : s["meta"]["n_valid_samples"]], s["meta"]) for s in samples]
     windows = ProbeWindows(metas=[m for _, m in raw], raw_windows=raw, simulation=sim)
-    result = tasks.within_device(windows, "logistic", "event", CLASSES)["shafts"]
-    assert result["recordings"] == 2 and result["windows"] >= 20
-    assert result["oracle"]["score"] > 0.6  # chance 0.33
-    rows = np.arange(len(raw))
+    within = tasks.within_device(windows, "logistic", "event", CLASSES)
+    assert all(r["recordings"] == 4 and r["windows"] >= 55 for r in within.values())
+    assert within["biosemi64"]["oracle"]["score"] > 0.6 and within["GSN-HydroCel-129"]["oracle"]["score"] > 0.6  # chance 0.33
+    transfer = tasks.cross_device(windows, "event", CLASSES, "biosemi64", "GSN-HydroCel-129")
+    assert transfer["oracle"]["score"] > 0.6
+    rows = np.flatnonzero(windows.device() == "biosemi64")
     assert oracle_column(ProbeWindows(metas=windows.metas, raw_windows=raw), rows, "event", None) is None
-    other = SimulateConfig(hours=0.02, modalities=["seeg"], subjects=1, recording_seconds=36, seed=7)
+    other = SimulateConfig(hours=0.08, modalities=["eeg"], eeg_montages=["biosemi64", "GSN-HydroCel-129"], subjects=1,
+                           recording_seconds=36, seed=7)
     with pytest.raises(NeuroFMError, match="provenance hash"):  # the same recording names, made with another seed
         oracle_column(windows, rows, "event", other)
     elsewhere = [(x, {**m, "source": "eeg/real_recording.edf"}) for x, m in raw]
+    assert "oracle" not in tasks.cross_device(ProbeWindows(metas=windows.metas, raw_windows=raw), "event", CLASSES, "biosemi64",
+                                              "GSN-HydroCel-129")
     assert oracle_column(ProbeWindows(metas=[m for _, m in elsewhere], raw_windows=elsewhere), rows, "event", sim) is None
 
 

@@ -11,10 +11,12 @@ signal comes from reaches: an upper reference beside the embeddings and the raw 
 (background activity shares the sources' spatial patterns, and the probe is linear).
 
 Spatial filter: one virtual channel per source group (a condition's regions together: they share one
-waveform; each rhythm region alone: their phases are independent), regularised least squares
-``W = (GᵀG + λ·mean(diag GᵀG)·I)⁻¹ Gᵀ`` over the window's kept channels, ``G`` the groups' summed gain
-columns in the shards' scaled units (gain / the sensor kind's robust scale). λ = 0.1 keeps neighbouring
-regions of similar topography from amplifying noise into each other.
+waveform; each rhythm region alone: their phases are independent), regularised least squares over the
+window's kept channels: with ``G`` the groups' summed gain columns in the shards' scaled units (gain / the
+sensor kind's robust scale) and ``N`` their norms, ``W = N⁻¹ (ĜᵀĜ + λI)⁻¹ Ĝᵀ`` for the unit-norm patterns
+``Ĝ = G N⁻¹``. λ = 0.1 keeps groups of similar topography from amplifying noise into each other; taking it
+relative to each group's own gain keeps a group far from the sensors (an ECoG grid over another lobe) from
+being regularised away.
 """
 
 from __future__ import annotations
@@ -52,9 +54,10 @@ def spatial_filter(gain: np.ndarray, channel_names: list[str], region_names: lis
     scale = np.array([meta["scale"][kind] for kind in meta["kinds"]])
     scaled = gain[[row[name] for name in meta["channels"]]] / scale[:, None]  # [kept channels, regions]
     g = np.stack([scaled[:, [column[r] for r in regions]].sum(axis=1) for regions in groups.values()], axis=1)
-    gram = g.T @ g
-    gram += REGULARISATION * np.mean(np.diag(gram)) * np.eye(len(gram))
-    return np.linalg.solve(gram, g.T)
+    norms = np.linalg.norm(g, axis=0)
+    unit = g / norms  # each group's pattern at unit norm, so λ is relative to each group's own gain
+    w = np.linalg.solve(unit.T @ unit + REGULARISATION * np.eye(unit.shape[1]), unit.T)
+    return w / norms[:, None]
 
 
 def oracle_column(windows, rows: np.ndarray, key: str, simulation: SimulateConfig | None,

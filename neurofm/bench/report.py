@@ -146,11 +146,13 @@ def markdown(results: dict, cfg: RepresentationBenchConfig) -> str:
     where = (f"continuous windows of {', '.join(cfg.regression_modalities)} recordings of other held-out subjects (the continuous set; "
              f"{_recordings(results['regression'])} recordings per device)" if cfg.continuous_set is not None else "the probe set")
     lines += _within_table(results, "regression", cfg, f"{cfg.regression_key} (ridge) on {where}, R²")
+    oracle = ["oracle"] if results["cross_device"] and all("oracle" in c for c in results["cross_device"]) else []
     lines += ["\nCross-device transfer (probe fit on one device, tested on another; raw features cannot transfer), balanced accuracy:\n",
-              "| train → test | " + " | ".join(f"{NAMES[c]} ({p})" for p in cfg.poolings for c in EMBEDDINGS) + " |",
-              "|---|" + "---|" * (len(cfg.poolings) * len(EMBEDDINGS))]
+              "| train → test | " + " | ".join([f"{NAMES[c]} ({p})" for p in cfg.poolings for c in EMBEDDINGS] + [NAMES[o] for o in oracle]) + " |",
+              "|---|" + "---|" * (len(cfg.poolings) * len(EMBEDDINGS) + len(oracle))]
     for c in results["cross_device"]:
-        lines.append(f"| {c['train']} → {c['test']} | " + " | ".join(_f(c[f"{e}/{p}"]["score"]) for p in cfg.poolings for e in EMBEDDINGS) + " |")
+        lines.append(f"| {c['train']} → {c['test']} | "
+                     + " | ".join([_f(c[f"{e}/{p}"]["score"]) for p in cfg.poolings for e in EMBEDDINGS] + [_f(c[o]["score"]) for o in oracle]) + " |")
     p = cfg.poolings[0]
     lines += [f"\nFew labels ({p} pooling; balanced accuracy, mean ± SD over {cfg.few_label_repeats} draws; train on half of the "
               "recordings, test on the other half):\n",

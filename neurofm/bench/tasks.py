@@ -3,8 +3,9 @@
 - ``evoked``: which condition an event-locked window follows (balanced accuracy; grouped CV over
   recordings, within each device);
 - ``regression``: a numeric ground-truth field such as the alpha peak frequency (R²; same splits);
-- ``cross_device``: a probe fit on one device's windows, tested on another device's (embeddings only:
-  raw features of two devices share no channels); refused when the two devices are the same;
+- ``cross_device``: a probe fit on one device's windows, tested on another device's (embeddings and the
+  oracle, whose source channels every device shares: raw features of two devices share no channels);
+  refused when the two devices are the same;
 - ``few_labels``: 5 / 10 / 20 labelled windows per class (balanced accuracy on other recordings);
 - ``real_task``: a labelled task on real recordings (:class:`~neurofm.bench.config.RealTask`): grouped CV
   over runs or blocks of consecutive windows, every column.
@@ -80,6 +81,10 @@ def cross_device(windows: ProbeWindows, key: str, classes: list[str], train_devi
            "modalities": [str(modality[train[0]]), str(modality[test[0]])]}
     for name, layers in windows.columns.items():
         out[name] = probes.transfer("logistic", [x[train] for x in layers], y[train], groups[train], [x[test] for x in layers], y[test])
+    # the oracle's virtual channels are the conditions' sources, in A·m on every device: they transfer
+    oracle = [oracle_column(windows, rows, key, windows.simulation, classes) for rows in (train, test)]
+    if all(o is not None for o in oracle):
+        out[ORACLE] = probes.transfer("logistic", oracle[0], y[train], groups[train], oracle[1], y[test])
     return out
 
 
