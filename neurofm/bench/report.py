@@ -147,7 +147,8 @@ def markdown(results: dict, cfg: RepresentationBenchConfig) -> str:
              f"{_recordings(results['regression'])} recordings per device)" if cfg.continuous_set is not None else "the probe set")
     lines += _within_table(results, "regression", cfg, f"{cfg.regression_key} (ridge) on {where}, R²")
     oracle = ["oracle"] if results["cross_device"] and all("oracle" in c for c in results["cross_device"]) else []
-    lines += ["\nCross-device transfer (probe fit on one device, tested on another; raw features cannot transfer), balanced accuracy:\n",
+    lines += ["\nCross-device transfer (probe fit on one device, tested on another; raw features cannot transfer, the oracle's "
+              "source channels can), balanced accuracy:\n",
               "| train → test | " + " | ".join([f"{NAMES[c]} ({p})" for p in cfg.poolings for c in EMBEDDINGS] + [NAMES[o] for o in oracle]) + " |",
               "|---|" + "---|" * (len(cfg.poolings) * len(EMBEDDINGS) + len(oracle))]
     for c in results["cross_device"]:
