@@ -116,6 +116,11 @@ def _sensor_info(spec: SimulatedSpec, head: geometry.Head, sfreq: float) -> mne.
     return geometry.positions_info(geometry.ecog_positions(head, spec.seed), sfreq, "ecog")
 
 
+def _site(spec: SimulatedSpec) -> tuple[float, float]:
+    """Sampling rate and line frequency (Hz) of the recording's site."""
+    return SITES[spec.modality][spec.site % len(SITES[spec.modality])]
+
+
 def recording_gain(spec: SimulatedSpec, config: SimulateConfig) -> tuple[np.ndarray, mne.Info, list[str]]:
     """The true forward model of one simulated electrophysiology recording (not fMRI): the gain of every
     region, shape (n_channels, n_regions), in V or T per A·m; the sensors (``mne.Info``, at the site's
@@ -124,7 +129,7 @@ def recording_gain(spec: SimulatedSpec, config: SimulateConfig) -> tuple[np.ndar
     if spec.modality == "fmri":
         raise ValueError("simulated fMRI has no gain matrix: its channels are the regions themselves")
     head = _head(spec.subject, spec.seed, config.source_spacing_mm, config.n_regions)
-    sfreq, _ = SITES[spec.modality][spec.site % len(SITES[spec.modality])]
+    sfreq, _ = _site(spec)
     info = _sensor_info(spec, head, sfreq)
     return region_gain(info, head, spec.device, config.cache_dir), info, list(head.region_names)
 
@@ -164,7 +169,7 @@ def _add_nuisances(data: np.ndarray, info: mne.Info, spec: SimulatedSpec, head, 
 def simulate_raw(spec: SimulatedSpec, config: SimulateConfig) -> tuple[mne.io.RawArray, dict]:
     """Make one simulated recording: an MNE ``RawArray`` (annotations = events) and its ground truth."""
     head = _head(spec.subject, spec.seed, config.source_spacing_mm, config.n_regions)
-    sfreq, line_freq = SITES[spec.modality][spec.site % len(SITES[spec.modality])]
+    sfreq, line_freq = _site(spec)
     rng = np.random.default_rng([spec.seed, 23, SITES_ORDER.index(spec.modality), spec.index])
     if spec.modality == "fmri":
         scenario = activity.make_scenario(head, rng, spec.seconds, blocks=True)
