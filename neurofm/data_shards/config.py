@@ -227,6 +227,12 @@ class SimulateConfig:
     epochs : EventEpochs | None
         Cut the electrophysiology recordings into event-locked windows (as ``inputs[].epochs``); every
         window keeps the recording's ground truth in its labels. fMRI runs stay continuous.
+    device_views : bool
+        Make every EEG and MEG recording on each device of its modality from the same sources (same
+        scenario, events and rhythms; each device its own sensor noise, bad channels and blinks) instead
+        of cycling through the devices. The views of one recording share a ``scene`` in their ground truth;
+        the tokenizer's view losses (``loss.view_consistency``, ``loss.view_reconstruction``) pair them.
+        ``hours`` counts every view.
     """
 
     hours: float = 0.05
@@ -242,6 +248,7 @@ class SimulateConfig:
     source_spacing_mm: float = 10.0
     n_regions: int = 32
     epochs: EventEpochs | None = None
+    device_views: bool = False
 
     def __post_init__(self) -> None:
         if not self.hours > 0:

@@ -111,7 +111,10 @@ class TokenizerModelConfig:
 class LossConfig:
     """Weights of the reconstruction losses (time L1, time MSE, 1 − correlation, log-spectrum L1, and
     L1 of the slow waveform: means of ``slow_samples``-sample blocks, which is where evoked responses
-    live — 16 samples are 62.5 ms at 256 Hz)."""
+    live — 16 samples are 62.5 ms at 256 Hz), and of the view losses between windows that record the
+    same sources on two devices (``view_consistency``: their latents should agree; ``view_reconstruction``:
+    one view's latents should reconstruct the other's channels; they need shards built with
+    ``simulate.device_views``, see :func:`~neurofm.tokenizers.losses.view_losses`)."""
 
     time_l1: float = 1.0
     time_mse: float = 0.0
@@ -119,10 +122,19 @@ class LossConfig:
     spectrum: float = 0.5
     slow: float = 0.0
     slow_samples: int = 16
+    view_consistency: float = 0.0
+    view_reconstruction: float = 0.0
 
     def __post_init__(self) -> None:
         if self.slow_samples < 1:
             raise ValueError(f"loss.slow_samples must be ≥ 1; got {self.slow_samples}.")
+        if self.view_consistency < 0 or self.view_reconstruction < 0:
+            raise ValueError("loss.view_consistency and loss.view_reconstruction must be ≥ 0.")
+
+    @property
+    def views(self) -> bool:
+        """Whether training pairs views of one scene."""
+        return self.view_consistency > 0 or self.view_reconstruction > 0
 
 
 @dataclass(kw_only=True)

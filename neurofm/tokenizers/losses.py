@@ -65,3 +65,20 @@ def reconstruction_loss(target, reconstruction, channel_mask, time_mask, weights
         terms["slow_l1"] = ((slow_r - slow_t).abs() * counts).sum() / counts.sum().clamp(min=1) * sample_share
         total = total + weights.slow * terms["slow_l1"]
     return {"total": total, **terms}
+
+
+def view_losses(latents, view_reconstruction, signal, channel_mask, time_mask, views, weights: LossConfig) -> dict[str, torch.Tensor]:
+    """Losses between views of one scene (rows a, b of ``views`` [M, 2] record the same sources on two
+    devices; :mod:`neurofm.tokenizers.views`):
+
+    - ``view_consistency``: the squared distance between the two views' latents (before quantization,
+      [B, P, K, D]) over the latents' variance across the batch's windows — 0 for identical latents, about
+      2 for unrelated windows, whatever the latents' scale and offset;
+    - ``view_reconstruction``: the reconstruction loss (:func:`reconstruction_loss`'s total) of row b's
+      signal from row a's latents decoded on row b's sensors (``view_reconstruction`` [M, C, T]).
+    """
+    a, b = views[:, 0], views[:, 1]
+    spread = latents.var(dim=0).mean().clamp_min(1e-8)
+    consistency = (latents[a] - latents[b]).pow(2).mean() / spread
+    cross = reconstruction_loss(signal[b], view_reconstruction, channel_mask[b], time_mask[b], weights)["total"]
+    return {"view_consistency": consistency, "view_reconstruction": cross}

@@ -261,11 +261,20 @@ class SensorTokenizer(nn.Module):
         quantized = rearrange(self.quantizer.from_codes(rearrange(codes, "b p k l -> b (p k) l")), "b (p k) d -> b p k d", p=p)
         return self.decode(quantized, sensors, family)
 
-    def forward(self, signal, sensors, channel_mask, family, encoder_mask=None) -> dict[str, torch.Tensor]:
-        """Encode (seeing ``encoder_mask`` channels, default all), quantize, reconstruct every channel."""
+    def forward(self, signal, sensors, channel_mask, family, encoder_mask=None, views=None) -> dict[str, torch.Tensor]:
+        """Encode (seeing ``encoder_mask`` channels, default all), quantize, reconstruct every channel.
+
+        Returns the reconstruction [B, C, T], the codes [B, P, K, L], the commitment loss and the
+        latents before quantization [B, P, K, D]. ``views`` [M, 2] (rows a, b recording the same sources
+        on other devices): also each row a's quantized latents decoded on row b's sensors, as
+        ``view_reconstruction`` [M, C, T].
+        """
         latents = self.encode(signal, sensors, channel_mask if encoder_mask is None else encoder_mask, family)
         quantized, codes, commit = self.quantize(latents)
-        return {"reconstruction": self.decode(quantized, sensors, family), "codes": codes, "commit_loss": commit}
+        out = {"reconstruction": self.decode(quantized, sensors, family), "codes": codes, "commit_loss": commit, "latents": latents}
+        if views is not None:
+            out["view_reconstruction"] = self.decode(quantized[views[:, 0]], sensors[views[:, 1]], family)
+        return out
 
 
 def check_window(signal: torch.Tensor, sensors: torch.Tensor, channel_mask: torch.Tensor, cfg: TokenizerModelConfig, family: str, where: str = "input") -> None:

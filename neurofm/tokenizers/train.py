@@ -29,8 +29,9 @@ from neurofm.tokenizers.checkpoint import stored_model_settings, tokenizer_confi
 from neurofm.tokenizers.config import TokenizerTrainConfig
 from neurofm.tokenizers.usage import check_shards_fit, code_usage, count_codes
 from neurofm.data_shards.batches import BatchStream, split_indices
-from neurofm.tokenizers.losses import reconstruction_loss
+from neurofm.tokenizers.losses import reconstruction_loss, view_losses
 from neurofm.tokenizers.model import SensorTokenizer
+from neurofm.tokenizers.views import ViewPartners
 
 logger = logging.getLogger("neurofm.tokenizer")
 
@@ -139,6 +140,7 @@ def _train(cfg: TokenizerTrainConfig, out: Path, progress: bool, device: torch.d
                          modality_weights=cfg.modality_weights, position=data_state["position"])
     batches = BatchStream(stream, cfg.batch_size, data_state["pending"], by_channels=cfg.bucket_by_channels,
                           num_workers=cfg.num_workers, pin_memory=device.type == "cuda", part=(rank, world))
+    partners = ViewPartners(index, train_idx) if cfg.loss.views else None
     share = None if world == 1 else _global_share(world)
     counts = np.zeros((cfg.model.levels, cfg.model.codes_per_level), dtype=np.int64)
     metrics: dict = {}
@@ -147,13 +149,18 @@ def _train(cfg: TokenizerTrainConfig, out: Path, progress: bool, device: torch.d
     with MetricsLog(out.with_name(out.name + ".log.jsonl"), resumed_step=step, enabled=rank == 0,
                     tensorboard=out.with_name(out.name + ".tensorboard") if cfg.tensorboard else None) as log:
         while step < cfg.steps:
-            batch = next(batches)
+            batch, views = next(batches), None
+            if partners is not None:
+                batch, views = partners.extend(batch, cfg.seed, step)
             encoder_mask = channel_dropout(batch.channel_mask, cfg.channel_dropout, cfg.seed, step, batch.indices).to(device)
             signal, sensors, channel_mask, time_mask = (t.to(device, non_blocking=True) for t in (batch.signal, batch.sensors, batch.channel_mask, batch.time_mask))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
-                result = ddp(signal, sensors, channel_mask, batch.family, encoder_mask)
+                result = ddp(signal, sensors, channel_mask, batch.family, encoder_mask, None if views is None else views.to(device))
             losses = reconstruction_loss(signal, result["reconstruction"].float(), channel_mask, time_mask, cfg.loss, share)
             loss = losses["total"] + result["commit_loss"]
+            if partners is not None:  # every step logs the view terms (0 where a batch has no pairs)
+                losses.update(_view_terms(result, signal, channel_mask, time_mask, views, cfg))
+                loss = loss + cfg.loss.view_consistency * losses["view_consistency"] + cfg.loss.view_reconstruction * losses["view_reconstruction"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -183,6 +190,15 @@ def _train(cfg: TokenizerTrainConfig, out: Path, progress: bool, device: torch.d
     if rank == 0 and world > 1:
         (out.with_name(out.name + ".done.json")).write_text(json.dumps({"step": step, "world_size": world}))
     return metrics
+
+
+def _view_terms(result: dict, signal, channel_mask, time_mask, views, cfg: TokenizerTrainConfig) -> dict[str, torch.Tensor]:
+    """The view losses of a batch with view pairs (local means under data parallelism), zeros without."""
+    if views is None:
+        zero = result["commit_loss"].new_zeros(())
+        return {"view_consistency": zero, "view_reconstruction": zero}
+    views = views.to(signal.device)
+    return view_losses(result["latents"].float(), result["view_reconstruction"].float(), signal, channel_mask, time_mask, views, cfg.loss)
 
 
 def _global_share(world: int):

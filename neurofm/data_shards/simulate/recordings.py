@@ -60,6 +60,12 @@ class SimulatedSpec:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
+def scene(spec: SimulatedSpec) -> str:
+    """What decides a recording's sources (everything but the device): recordings of one scene are views of
+    the same brain activity through different sensors."""
+    return f"{spec.modality}/sub-{spec.subject:02d}_run-{spec.index:04d}/seed-{spec.seed}/{spec.seconds}s/site-{spec.site}"
+
+
 def _devices(config: SimulateConfig, modality: str) -> list[str]:
     if modality == "eeg":
         for name in config.eeg_montages:
@@ -75,7 +81,7 @@ def _devices(config: SimulateConfig, modality: str) -> list[str]:
 def plan_recordings(config: SimulateConfig) -> list[SimulatedSpec]:
     """The recordings that make up ``config.hours``: split evenly over modalities, each modality's
     share cut into equal recordings of at most ``recording_seconds`` (``fmri_run_seconds``), cycling
-    through devices and subjects."""
+    through devices and subjects (with ``device_views``, each EEG/MEG recording on every device)."""
     plan = []
     per_modality = config.hours * 3600 / len(config.modalities)
     for modality in config.modalities:
@@ -83,6 +89,11 @@ def plan_recordings(config: SimulateConfig) -> list[SimulatedSpec]:
         length = config.fmri_run_seconds if modality == "fmri" else config.recording_seconds
         count = max(1, int(np.ceil(per_modality / length - 1e-9)))
         seconds = round(max(per_modality / count, 30.0 if modality == "fmri" else 2.0), 3)
+        if config.device_views and modality in ("eeg", "meg"):
+            for index in range(max(1, count // len(devices))):  # one scene, every device (same RNG key: same sources)
+                site, subject = index % len(devices), config.first_subject + index % config.subjects
+                plan.extend(SimulatedSpec(modality, device, site, subject, index, seconds, config.seed) for device in devices)
+            continue
         for index in range(count):
             site = index % len(devices)
             subject = config.first_subject + (index // len(devices)) % config.subjects
@@ -195,6 +206,7 @@ def simulate_raw(spec: SimulatedSpec, config: SimulateConfig) -> tuple[mne.io.Ra
     truth = {
         **scenario.labels(head),
         "device": spec.device,
+        "scene": scene(spec),
         "subject": spec.subject,
         "head_radius_m": round(head.head_radius, 5),
         "bad_channels": bad,
