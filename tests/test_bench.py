@@ -354,15 +354,22 @@ def test_bench_command_builds_a_release_through_every_stage(tmp_path, capsys):
     out = tmp_path / "bench"
     args = ["bench", "representation", "--config", str(Path(__file__).parents[1] / "configs/bench/representation_cpu.yaml"),
             "real_root=null", "corpus.hours=0.03", "corpus.subjects=2", "corpus.modalities=[eeg,meg]",
-            "corpus.eeg_montages=[biosemi64]", "corpus.meg_helmets=[neuromag306]", "probe_set.hours=0.02",
+            "corpus.eeg_montages=[biosemi64,classic_1020]", "corpus.meg_helmets=[neuromag306]", "probe_set.hours=0.02",
             "probe_set.modalities=[eeg]", "probe_set.eeg_montages=[GSN-HydroCel-129]", "held_out_devices=[GSN-HydroCel-129]",
             "probe_set.recording_seconds=10",
             "continuous_set.hours=0.02", "continuous_set.modalities=[eeg,fmri]", "continuous_set.recording_seconds=4",
             "continuous_set.fmri_run_seconds=30", "continuous_set.eeg_montages=[GSN-HydroCel-129]", "continuous_set.subjects=2",
-            "tokenizer_overrides=[steps=3,batch_size=4,checkpoint_every=3,warmup_steps=1]",
+            "tokenizer_overrides=[steps=3,batch_size=4,checkpoint_every=3,warmup_steps=1,loss.view_consistency=1.0,loss.view_reconstruction=1.0]",
             "pretrain_overrides=[steps=3,checkpoint_every=3,warmup_steps=1]", "--release-only", "--quiet"]
     code = main([*args[:-3], f"out={out}", *args[-3:]])
     assert code == 0 and f"release: {out / 'release'}" in capsys.readouterr().out
+    # the preset's corpus records each EEG scene on both montages, and the tokenizer trained on the pairs
+    scenes = {}
+    for rec in json.loads((out / "corpus" / "manifest.json").read_text())["recordings"]:
+        if rec["modality"] == "eeg":
+            scenes.setdefault(rec["ground_truth"]["scene"], set()).add(rec["ground_truth"]["device"])
+    assert scenes and all(devices == {"biosemi64", "classic_1020"} for devices in scenes.values())
+    assert "view_consistency" in (out / "tokenizer.log.jsonl").read_text()
     model = from_pretrained(out / "release")
     assert sum(p.numel() for p in model.parameters()) > 0
     assert not (out / "results.json").exists()  # probes are the full command's job
@@ -376,7 +383,7 @@ def test_bench_command_builds_a_release_through_every_stage(tmp_path, capsys):
     assert sorted(p.name for p in candidate.iterdir() if p.is_dir()) == ["pretrain", "release"]
     assert {name: (out / name / "manifest.json").stat().st_mtime_ns for name in built} == built
     # a candidate whose tokenizer settings differ from the reused run's is refused, not mixed in
-    other = [a if not a.startswith("tokenizer_overrides=") else "tokenizer_overrides=[steps=3,batch_size=8,checkpoint_every=3,warmup_steps=1]"
+    other = [a if not a.startswith("tokenizer_overrides=") else "tokenizer_overrides=[steps=3,batch_size=8,checkpoint_every=3,warmup_steps=1,loss.view_consistency=1.0,loss.view_reconstruction=1.0]"
              for a in shared_args]
     assert main([*other, f"out={tmp_path / 'other'}", f"stages_from={out}", *args[-3:]]) != 0
     assert "batch_size" in capsys.readouterr().err
