@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -149,3 +150,23 @@ def test_view_losses_train_on_two_ranks(view_shards, tmp_path):
     assert json.loads((tmp_path / "ddp.done.json").read_text())["world_size"] == 2  # both ranks reached the end
     log = [json.loads(line) for line in (tmp_path / "ddp.log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [2, 4] and all(r["view_reconstruction"] > 0 for r in log)
+
+
+def test_meeg_views_let_meg_share_the_eeg_scenes_like_a_simultaneous_recording(tmp_path):
+    config = SimulateConfig(hours=160 / 3600, modalities=["eeg", "meg"], recording_seconds=20, subjects=2, eeg_montages=MONTAGES,
+                            meg_helmets=["neuromag306", "ctf275"], device_views=True, meeg_views=True, cache_dir=str(tmp_path))
+    plan = plan_recordings(config)
+    from neurofm.data_shards.simulate.recordings import scene
+
+    by_scene: dict[str, set] = {}
+    for spec in plan:
+        by_scene.setdefault(scene(spec), set()).add(spec.device)
+    assert list(by_scene.values()) == [{*MONTAGES, "neuromag306", "ctf275"}] * 2
+    eeg, meg = (next(s for s in plan if s.modality == m) for m in ("eeg", "meg"))
+    (raw_eeg, truth_eeg), (raw_meg, truth_meg) = simulate_raw(eeg, config), simulate_raw(meg, config)
+    assert truth_eeg["scene"] == truth_meg["scene"] and truth_eeg["alpha_hz"] == truth_meg["alpha_hz"]
+    assert _conditions(raw_eeg) == _conditions(raw_meg) and raw_eeg.info["sfreq"] == raw_meg.info["sfreq"]
+    # the shared sources are part of a recording's provenance; meeg_views alone is a config error
+    assert meg.sources == "eeg" and meg.checksum() != dataclasses.replace(meg, sources="").checksum()
+    with pytest.raises(ValueError, match="meeg_views needs device_views"):
+        SimulateConfig(meeg_views=True)

@@ -233,6 +233,11 @@ class SimulateConfig:
         of cycling through the devices. The views of one recording share a ``scene`` in their ground truth;
         the tokenizer's view losses (``loss.view_consistency``, ``loss.view_reconstruction``) pair them.
         ``hours`` counts every view.
+    meeg_views : bool
+        With ``device_views``: MEG recordings share the EEG recordings' scenes, as in a simultaneous M/EEG
+        recording (the same sources, the EEG site's sampling rate and line frequency), so a scene has views
+        on every EEG montage and every MEG helmet. Needs the same number of EEG and MEG recordings (the
+        defaults: equal hours per modality).
     """
 
     hours: float = 0.05
@@ -249,6 +254,7 @@ class SimulateConfig:
     n_regions: int = 32
     epochs: EventEpochs | None = None
     device_views: bool = False
+    meeg_views: bool = False
 
     def __post_init__(self) -> None:
         if not self.hours > 0:
@@ -264,6 +270,8 @@ class SimulateConfig:
             raise ValueError(f"subjects must be at least 1; got {self.subjects}.")
         if self.first_subject < 0:
             raise ValueError(f"first_subject must be 0 or more; got {self.first_subject}.")
+        if self.meeg_views and not self.device_views:
+            raise ValueError("meeg_views needs device_views: true (it makes MEG share the EEG recordings' scenes).")
 
 
 @dataclass(kw_only=True)

@@ -50,20 +50,27 @@ class SimulatedSpec:
     index: int
     seconds: float
     seed: int
+    sources: str = ""  # the modality whose sources and site this recording shares ("": its own)
 
     @property
     def name(self) -> str:
         return f"simulated/{self.modality}_{self.device}/sub-{self.subject:02d}_run-{self.index:04d}"
 
+    @property
+    def source_modality(self) -> str:
+        """The modality that keys the sources (random stream) and the site (sampling rate, line)."""
+        return self.sources or self.modality
+
     def checksum(self) -> str:
-        text = json.dumps({**asdict(self), "neurofm": neurofm.__version__}, sort_keys=True)
+        fields = {k: v for k, v in asdict(self).items() if k != "sources" or v}  # older specs keep their hash
+        text = json.dumps({**fields, "neurofm": neurofm.__version__}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
 
 def scene(spec: SimulatedSpec) -> str:
     """What decides a recording's sources (everything but the device): recordings of one scene are views of
     the same brain activity through different sensors."""
-    return f"{spec.modality}/sub-{spec.subject:02d}_run-{spec.index:04d}/seed-{spec.seed}/{spec.seconds}s/site-{spec.site}"
+    return f"{spec.source_modality}/sub-{spec.subject:02d}_run-{spec.index:04d}/seed-{spec.seed}/{spec.seconds}s/site-{spec.site}"
 
 
 def _devices(config: SimulateConfig, modality: str) -> list[str]:
@@ -90,9 +97,12 @@ def plan_recordings(config: SimulateConfig) -> list[SimulatedSpec]:
         count = max(1, int(np.ceil(per_modality / length - 1e-9)))
         seconds = round(max(per_modality / count, 30.0 if modality == "fmri" else 2.0), 3)
         if config.device_views and modality in ("eeg", "meg"):
-            for index in range(max(1, count // len(devices))):  # one scene, every device (same RNG key: same sources)
-                site, subject = index % len(devices), config.first_subject + index % config.subjects
-                plan.extend(SimulatedSpec(modality, device, site, subject, index, seconds, config.seed) for device in devices)
+            # one scene, every device (same RNG key: same sources); with meeg_views MEG shares EEG's scenes
+            joint = config.meeg_views and modality == "meg" and "eeg" in config.modalities
+            sources, scenes = ("eeg", len(_devices(config, "eeg"))) if joint else ("", len(devices))
+            for index in range(max(1, count // len(devices))):
+                site, subject = index % scenes, config.first_subject + index % config.subjects
+                plan.extend(SimulatedSpec(modality, device, site, subject, index, seconds, config.seed, sources) for device in devices)
             continue
         for index in range(count):
             site = index % len(devices)
@@ -129,7 +139,8 @@ def _sensor_info(spec: SimulatedSpec, head: geometry.Head, sfreq: float) -> mne.
 
 def _site(spec: SimulatedSpec) -> tuple[float, float]:
     """Sampling rate and line frequency (Hz) of the recording's site."""
-    return SITES[spec.modality][spec.site % len(SITES[spec.modality])]
+    sites = SITES[spec.source_modality]
+    return sites[spec.site % len(sites)]
 
 
 def recording_gain(spec: SimulatedSpec, config: SimulateConfig) -> tuple[np.ndarray, mne.Info, list[str]]:
@@ -181,7 +192,7 @@ def simulate_raw(spec: SimulatedSpec, config: SimulateConfig) -> tuple[mne.io.Ra
     """Make one simulated recording: an MNE ``RawArray`` (annotations = events) and its ground truth."""
     head = _head(spec.subject, spec.seed, config.source_spacing_mm, config.n_regions)
     sfreq, line_freq = _site(spec)
-    rng = np.random.default_rng([spec.seed, 23, SITES_ORDER.index(spec.modality), spec.index])
+    rng = np.random.default_rng([spec.seed, 23, SITES_ORDER.index(spec.source_modality), spec.index])
     if spec.modality == "fmri":
         scenario = activity.make_scenario(head, rng, spec.seconds, blocks=True)
         n_volumes = int(spec.seconds * sfreq)
