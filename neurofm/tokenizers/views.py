@@ -1,7 +1,8 @@
 """Views of one scene for the tokenizer's view losses.
 
 The simulator's ``device_views`` records each scene (one subject's sources over one recording) through
-every device of its modality; the recordings carry the scene in their ground truth. A window's
+every device of its modality (with ``meeg_views``, every EEG montage and MEG helmet); the recordings
+carry the scene in their ground truth. A window's
 *partner* is the window at the same position in another recording of its scene: the same brain
 activity, other sensors. :class:`ViewPartners` finds the partners from the shard manifest and appends
 them to a training batch, so that the loss can ask both views for the same latents
