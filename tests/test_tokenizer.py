@@ -20,8 +20,8 @@ from neurofm.tokenizers.evaluate import evaluate_tokenizer
 from neurofm.tokenizers.model import SensorTokenizer
 from neurofm.tokenizers.train import checkpoint_root, train_tokenizer
 
-SMALL = ["model.d_model=32", "model.n_heads=2", "model.n_latents=4", "model.code_dim=8", "model.codebook_size=16",
-         "model.levels=2", "batch_size=8", "log_every=5", "checkpoint_every=1000"]
+from conftest import SMALL_TOKENIZER as SMALL
+from conftest import TOKENIZER_TRAIN_CODE as TRAIN_CODE
 
 
 def small_model(**overrides) -> SensorTokenizer:
@@ -315,9 +315,6 @@ def test_encoding_on_two_torchrun_processes_writes_the_code_shards_of_one(traine
     assert not list((tmp_path / "two").glob(".staging*"))
 
 
-TRAIN_CODE = ("import sys; from neurofm.config import load_config; from neurofm.tokenizers.config import TokenizerTrainConfig; "
-              "from neurofm.tokenizers.train import train_tokenizer; "
-              "train_tokenizer(load_config(TokenizerTrainConfig, None, sys.argv[1:]), progress=False)")
 
 
 def logged(out) -> list[dict]:

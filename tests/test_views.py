@@ -124,9 +124,9 @@ def _view_distance(tokenizer, index: ShardIndex) -> float:
 
 
 def test_training_with_the_view_losses_brings_the_views_latents_together(view_shards, tmp_path):
-    small = ["model.d_model=32", "model.n_heads=2", "model.n_latents=4", "model.code_dim=8", "model.codebook_size=16",
-             "model.levels=2", "batch_size=8", "log_every=10", "checkpoint_every=1000", "steps=40", "tensorboard=false",
-             "channel_dropout=0", f"shards={view_shards}"]
+    from conftest import SMALL_TOKENIZER
+
+    small = [*SMALL_TOKENIZER, "log_every=10", "steps=40", "tensorboard=false", "channel_dropout=0", f"shards={view_shards}"]
     for name, extra in (("plain", []), ("views", ["loss.view_consistency=1.0", "loss.view_reconstruction=1.0"])):
         train_tokenizer(load_config(TokenizerTrainConfig, None, [*small, f"out={tmp_path / name}", *extra]), progress=False)
     log = [json.loads(line) for line in (tmp_path / "views.log.jsonl").read_text().splitlines()]
@@ -138,14 +138,10 @@ def test_training_with_the_view_losses_brings_the_views_latents_together(view_sh
 
 def test_view_losses_train_on_two_ranks(view_shards, tmp_path):
     """Under DDP each rank pairs the windows of its part of the batch (local means of the view terms)."""
-    from conftest import torchrun_processes
+    from conftest import SMALL_TOKENIZER, TOKENIZER_TRAIN_CODE, torchrun_processes
 
-    code = ("import sys; from neurofm.config import load_config; from neurofm.tokenizers.config import TokenizerTrainConfig; "
-            "from neurofm.tokenizers.train import train_tokenizer; "
-            "train_tokenizer(load_config(TokenizerTrainConfig, None, sys.argv[1:]), progress=False)")
     out = tmp_path / "ddp"
-    torchrun_processes(2, code, f"shards={view_shards}", f"out={out}", "model.d_model=32", "model.n_heads=2", "model.n_latents=4",
-                       "model.code_dim=8", "model.codebook_size=16", "model.levels=2", "batch_size=8", "steps=4", "log_every=2",
+    torchrun_processes(2, TOKENIZER_TRAIN_CODE, f"shards={view_shards}", f"out={out}", *SMALL_TOKENIZER, "steps=4", "log_every=2",
                        "tensorboard=false", "loss.view_consistency=1.0", "loss.view_reconstruction=1.0")
     assert json.loads((tmp_path / "ddp.done.json").read_text())["world_size"] == 2  # both ranks reached the end
     log = [json.loads(line) for line in (tmp_path / "ddp.log.jsonl").read_text().splitlines()]

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from neurofm.data_shards.batches import Batch, Metas, collate
+from neurofm.data_shards.batches import Batch, collate
 from neurofm.data_shards.dataset import ShardIndex
 from neurofm.errors import NeuroFMError
 
@@ -69,28 +68,22 @@ class ViewPartners:
         return pairs
 
     def extend(self, batch: Batch, seed: int, step: int) -> tuple[Batch, torch.Tensor | None]:
-        """``batch`` with the partners of its windows appended as rows (channels padded to the larger
-        count), and the view pairs [2M, 2] (row a, row b: both directions); (batch, None) without any."""
+        """``batch`` with the partners of its windows appended as rows (collated again, so channels are
+        padded to the larger count), and the view pairs [2M, 2] (row a, row b: both directions); (batch,
+        None) without any."""
         pairs = self.draw(batch.indices, seed, step)
         if not pairs:
             return batch, None
-        partners = collate([{**self.index[j], "__index__": j} for _, j in pairs])
+        partners = [{**self.index[j], "__index__": j} for _, j in pairs]
         rows = torch.tensor([row for row, _ in pairs])
         added = torch.arange(len(batch.indices), len(batch.indices) + len(pairs))
         views = torch.cat([torch.stack([rows, added], 1), torch.stack([added, rows], 1)])
-        return concat_batches(batch, partners), views
+        return collate(windows_of(batch) + partners), views
 
 
-def concat_batches(a: Batch, b: Batch) -> Batch:
-    """Rows of ``a`` then rows of ``b`` (one family and window length), channels padded to the larger count."""
-    if a.family != b.family or a.signal.shape[2] != b.signal.shape[2]:
-        raise ValueError(f"cannot stack {a.family} windows of {a.signal.shape[2]} samples with {b.family} ones of {b.signal.shape[2]}")
-    c = max(a.signal.shape[1], b.signal.shape[1])
-
-    def rows(name: str) -> torch.Tensor:
-        x, y = getattr(a, name), getattr(b, name)
-        pad = lambda t: F.pad(t, (0, 0, 0, c - t.shape[1]) if t.ndim == 3 else (0, c - t.shape[1]))  # noqa: E731
-        return torch.cat([pad(x), pad(y)]) if name != "time_mask" else torch.cat([x, y])
-
-    return Batch(rows("signal"), rows("sensors"), rows("channel_mask"), rows("time_mask"), a.family, [*a.keys, *b.keys],
-                 Metas([*a.metas, *b.metas]), [*a.indices, *b.indices])
+def windows_of(batch: Batch) -> list[dict]:
+    """The padded batch's windows as samples again (what :func:`~neurofm.data_shards.batches.collate` takes);
+    collate puts each window's real channels first."""
+    return [{"signal": batch.signal[i, :n].numpy(), "sensors": batch.sensors[i, :n].numpy(), "meta": batch.metas[i],
+             "__key__": batch.keys[i], "__index__": batch.indices[i]}
+            for i, n in enumerate(batch.channel_mask.sum(1).tolist())]
