@@ -52,6 +52,10 @@ class TokenizerModelConfig:
         reconstruction above the same-bitrate PCA codec but the release's evoked decoding falls (see
         benchmarks/RESULTS.md, representation candidates). Checkpoints written before it existed load
         with it off.
+    spectrum_readout : bool
+        A training head that reads each EEG/MEG/iEEG window's log spectrum (1–45 Hz, 1-Hz bins) linearly
+        from its quantized latents averaged over patches (:class:`~neurofm.tokenizers.model.SpectrumReadout`),
+        scored with weight ``loss.spectrum_readout``. Off in checkpoints written before it existed.
     """
 
     d_model: int = 64
@@ -75,6 +79,7 @@ class TokenizerModelConfig:
     ema_decay: float = 0.99
     dead_code_threshold: float = 2.0
     spatial_field: bool = False
+    spectrum_readout: bool = False
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -114,7 +119,9 @@ class LossConfig:
     live — 16 samples are 62.5 ms at 256 Hz), and of the view losses between windows that record the
     same sources on two devices (``view_consistency``: their latents should agree; ``view_reconstruction``:
     one view's latents should reconstruct the other's channels; they need shards built with
-    ``simulate.device_views``, see :func:`~neurofm.tokenizers.losses.view_losses`)."""
+    ``simulate.device_views``, see :func:`~neurofm.tokenizers.losses.view_losses`), and of the spectrum
+    read-out (``spectrum_readout``: a window's log spectrum read linearly from its patch-averaged codes;
+    needs ``model.spectrum_readout``, see :func:`~neurofm.tokenizers.losses.spectrum_readout_loss`)."""
 
     time_l1: float = 1.0
     time_mse: float = 0.0
@@ -124,12 +131,13 @@ class LossConfig:
     slow_samples: int = 16
     view_consistency: float = 0.0
     view_reconstruction: float = 0.0
+    spectrum_readout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.slow_samples < 1:
             raise ValueError(f"loss.slow_samples must be ≥ 1; got {self.slow_samples}.")
-        if self.view_consistency < 0 or self.view_reconstruction < 0:
-            raise ValueError("loss.view_consistency and loss.view_reconstruction must be ≥ 0.")
+        if self.view_consistency < 0 or self.view_reconstruction < 0 or self.spectrum_readout < 0:
+            raise ValueError("loss.view_consistency, loss.view_reconstruction and loss.spectrum_readout must be ≥ 0.")
 
     @property
     def views(self) -> bool:
@@ -219,3 +227,7 @@ class TokenizerTrainConfig:
             raise ValueError(f"channel_dropout must be in [0, 1); got {self.channel_dropout}.")
         if not 0 < self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in (0, 1); got {self.eval_fraction}.")
+        if (self.loss.spectrum_readout > 0) != self.model.spectrum_readout:
+            raise ValueError("loss.spectrum_readout > 0 needs the read-out head, model.spectrum_readout=true (and the head needs a "
+                             f"weight); got loss.spectrum_readout={self.loss.spectrum_readout}, "
+                             f"model.spectrum_readout={self.model.spectrum_readout}.")

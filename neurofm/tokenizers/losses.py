@@ -8,9 +8,12 @@ Padded channels are dropped before any arithmetic, so they add neither loss nor 
 from __future__ import annotations
 
 import torch
-from einops import reduce
+from einops import rearrange, reduce
 
 from neurofm.tokenizers.config import LossConfig
+
+#: Frequencies (Hz, inclusive, 1-Hz bins) of the window spectrum the spectrum read-out predicts.
+SPECTRUM_BAND_HZ = (1, 45)
 
 
 def real_channels(target, reconstruction, channel_mask, time_mask):
@@ -82,3 +85,31 @@ def view_losses(latents, view_reconstruction, signal, channel_mask, time_mask, v
     consistency = (latents[a] - latents[b]).pow(2).mean() / spread
     cross = reconstruction_loss(signal[b], view_reconstruction, channel_mask[b], time_mask[b], weights)["total"]
     return {"view_consistency": consistency, "view_reconstruction": cross}
+
+
+def band_log_spectrum(signal: torch.Tensor, channel_mask: torch.Tensor, time_mask: torch.Tensor, sfreq: float) -> torch.Tensor:
+    """Each window's log10 power in 1-Hz bins over :data:`SPECTRUM_BAND_HZ`, averaged over its real
+    channels (power first, then the log) and centred over the bins (the spectrum's shape, not its
+    level), [B, F]. Welch: 1-s Hann segments, half overlapping, those inside the window's valid samples
+    only (a window shorter than 1 s: its one zero-padded segment). ``signal`` [B, C, T] at ``sfreq`` Hz."""
+    n_fft, hop = int(round(sfreq)), int(round(sfreq)) // 2
+    x, valid = signal * time_mask[:, None, :], time_mask.float()
+    if x.shape[-1] < n_fft:
+        x, valid = (torch.nn.functional.pad(v, (0, n_fft - v.shape[-1])) for v in (x, valid))
+    b, c, t = x.shape
+    frames = torch.stft(x.reshape(b * c, t).float(), n_fft=n_fft, hop_length=hop, window=torch.hann_window(n_fft, device=x.device),
+                        center=False, return_complex=True)  # [B·C, n_fft/2 + 1, segments]
+    inside = valid.unfold(-1, n_fft, hop).amin(-1)  # [B, segments]: 1 where a segment holds only valid samples
+    inside[:, 0] = torch.where(inside.sum(-1) > 0, inside[:, 0], torch.ones_like(inside[:, 0]))
+    low, high = SPECTRUM_BAND_HZ
+    power = rearrange(frames.abs().pow(2)[:, round(low * n_fft / sfreq): round(high * n_fft / sfreq) + 1], "(b c) f s -> b c f s", b=b)
+    power = (power * inside[:, None, None]).sum(-1) / inside.sum(-1)[:, None, None]  # [B, C, F]
+    weights = channel_mask.float()[..., None]
+    spectrum = torch.log10((power * weights).sum(1) / weights.sum(1).clamp(min=1) + 1e-12)
+    return spectrum - spectrum.mean(-1, keepdim=True)
+
+
+def spectrum_readout_loss(prediction: torch.Tensor, signal, channel_mask, time_mask, sfreq: float) -> torch.Tensor:
+    """Mean squared error (decades²) between the spectrum read-out ``prediction`` [B, F] and the windows'
+    centred log spectra (:func:`band_log_spectrum`)."""
+    return (prediction - band_log_spectrum(signal, channel_mask, time_mask, sfreq)).pow(2).mean()

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 
 import torch
-from einops import rearrange, repeat
+from einops import rearrange, reduce, repeat
 from torch import nn
 
 from neurofm.data_shards.sensors import KINDS, SENSOR_FEATURES
@@ -154,6 +154,29 @@ class TemporalMixer(nn.Module):
         return rearrange(x, "(b k) p d -> b p k d", b=b, k=k)
 
 
+class SpectrumReadout(nn.Module):
+    """A linear read-out of a window's spectrum from its quantized latents averaged over its patches.
+
+    A training head only (:func:`~neurofm.tokenizers.losses.spectrum_readout_loss` scores it): the mean
+    over patches does not depend on a rhythm's phase, so for the read-out to succeed the codes must carry
+    where a window's power sits (a rhythm's frequency) in a form that survives averaging — which a
+    reconstruction loss alone does not ask for. [B, P, K, D] and the valid patches [B, P] → [B, F], F the
+    1-Hz bins of :data:`~neurofm.tokenizers.losses.SPECTRUM_BAND_HZ`.
+    """
+
+    def __init__(self, cfg: TokenizerModelConfig):
+        super().__init__()
+        from neurofm.tokenizers.losses import SPECTRUM_BAND_HZ
+
+        low, high = SPECTRUM_BAND_HZ
+        self.linear = nn.Linear(cfg.n_latents * cfg.d_model, high - low + 1)
+
+    def forward(self, quantized: torch.Tensor, valid_patches: torch.Tensor) -> torch.Tensor:
+        weights = valid_patches.float()[..., None, None]
+        mean = (quantized * weights).sum(1) / weights.sum(1).clamp(min=1)  # [B, K, D]
+        return self.linear(rearrange(mean, "b k d -> b (k d)"))
+
+
 class Quantizer(nn.Module):
     """Residual VQ or residual FSQ on a projection of the latents; codes [..., L]."""
 
@@ -224,6 +247,7 @@ class SensorTokenizer(nn.Module):
         self.quantizer = Quantizer(cfg)
         self.decoder = SensorDecoder(cfg)
         self.field = SpatialField(cfg) if cfg.spatial_field else None
+        self.spectrum = SpectrumReadout(cfg) if cfg.spectrum_readout else None
 
     def encode(self, signal: torch.Tensor, sensors: torch.Tensor, channel_mask: torch.Tensor, family: str) -> torch.Tensor:
         """signal [B, C, T], sensors [B, C, 12], channel_mask [B, C] (True = real channel) → latents [B, P, K, D]."""
@@ -261,19 +285,24 @@ class SensorTokenizer(nn.Module):
         quantized = rearrange(self.quantizer.from_codes(rearrange(codes, "b p k l -> b (p k) l")), "b (p k) d -> b p k d", p=p)
         return self.decode(quantized, sensors, family)
 
-    def forward(self, signal, sensors, channel_mask, family, encoder_mask=None, views=None) -> dict[str, torch.Tensor]:
+    def forward(self, signal, sensors, channel_mask, family, encoder_mask=None, views=None, time_mask=None) -> dict[str, torch.Tensor]:
         """Encode (seeing ``encoder_mask`` channels, default all), quantize, reconstruct every channel.
 
         Returns the reconstruction [B, C, T], the codes [B, P, K, L], the commitment loss and the
-        latents before quantization [B, P, K, D]. ``views`` [M, 2] (rows a, b recording the same sources
+        latents before and after quantization [B, P, K, D]. With the spectrum read-out, EEG/MEG/iEEG
+        windows also get ``spectrum_readout`` [B, F] (``time_mask`` [B, T]: the valid samples, default all). ``views`` [M, 2] (rows a, b recording the same sources
         on other devices): also each row a's quantized latents decoded on row b's sensors, as
         ``view_reconstruction`` [M, C, T].
         """
         latents = self.encode(signal, sensors, channel_mask if encoder_mask is None else encoder_mask, family)
         quantized, codes, commit = self.quantize(latents)
-        out = {"reconstruction": self.decode(quantized, sensors, family), "codes": codes, "commit_loss": commit, "latents": latents}
+        out = {"reconstruction": self.decode(quantized, sensors, family), "codes": codes, "commit_loss": commit, "latents": latents,
+               "quantized": quantized}
         if views is not None:
             out["view_reconstruction"] = self.decode(quantized[views[:, 0]], sensors[views[:, 1]], family)
+        if self.spectrum is not None and family == "electro":
+            valid = torch.ones(signal.shape[0], signal.shape[2], device=signal.device) if time_mask is None else time_mask.float()
+            out["spectrum_readout"] = self.spectrum(quantized, reduce(valid, "b (p s) -> b p", "max", s=self.cfg.patch_samples(family)))
         return out
 
 

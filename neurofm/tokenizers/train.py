@@ -29,7 +29,7 @@ from neurofm.tokenizers.checkpoint import stored_model_settings, tokenizer_confi
 from neurofm.tokenizers.config import TokenizerTrainConfig
 from neurofm.tokenizers.usage import check_shards_fit, code_usage, count_codes
 from neurofm.data_shards.batches import BatchStream, split_indices
-from neurofm.tokenizers.losses import reconstruction_loss, view_losses
+from neurofm.tokenizers.losses import reconstruction_loss, spectrum_readout_loss, view_losses
 from neurofm.tokenizers.model import SensorTokenizer
 from neurofm.tokenizers.views import ViewPartners
 
@@ -155,12 +155,15 @@ def _train(cfg: TokenizerTrainConfig, out: Path, progress: bool, device: torch.d
             encoder_mask = channel_dropout(batch.channel_mask, cfg.channel_dropout, cfg.seed, step, batch.indices).to(device)
             signal, sensors, channel_mask, time_mask = (t.to(device, non_blocking=True) for t in (batch.signal, batch.sensors, batch.channel_mask, batch.time_mask))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
-                result = ddp(signal, sensors, channel_mask, batch.family, encoder_mask, None if views is None else views.to(device))
+                result = ddp(signal, sensors, channel_mask, batch.family, encoder_mask, None if views is None else views.to(device), time_mask)
             losses = reconstruction_loss(signal, result["reconstruction"].float(), channel_mask, time_mask, cfg.loss, share)
             loss = losses["total"] + result["commit_loss"]
             if partners is not None:  # every step logs the view terms (0 where a batch has no pairs)
                 losses.update(_view_terms(result, signal, channel_mask, time_mask, views, cfg))
                 loss = loss + cfg.loss.view_consistency * losses["view_consistency"] + cfg.loss.view_reconstruction * losses["view_reconstruction"]
+            if cfg.loss.spectrum_readout:  # every step logs it (0 for fMRI batches: no 1–45 Hz content)
+                losses["spectrum_readout"] = _spectrum_term(result, signal, channel_mask, time_mask, cfg.model.electro_sfreq)
+                loss = loss + cfg.loss.spectrum_readout * losses["spectrum_readout"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -199,6 +202,13 @@ def _view_terms(result: dict, signal, channel_mask, time_mask, views, cfg: Token
         return {"view_consistency": zero, "view_reconstruction": zero}
     views = views.to(signal.device)
     return view_losses(result["latents"].float(), result["view_reconstruction"].float(), signal, channel_mask, time_mask, views, cfg.loss)
+
+
+def _spectrum_term(result: dict, signal, channel_mask, time_mask, sfreq: float) -> torch.Tensor:
+    """The spectrum read-out loss of an EEG/MEG/iEEG batch (a local mean under data parallelism), 0 for fMRI."""
+    if "spectrum_readout" not in result:
+        return result["commit_loss"].new_zeros(())
+    return spectrum_readout_loss(result["spectrum_readout"].float(), signal, channel_mask, time_mask, sfreq)
 
 
 def _global_share(world: int):
