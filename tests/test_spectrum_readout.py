@@ -77,7 +77,8 @@ def test_training_with_the_readout_lowers_it_and_fmri_batches_add_nothing(corpus
     from conftest import SMALL_TOKENIZER
 
     cfg = load_config(TokenizerTrainConfig, None, [*SMALL_TOKENIZER, *READOUT, f"shards={corpus_shards}", f"out={tmp_path / 't'}",
-                                                  "steps=60", "log_every=1", "lr=3e-3", "tensorboard=false"])
+                                                  "steps=60", "log_every=1", "lr=3e-3", "tensorboard=false",
+                                                  "modality_weights={eeg: 1.0, fmri: 0.3}"])
     train_tokenizer(cfg, progress=False)
     log = [json.loads(line) for line in (tmp_path / "t.log.jsonl").read_text().splitlines()]
     electro = [r["spectrum_readout"] for r in log if r["spectrum_readout"] > 0]
