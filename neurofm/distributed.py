@@ -7,6 +7,7 @@ single process writes. Outside ``torchrun`` (``WORLD_SIZE`` unset or 1) nothing 
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -19,7 +20,21 @@ def process_group(backend: str = "gloo") -> tuple[int, int]:
         return 0, 1
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend)
+        destroy_at_exit()
     return torch.distributed.get_rank(), world
+
+
+def destroy_at_exit() -> None:
+    """Destroy the default process group when the interpreter exits, while it is still whole: a gloo group
+    left to interpreter finalization can abort the process ("terminate called without an active
+    exception", SIGABRT) after its work is done (pytorch/pytorch#190489). Registered once per process."""
+    global _EXIT_HOOK
+    if not _EXIT_HOOK:
+        atexit.register(lambda: torch.distributed.is_initialized() and torch.distributed.destroy_process_group())
+        _EXIT_HOOK = True
+
+
+_EXIT_HOOK = False
 
 
 def gather_in_plan_order(results: dict[int, object], rank: int, world: int) -> list | None:

@@ -169,3 +169,17 @@ def test_a_damaged_checkpoint_is_an_error_that_names_it(tmp_path, damage):
         expected = "optimizer.pt is damaged"
     with pytest.raises(NeuroFMError, match=expected):
         manager.load(manager.latest())
+
+
+def test_a_process_group_started_for_torchrun_is_destroyed_at_exit(tmp_path):
+    """A gloo group left to interpreter finalization can abort a finished rank (SIGABRT); the group that
+    neurofm.distributed starts is destroyed by an exit hook, before any hook registered earlier runs."""
+    from conftest import torchrun_processes
+
+    code = ("import atexit, os, sys, torch; "
+            "atexit.register(lambda: open(os.path.join(sys.argv[1], 'rank' + os.environ['RANK']), 'w')"
+            ".write(str(torch.distributed.is_initialized()))); "
+            "from neurofm.distributed import process_group; rank, world = process_group(); "
+            "t = torch.ones(1); torch.distributed.all_reduce(t); assert world == 2 and t.item() == 2")
+    torchrun_processes(2, code, tmp_path)
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["False", "False"]

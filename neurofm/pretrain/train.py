@@ -38,6 +38,7 @@ from neurofm.training.checkpoint import Checkpoint, CheckpointManager, DeepSpeed
 from neurofm.schedule import warmup_cosine
 from neurofm.data_shards.modalities import FAMILY_OF_MODALITY, MODALITY_IDS
 from neurofm.data_shards.remote import is_pipe
+from neurofm.distributed import destroy_at_exit
 from neurofm.pretrain.config import PretrainConfig
 from neurofm.pretrain.extension_locks import clear_stale_extension_locks
 from neurofm.pretrain.masking import make_mask, masked_tokens
@@ -123,6 +124,7 @@ def _setup_distributed() -> tuple[int, int, int]:
     clear_stale_extension_locks()  # DeepSpeed may build an op on first use: never wait on a dead builder's lock
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+        destroy_at_exit()
     local = int(os.environ.get("LOCAL_RANK", 0))
     if torch.cuda.is_available():
         torch.cuda.set_device(local)
