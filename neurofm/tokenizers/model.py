@@ -22,6 +22,8 @@ Order of the parts, as data flows:
 6. ``SensorDecoder``: every sensor's embedding attends to the K quantized latents of each patch and a
    family head turns the result into that channel's S samples → [B, C, T]; with ``spatial_field``
    the field's linear back-projection of the latents is added.
+7. ``SpectrumReadout`` (training only, with ``spectrum_readout``): a linear read-out of each window's
+   log spectrum from its quantized latents averaged over patches → [B, F].
 """
 
 from __future__ import annotations
@@ -289,10 +291,10 @@ class SensorTokenizer(nn.Module):
         """Encode (seeing ``encoder_mask`` channels, default all), quantize, reconstruct every channel.
 
         Returns the reconstruction [B, C, T], the codes [B, P, K, L], the commitment loss and the
-        latents before and after quantization [B, P, K, D]. With the spectrum read-out, EEG/MEG/iEEG
-        windows also get ``spectrum_readout`` [B, F] (``time_mask`` [B, T]: the valid samples, default all). ``views`` [M, 2] (rows a, b recording the same sources
-        on other devices): also each row a's quantized latents decoded on row b's sensors, as
-        ``view_reconstruction`` [M, C, T].
+        latents before and after quantization [B, P, K, D]. ``views`` [M, 2] (rows a, b recording the
+        same sources on other devices): also each row a's quantized latents decoded on row b's sensors, as
+        ``view_reconstruction`` [M, C, T]. With the spectrum read-out, EEG/MEG/iEEG windows also get
+        ``spectrum_readout`` [B, F] (``time_mask`` [B, T]: the valid samples, default all).
         """
         latents = self.encode(signal, sensors, channel_mask if encoder_mask is None else encoder_mask, family)
         quantized, codes, commit = self.quantize(latents)
