@@ -174,6 +174,31 @@ def release(code_shards, tmp_path_factory) -> Path:
     return export_release(root / "run", root / "release")
 
 
+def small_tokenizer(**overrides):
+    """A small SensorTokenizer (seeded), model settings ``overrides`` on top."""
+    import torch
+
+    from neurofm.tokenizers.config import TokenizerModelConfig
+    from neurofm.tokenizers.model import SensorTokenizer
+
+    torch.manual_seed(0)
+    return SensorTokenizer(TokenizerModelConfig(d_model=32, n_heads=2, n_latents=4, code_dim=8, codebook_size=16, levels=2, **overrides))
+
+
+def load_older_checkpoint(directory: Path, setting: str):
+    """A small tokenizer saved as a checkpoint written before model ``setting`` existed (the key left out of
+    its config.json), loaded back."""
+    import json
+
+    from neurofm.tokenizers.checkpoint import load_tokenizer, save_tokenizer
+
+    save_tokenizer(small_tokenizer(), directory)
+    config = json.loads((directory / "config.json").read_text())
+    del config["model"][setting]
+    (directory / "config.json").write_text(json.dumps(config))
+    return load_tokenizer(directory)
+
+
 #: A tokenizer small enough for tests (overrides of ``TokenizerTrainConfig``).
 SMALL_TOKENIZER = ["model.d_model=32", "model.n_heads=2", "model.n_latents=4", "model.code_dim=8", "model.codebook_size=16",
                    "model.levels=2", "batch_size=8", "log_every=5", "checkpoint_every=1000"]

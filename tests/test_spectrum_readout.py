@@ -11,9 +11,8 @@ import torch
 from neurofm.config import load_config
 from neurofm.errors import NeuroFMError
 from neurofm.tokenizers.checkpoint import load_tokenizer, save_tokenizer
-from neurofm.tokenizers.config import TokenizerModelConfig, TokenizerTrainConfig
+from neurofm.tokenizers.config import TokenizerTrainConfig
 from neurofm.tokenizers.losses import SPECTRUM_BAND_HZ, band_log_spectrum
-from neurofm.tokenizers.model import SensorTokenizer
 from neurofm.tokenizers.train import train_tokenizer
 
 SFREQ = 256.0
@@ -51,8 +50,9 @@ def test_the_weight_and_the_head_come_together(overrides):
 
 
 def test_readout_is_given_for_electrophysiology_only_and_old_checkpoints_load_without_it(tmp_path):
-    cfg = TokenizerModelConfig(d_model=32, n_heads=2, n_latents=4, code_dim=8, codebook_size=16, levels=2, spectrum_readout=True)
-    model = SensorTokenizer(cfg).eval()
+    from conftest import load_older_checkpoint, small_tokenizer
+
+    model = small_tokenizer(spectrum_readout=True).eval()
     sensors = torch.zeros(2, 3, 12)
     sensors[..., :3] = torch.randn(2, 3, 3) * 0.05
     sensors[..., 6] = 1.0
@@ -64,12 +64,7 @@ def test_readout_is_given_for_electrophysiology_only_and_old_checkpoints_load_wi
     assert "spectrum_readout" not in bold
     save_tokenizer(model, tmp_path / "with")
     assert load_tokenizer(tmp_path / "with").spectrum is not None
-    old = SensorTokenizer(TokenizerModelConfig(d_model=32, n_heads=2, n_latents=4, code_dim=8, codebook_size=16, levels=2))
-    save_tokenizer(old, tmp_path / "old")
-    config = json.loads((tmp_path / "old" / "config.json").read_text())
-    del config["model"]["spectrum_readout"]
-    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
-    loaded = load_tokenizer(tmp_path / "old")
+    loaded = load_older_checkpoint(tmp_path / "old", "spectrum_readout")
     assert loaded.spectrum is None and loaded.cfg.spectrum_readout is False
 
 

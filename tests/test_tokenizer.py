@@ -13,7 +13,7 @@ from neurofm.config import load_config
 from neurofm.data_shards import ShardIndex, verify_shards
 from neurofm.errors import NeuroFMError
 from neurofm.tokenizers.checkpoint import load_tokenizer, save_tokenizer
-from neurofm.tokenizers.config import TokenizerModelConfig, TokenizerTrainConfig
+from neurofm.tokenizers.config import TokenizerTrainConfig
 from neurofm.data_shards.batches import collate
 from neurofm.tokenizers.encode import encode_shards
 from neurofm.tokenizers.evaluate import evaluate_tokenizer
@@ -22,12 +22,11 @@ from neurofm.tokenizers.train import checkpoint_root, train_tokenizer
 
 from conftest import SMALL_TOKENIZER as SMALL
 from conftest import TOKENIZER_TRAIN_CODE as TRAIN_CODE
+from conftest import load_older_checkpoint, small_tokenizer
 
 
 def small_model(**overrides) -> SensorTokenizer:
-    torch.manual_seed(0)
-    cfg = TokenizerModelConfig(d_model=32, n_heads=2, n_latents=4, code_dim=8, codebook_size=16, levels=2, **overrides)
-    return SensorTokenizer(cfg)
+    return small_tokenizer(**overrides)
 
 
 def train_config(shards, out, *extra) -> TokenizerTrainConfig:
@@ -136,12 +135,7 @@ def test_spatial_field_averages_over_sensors_and_old_checkpoints_load_without_it
         # every sensor given twice is the same field sampled twice: the same virtual channels
         assert torch.allclose(virtual(batch), virtual(twice), atol=1e-9)
     # a checkpoint written before the field existed has no such setting and no such weights
-    old = small_model(spatial_field=False)
-    save_tokenizer(old, tmp_path / "old")
-    config = json.loads((tmp_path / "old" / "config.json").read_text())
-    del config["model"]["spatial_field"]
-    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
-    loaded = load_tokenizer(tmp_path / "old")
+    loaded = load_older_checkpoint(tmp_path / "old", "spatial_field")
     assert loaded.field is None and loaded.cfg.spatial_field is False
 
 
