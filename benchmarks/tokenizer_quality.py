@@ -7,7 +7,13 @@
    Metrics: mean channel PCC and pooled R² over valid samples. (``neurofm bench representation``
    measures the same on recordings and devices the tokenizer never trained on.)
 
-Usage: python benchmarks/tokenizer_quality.py [--steps N] [--work DIR]
+With ``--hold-out DATASET ...`` the split is by recording instead: every input of those datasets (the
+``dataset`` field of configs/shared_data.yaml, e.g. another lab's recordings) is left out of training
+and the tokenizer and the PCA codec are scored on all of its windows — a lab and devices the tokenizer
+never saw, which is how a released tokenizer meets a user's data.
+
+Usage: python benchmarks/tokenizer_quality.py [--steps N] [--work DIR] [--hold-out DATASET ...]
+       [--shards-override KEY=VALUE ...] [overrides ...]
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ import os
 import platform
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from neurofm.bench.tokenizer_baseline import best_pca
+from neurofm.bench.tokenizer_baseline import best_pca, tokenizer_vs_pca
 from neurofm.config import load_config
 from neurofm.data_shards import ShardIndex, build_shards
 from neurofm.data_shards.config import ShardsConfig
@@ -41,18 +48,29 @@ def main() -> None:
     parser.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--work", default=str(ROOT / "runs" / "bench_tokenizer"))
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the preset's)")
+    parser.add_argument("--hold-out", nargs="+", default=[], metavar="DATASET",
+                        help="datasets left out of training and scored whole (default: the last 20 %% of every recording)")
+    parser.add_argument("--shards-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="override of the training shards' config, e.g. simulate.hours=1.0 to add simulated recordings")
     parser.add_argument("overrides", nargs="*", help="more TokenizerTrainConfig overrides (dotted.key=value)")
     args = parser.parse_args()
     work = Path(args.work)
     os.chdir(ROOT)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")
+    shards_cfg = load_config(ShardsConfig, ROOT / "configs/shared_data.yaml", [f"root={args.shared}", f"out={work / 'shards'}", *args.shards_override])
+    unknown = set(args.hold_out) - {item.dataset for item in shards_cfg.inputs}
+    if unknown:
+        parser.error(f"--hold-out {sorted(unknown)}: no such dataset in configs/shared_data.yaml")
+    held_out_inputs = [item for item in shards_cfg.inputs if item.dataset in args.hold_out]
     shards = work / "shards"
-    build_shards(load_config(ShardsConfig, ROOT / "configs/shared_data.yaml", [f"root={args.shared}", f"out={shards}"]), progress=False)
+    build_shards(replace(shards_cfg, inputs=[item for item in shards_cfg.inputs if item not in held_out_inputs]), progress=False)
     overrides = [f"shards={shards}", f"out={work / 'tokenizer'}"] + ([f"steps={args.steps}"] if args.steps else []) + args.overrides
     cfg = load_config(TokenizerTrainConfig, ROOT / "configs/tokenizer_tiny.yaml", overrides)
     start = time.perf_counter()
     train_tokenizer(cfg, progress=False)
     print(f"trained {cfg.steps} steps in {time.perf_counter() - start:.0f} s")
+    if held_out_inputs:
+        return report_held_out_datasets(replace(shards_cfg, inputs=held_out_inputs, simulate=None, out=str(work / "held_out_shards")), work)
     metrics = evaluate_tokenizer(work / "tokenizer", shards, work / "eval")
     model = load_tokenizer(work / "tokenizer")
     index = ShardIndex(shards)
@@ -78,6 +96,19 @@ def main() -> None:
     print(f"\ncode usage per level: {', '.join(f'{u:.0%}' for u in usage)}; perplexity "
           f"{', '.join(f'{p:.1f}' for p in metrics['codes']['perplexity'])} of {model.cfg.codes_per_level}")
     (work / "quality.json").write_text(json.dumps({"rows": rows, "tokenizer": metrics["modalities"], "codes": metrics["codes"]}, indent=1, default=float))
+
+
+def report_held_out_datasets(held_out_cfg: ShardsConfig, work: Path) -> None:
+    """Score the trained tokenizer and the same-bitrate PCA codec on every window of the held-out datasets."""
+    build_shards(held_out_cfg, progress=False)
+    result = tokenizer_vs_pca(work / "tokenizer", held_out_cfg.out, work / "eval_held_out", max_windows=10_000)
+    print(f"\nheld-out datasets: {sorted({item.dataset for item in held_out_cfg.inputs})}")
+    print(f"{'modality':<8}{'windows':>8}{'bit/s':>7}{'tok PCC':>9}{'tok R2':>8}{'PCA PCC':>9}{'PCA R2':>8}  devices")
+    for modality, row in result.items():
+        tok, pca = row["tokenizer"], row["pca"] or {"pcc": float("nan"), "r2": float("nan")}
+        print(f"{modality:<8}{tok['windows']:>8}{row['bits_per_second']:>7.0f}{tok['pcc']:>9.3f}{tok['r2']:>8.3f}"
+              f"{pca['pcc']:>9.3f}{pca['r2']:>8.3f}  {', '.join(row['devices'])}")
+    (work / "quality_held_out.json").write_text(json.dumps(result, indent=1, default=float))
 
 
 if __name__ == "__main__":
