@@ -19,7 +19,8 @@ OVERRIDES_HELP = (
 
 #: ``--pooling`` of ``probe`` and ``embed`` (see neurofm.finetune.encoder.pool_tokens)
 POOLING_HELP = ("tokens → one vector per window: mean over tokens holding signal, time (one mean per time patch), flat (every "
-                "token), power (log variance of each latent feature over the window: rhythms), event (every token of the patches "
+                "token), power (log variance of each latent feature over the window: rhythms), cov (log-Euclidean Ledoit-Wolf covariance "
+                "of the state features over the window: rhythms' frequency), event (every token of the patches "
                 "0–0.4 s after the window's event), or auto (default: event when every window is an epoch or evoked condition, "
                 "else flat when all windows have one length, else mean)")
 #: ``--workers`` of the commands that build shards (see neurofm.data_shards.parallel)

@@ -18,6 +18,7 @@ from neurofm.data_shards.config import EventEpochs, SimulateConfig
 from neurofm.data_shards.simulate import plan_recordings
 from neurofm.data_shards.simulate.geometry import _clear_of_scalp
 from neurofm.errors import NeuroFMError
+from neurofm.finetune import encoder as encoder_module
 from neurofm.finetune.encoder import pool_tokens
 from neurofm.pretrain.diagnostics import code_frequencies, copy_nearest_predict, masked_accuracy, unigram_predict
 
@@ -260,6 +261,47 @@ def test_pooling_leaves_padding_out():
         pool_tokens(states, valid, "max", 2)
 
 
+def _rhythm_states(rng: np.random.Generator, directions: np.ndarray, n_patches: int = 8, n_latents: int = 2) -> torch.Tensor:
+    """Token states [1, P·K, D] of a rhythm whose waveform, patch by patch, lies in the plane of
+    ``directions`` [2, D] at a random phase, plus a per-latent offset and a little noise."""
+    phase = rng.uniform(0, 2 * np.pi, (n_patches, n_latents, 1))
+    states = np.cos(phase) * directions[0] + np.sin(phase) * directions[1]
+    states = states + rng.normal(0, 3, (1, n_latents, 1)) + 0.05 * rng.standard_normal(states.shape)
+    return torch.tensor(states.reshape(1, n_patches * n_latents, -1), dtype=torch.float32)
+
+
+def test_cov_pooling_is_blind_to_phase_and_offsets_and_tells_rhythms_apart():
+    rng = np.random.default_rng(0)
+    planes = np.linalg.qr(rng.standard_normal((6, 4)))[0].T.reshape(2, 2, 6)  # two rhythms' planes in D = 6
+    valid = torch.ones(1, 16, dtype=torch.bool)
+    features = [[pool_tokens(_rhythm_states(rng, plane), valid, "cov", 2)[0] for _ in range(3)] for plane in planes]
+    assert features[0][0].shape == (6 * 7 // 2,) and all(torch.isfinite(f).all() for pair in features for f in pair)
+    same = max(float((a - b).norm()) for group in features for a in group for b in group)
+    other = min(float((a - b).norm()) for a in features[0] for b in features[1])
+    assert other > 3 * same  # other phases and offsets move it far less than another rhythm does
+
+    # padding: what the padded patches hold does not matter; one valid patch has no variation but no NaN
+    states = _rhythm_states(rng, planes[0])
+    padded = valid.clone()
+    padded[0, 12:] = False
+    garbage = states.clone()
+    garbage[0, 12:] = 1e3
+    assert torch.allclose(pool_tokens(states, padded, "cov", 2), pool_tokens(garbage, padded, "cov", 2))
+    one_patch = torch.zeros_like(valid)
+    one_patch[0, :2] = True
+    assert torch.isfinite(pool_tokens(states, one_patch, "cov", 2)).all()
+
+
+def test_cov_pooling_projects_wide_states_onto_one_fixed_basis(monkeypatch):
+    monkeypatch.setattr(encoder_module, "COV_MAX_FEATURES", 4)
+    states = torch.randn(3, 16, 10)
+    valid = torch.ones(3, 16, dtype=torch.bool)
+    first = pool_tokens(states, valid, "cov", 2)
+    assert first.shape == (3, 4 * 5 // 2)
+    assert torch.equal(first, pool_tokens(states, valid, "cov", 2))  # the same basis for every call
+    assert torch.equal(first[1:], pool_tokens(states[1:], valid[1:], "cov", 2))  # and every batch
+
+
 def test_event_pooling_keeps_the_patches_after_each_windows_event():
     from neurofm.data_shards.windows import event_onset
     from neurofm.finetune.encoder import event_patches
@@ -389,7 +431,7 @@ def test_bench_command_builds_a_release_through_every_stage(tmp_path, capsys):
     assert "batch_size" in capsys.readouterr().err
 
     # the whole command on that run: every stage resumes as a no-op, then every probe and the report
-    assert main([*args[:-2], f"out={out}", "poolings=[event,power]", "few_labels=[2]", "few_label_repeats=2", "probe_jobs=1", "--quiet"]) == 0
+    assert main([*args[:-2], f"out={out}", "poolings=[event,power,cov]", "regression_pooling=cov", "few_labels=[2]", "few_label_repeats=2", "probe_jobs=1", "--quiet"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["evoked"]) == {"GSN-HydroCel-129"}
     # event pooling on the event-locked probe set; the continuous set's windows have no event to lock to
@@ -402,6 +444,7 @@ def test_bench_command_builds_a_release_through_every_stage(tmp_path, capsys):
     assert results["regression"]["GSN-HydroCel-129"]["recordings"] == 9
     assert np.isfinite(results["regression"]["GSN-HydroCel-129"]["raw"]["score"])
     assert np.isfinite(results["regression"]["GSN-HydroCel-129"]["release/power"]["score"])
+    assert np.isfinite(results["regression"]["GSN-HydroCel-129"]["release/cov"]["score"])
     # the oracle (raw features of the simulator's true sources) beside every within-device column
     assert np.isfinite(results["evoked"]["GSN-HydroCel-129"]["oracle"]["score"])
     assert np.isfinite(results["regression"]["GSN-HydroCel-129"]["oracle"]["score"])
@@ -410,7 +453,7 @@ def test_bench_command_builds_a_release_through_every_stage(tmp_path, capsys):
     assert set(results["tokenizer"]) == {"eeg", "fmri"}
     assert results["tokenizer"]["fmri"]["devices"] == ["tr1.5", "tr2.0"] and results["tokenizer"]["fmri"]["pca"] is not None
     names = [t["target"] for t in results["targets"]]
-    assert "alpha_hz: release R² ≥ 0.8 (mean over devices, power pooling)" in names  # the declared pooling
+    assert "alpha_hz: release R² ≥ 0.8 (mean over devices, cov pooling)" in names  # the declared pooling
     # (this corpus holds no fMRI, so every fMRI device is one no pretraining window came from)
     assert "tokenizer PCC ≥ same-bitrate PCA (fmri, held-out subjects and devices)" in names
     assert "tokenizer PCC ≥ same-bitrate PCA (eeg, held-out subjects and devices)" in names

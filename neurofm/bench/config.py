@@ -112,7 +112,7 @@ class RepresentationBenchConfig:
         The continuous set's modalities the regression runs on (fMRI has no alpha rhythm).
     regression_pooling : str | None
         The pooling whose release column the regression's target is checked on, declared here rather
-        than picked by its test score (``power`` for a rhythm's frequency); None: the first of
+        than picked by its test score (``cov`` for a rhythm's frequency); None: the first of
         :attr:`regression_poolings`.
     cross_device : list of [train, test]
         Device pairs for transfer probes.
@@ -144,7 +144,7 @@ class RepresentationBenchConfig:
     tokenizer_overrides: list[str] = field(default_factory=list)
     pretrain_config: str = "configs/pretrain_tiny.yaml"
     pretrain_overrides: list[str] = field(default_factory=list)
-    poolings: list[str] = field(default_factory=lambda: ["event", "flat", "time", "power"])
+    poolings: list[str] = field(default_factory=lambda: ["event", "flat", "time", "power", "cov"])
     evoked_labels: list[str] = field(default_factory=lambda: ["auditory", "visual", "somatosensory"])
     regression_key: str = "alpha_hz"
     regression_modalities: list[str] = field(default_factory=lambda: ["eeg", "meg"])

@@ -13,7 +13,7 @@ GroupBy = Literal["subject", "run", "recording", "stimulus", "block"]
 #: consecutive windows), and how token states become one vector per window (see
 #: :func:`neurofm.finetune.encoder.pool_tokens`).
 PROBE_GROUPINGS = ("auto", "recording", "subject", "block")
-TOKEN_POOLINGS = ("mean", "time", "flat", "power", "event")
+TOKEN_POOLINGS = ("mean", "time", "flat", "power", "event", "cov")
 #: ``neurofm probe`` / ``embed`` also take ``auto``: ``event`` when every window is locked to an event
 #: (epochs, evoked), else ``flat`` when every window has one token count, else ``mean`` (the
 #: representation benchmark's winners: ``event`` for event-locked windows, ``flat`` before it).

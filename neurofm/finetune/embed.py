@@ -1,7 +1,7 @@
 """``embed_shards``: a release's per-layer embeddings of every window of a shard set, on disk.
 
 Writes ``embeddings.safetensors`` (``layer_0`` … ``layer_n``, each [windows, F] float32, pooled over
-the tokens that hold signal: ``mean`` (F = D), ``time``, ``flat`` or ``power``) and ``index.json`` (per row: key, source, modality, window onset, labels and events), in
+the tokens that hold signal: ``mean`` (F = D), ``time``, ``flat``, ``power``, ``cov`` or ``event``) and ``index.json`` (per row: key, source, modality, window onset, labels and events), in
 the shards' stored order.
 """
 
