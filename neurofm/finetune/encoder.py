@@ -241,7 +241,7 @@ def covariance_pooling(states: torch.Tensor, valid: torch.Tensor, n_latents: int
     features = min(width, COV_MAX_FEATURES)
     matrices = np.stack([covariances(x[m].T[None], estimator="lwf")[0] if v else np.zeros((features, features))
                          for x, m, v in zip(tokens, kept, varies)]) + 1e-6 * np.eye(features)
-    return torch.from_numpy(tangent_space(matrices, np.eye(features), metric="logeuclid")).to(states.dtype)
+    return torch.from_numpy(tangent_space(matrices, np.eye(features), metric="logeuclid")).to(states.device, states.dtype)
 
 
 __all__ = ["BrainEncoder", "covariance_pooling", "event_patches", "pool_tokens", "resolve_pooling"]
