@@ -54,6 +54,9 @@ def main() -> None:
                         help="override of the training shards' config, e.g. simulate.hours=1.0 to add simulated recordings")
     parser.add_argument("overrides", nargs="*", help="more TokenizerTrainConfig overrides (dotted.key=value)")
     args = parser.parse_args()
+    # --hold-out takes every word after it; dotted overrides written after it are still overrides
+    args.overrides += [word for word in args.hold_out if "=" in word]
+    args.hold_out = [word for word in args.hold_out if "=" not in word]
     work = Path(args.work)
     os.chdir(ROOT)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}")

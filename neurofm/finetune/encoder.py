@@ -178,7 +178,7 @@ def pool_tokens(states: torch.Tensor, valid: torch.Tensor, pooling: str, n_laten
       ``event``; benchmarks/RESULTS.md);
     - ``cov``: :func:`covariance_pooling`, F = D' (D' + 1) / 2 with D' = min(D, COV_MAX_FEATURES) — which
       state features vary together over the window, invariant to phase and latency (the alpha-frequency
-      R² of two releases rose from 0.52–0.57 with ``power`` to 0.71–0.74; benchmarks/RESULTS.md).
+      R² of three releases rose from 0.52–0.58 with ``power`` to 0.71–0.75; benchmarks/RESULTS.md).
     """
     weights = valid.to(states.dtype)[..., None]
     if pooling == "flat":
