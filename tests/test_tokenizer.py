@@ -18,7 +18,7 @@ from neurofm.data_shards.batches import collate
 from neurofm.tokenizers.encode import encode_shards
 from neurofm.tokenizers.evaluate import evaluate_tokenizer
 from neurofm.tokenizers.model import SensorTokenizer
-from neurofm.tokenizers.train import checkpoint_root, train_tokenizer
+from neurofm.tokenizers.train import SPARSE_MONTAGE_CHANNELS, checkpoint_root, sparse_montage, train_tokenizer
 
 from conftest import SMALL_TOKENIZER as SMALL
 from conftest import TOKENIZER_TRAIN_CODE as TRAIN_CODE
@@ -175,6 +175,30 @@ def test_short_training_lowers_the_loss(corpus_shards, tmp_path):
     first, last = np.mean([r["loss"] for r in log[:2]]), np.mean([r["loss"] for r in log[-2:]])
     assert last < 0.85 * first, (first, last)  # at least 15 % lower after 60 steps
     assert log[-1]["correlation"] > log[0]["correlation"] + 0.05  # and the reconstruction follows the signal better
+
+
+def test_sparse_montages_keep_a_few_real_channels_of_dense_windows_only():
+    mask = torch.zeros(4, 64, dtype=torch.bool)
+    mask[0, :64], mask[1, :20], mask[2, :SPARSE_MONTAGE_CHANNELS], mask[3, :40] = True, True, True, True
+    kept = sparse_montage(mask, 1.0, seed=0, step=3, windows=[7, 8, 9, 10])
+    assert not (kept & ~mask).any()  # only real channels stay
+    assert [2 <= int(n) <= SPARSE_MONTAGE_CHANNELS for n in kept.sum(1)] == [True] * 4
+    assert torch.equal(kept[2], mask[2])  # a window that is already sparse is left whole
+    # each window's draw follows (seed, step, sample index), not its row in the batch
+    assert torch.equal(sparse_montage(mask[[3, 0]], 1.0, seed=0, step=3, windows=[10, 7]), kept[[3, 0]])
+    assert not torch.equal(sparse_montage(mask, 1.0, seed=0, step=4, windows=[7, 8, 9, 10]), kept)
+    assert torch.equal(sparse_montage(mask, 0.0, seed=0, step=3, windows=[7, 8, 9, 10]), mask)
+    some = torch.stack([sparse_montage(mask[:1], 0.3, seed=0, step=step, windows=[7])[0] for step in range(200)])
+    assert 0.15 < float((some.sum(1) <= SPARSE_MONTAGE_CHANNELS).float().mean()) < 0.45  # about 30 % of the windows
+    with pytest.raises(ValueError, match="sparse_montages"):
+        TokenizerTrainConfig(sparse_montages=1.5)
+
+
+def test_training_with_sparse_montages_runs_and_learns(corpus_shards, tmp_path):
+    cfg = train_config(corpus_shards, tmp_path / "t", "steps=30", "modality_weights={eeg: 1.0}", "lr=3e-3", "sparse_montages=0.5")
+    train_tokenizer(cfg, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "t.log.jsonl").read_text().splitlines()]
+    assert np.isfinite([r["loss"] for r in log]).all() and log[-1]["loss"] < log[0]["loss"]
 
 
 def test_resume_continues_the_same_trajectory_and_seed_fixes_codes(corpus_shards, tmp_path):

@@ -167,6 +167,10 @@ class TokenizerTrainConfig:
     channel_dropout : float
         Fraction of each window's channels hidden from the encoder (the decoder still reconstructs
         all of them), so missing channels are tolerated.
+    sparse_montages : float
+        Fraction of training windows cut down to a random sparse montage — 2 to ``SPARSE_MONTAGE_CHANNELS``
+        of their channels, for encoder and loss alike — so the tokenizer also learns headbands and
+        few-channel clinical montages from dense recordings (0: off).
     eval_fraction : float
         Last fraction of each recording's windows held out for ``tokenizer eval``.
     modality_weights : dict | None
@@ -204,6 +208,7 @@ class TokenizerTrainConfig:
     warmup_steps: int = 30
     grad_clip: float = 1.0
     channel_dropout: float = 0.2
+    sparse_montages: float = 0.0
     eval_fraction: float = 0.2
     modality_weights: dict[str, float] | None = None
     log_every: int = 25
@@ -225,6 +230,8 @@ class TokenizerTrainConfig:
             raise ValueError(f"keep_checkpoints must be ≥ 1 (the checkpoint a resume starts from); got {self.keep_checkpoints}.")
         if not 0 <= self.channel_dropout < 1:
             raise ValueError(f"channel_dropout must be in [0, 1); got {self.channel_dropout}.")
+        if not 0 <= self.sparse_montages <= 1:
+            raise ValueError(f"sparse_montages is a fraction of windows, in [0, 1]; got {self.sparse_montages}.")
         if not 0 < self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in (0, 1); got {self.eval_fraction}.")
         if (self.loss.spectrum_readout > 0) != self.model.spectrum_readout:

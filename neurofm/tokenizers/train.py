@@ -55,6 +55,28 @@ def channel_dropout(channel_mask: torch.Tensor, fraction: float, seed: int, step
     return encoder_mask
 
 
+#: ``sparse_montages`` keeps 2 … this many of a window's channels (a headband has 4, a clinical montage 8–10)
+SPARSE_MONTAGE_CHANNELS = 8
+
+
+def sparse_montage(channel_mask: torch.Tensor, fraction: float, seed: int, step: int, windows: list[int]) -> torch.Tensor:
+    """Cut ``fraction`` of the windows with more than ``SPARSE_MONTAGE_CHANNELS`` real channels down to a
+    random 2 … ``SPARSE_MONTAGE_CHANNELS`` of them: channel_mask [B, C] → the mask of what stays, for the
+    encoder and the loss alike. Draws depend on (seed, step, sample index) only, as in :func:`channel_dropout`."""
+    if fraction == 0:
+        return channel_mask
+    kept = channel_mask.clone()
+    for row, window in enumerate(windows):
+        n = int(channel_mask[row].sum())
+        rng = np.random.default_rng([seed, step, window, 1])
+        if n <= SPARSE_MONTAGE_CHANNELS or rng.random() >= fraction:
+            continue
+        real = torch.nonzero(channel_mask[row])[:, 0]
+        kept[row] = False
+        kept[row, real[torch.from_numpy(rng.choice(n, size=int(rng.integers(2, SPARSE_MONTAGE_CHANNELS + 1)), replace=False))]] = True
+    return kept
+
+
 # settings that do not change the training trajectory (where data and logs go, how often to save)
 TRAJECTORY_FREE = frozenset({"shards", "out", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard",
                              "allow_changed", "num_workers"})
@@ -152,8 +174,9 @@ def _train(cfg: TokenizerTrainConfig, out: Path, progress: bool, device: torch.d
             batch, views = next(batches), None
             if partners is not None:
                 batch, views = partners.extend(batch, cfg.seed, step)
-            encoder_mask = channel_dropout(batch.channel_mask, cfg.channel_dropout, cfg.seed, step, batch.indices).to(device)
-            signal, sensors, channel_mask, time_mask = (t.to(device, non_blocking=True) for t in (batch.signal, batch.sensors, batch.channel_mask, batch.time_mask))
+            channel_mask = sparse_montage(batch.channel_mask, cfg.sparse_montages, cfg.seed, step, batch.indices)
+            encoder_mask = channel_dropout(channel_mask, cfg.channel_dropout, cfg.seed, step, batch.indices).to(device)
+            signal, sensors, channel_mask, time_mask = (t.to(device, non_blocking=True) for t in (batch.signal, batch.sensors, channel_mask, batch.time_mask))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
                 result = ddp(signal, sensors, channel_mask, batch.family, encoder_mask, None if views is None else views.to(device), time_mask)
             losses = reconstruction_loss(signal, result["reconstruction"].float(), channel_mask, time_mask, cfg.loss, share)
