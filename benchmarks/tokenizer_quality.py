@@ -23,21 +23,17 @@ import json
 import os
 import platform
 import time
-from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from neurofm.bench.tokenizer_baseline import best_pca, tokenizer_vs_pca
+from neurofm.bench.tokenizer_baseline import tokenizer_vs_pca
 from neurofm.config import load_config
 from neurofm.data_shards import ShardIndex, build_shards
 from neurofm.data_shards.config import ShardsConfig
-from neurofm.tokenizers.checkpoint import load_tokenizer
 from neurofm.tokenizers.config import TokenizerTrainConfig
-from neurofm.data_shards.batches import ordered_batches, split_indices
-from neurofm.tokenizers.evaluate import evaluate_tokenizer
+from neurofm.data_shards.batches import split_indices
 from neurofm.tokenizers.train import train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,46 +68,27 @@ def main() -> None:
     start = time.perf_counter()
     train_tokenizer(cfg, progress=False)
     print(f"trained {cfg.steps} steps in {time.perf_counter() - start:.0f} s")
-    if held_out_inputs:
-        return report_held_out_datasets(replace(shards_cfg, inputs=held_out_inputs, simulate=None, out=str(work / "held_out_shards")), work)
-    metrics = evaluate_tokenizer(work / "tokenizer", shards, work / "eval")
-    model = load_tokenizer(work / "tokenizer")
-    index = ShardIndex(shards)
-    _, held_out = split_indices(index, cfg.eval_fraction)
-    windows = defaultdict(list)
-    for batch in ordered_batches(index, held_out, 32):
-        for i, meta in enumerate(batch.metas):
-            c, t = int(batch.channel_mask[i].sum()), int(batch.time_mask[i].sum())
-            windows[meta["modality"]].append((batch.signal[i, :c, :t].numpy().astype(np.float64), batch.signal.shape[2], meta))
-    rows = []
-    for modality, items in sorted(windows.items()):
-        family = "bold" if modality == "fmri" else "electro"
-        window_seconds = items[0][1] / items[0][2]["sfreq"]
-        budget = model.cfg.bits_per_second(family) * window_seconds
-        best = best_pca([window for window, _, _ in items], budget)
-        best = (best["pcc"], best["r2"], best["rank"], best["decimation"], best["bits"]) if best else (float("nan"),) * 5
-        tok = metrics["modalities"][modality]
-        rows.append((modality, len(items), budget / window_seconds, tok["pcc"], tok["r2"], *best))
-    print(f"\n{'modality':<8}{'windows':>8}{'bit/s':>7}{'tok PCC':>9}{'tok R2':>8}{'PCA PCC':>9}{'PCA R2':>8}  PCA (r, T/T', b)")
-    for m, n, bps, tp, tr, bp, br, rank, frac, bits in rows:
-        print(f"{m:<8}{n:>8}{bps:>7.0f}{tp:>9.3f}{tr:>8.3f}{bp:>9.3f}{br:>8.3f}  ({rank}, {frac}, {bits})")
-    usage = metrics["codes"]["usage"]
-    print(f"\ncode usage per level: {', '.join(f'{u:.0%}' for u in usage)}; perplexity "
-          f"{', '.join(f'{p:.1f}' for p in metrics['codes']['perplexity'])} of {model.cfg.codes_per_level}")
-    (work / "quality.json").write_text(json.dumps({"rows": rows, "tokenizer": metrics["modalities"], "codes": metrics["codes"]}, indent=1, default=float))
+    if held_out_inputs:  # whole datasets the tokenizer never trained on
+        held_out_cfg = replace(shards_cfg, inputs=held_out_inputs, simulate=None, out=str(work / "held_out_shards"))
+        build_shards(held_out_cfg, progress=False)
+        print(f"\nheld-out datasets: {sorted(args.hold_out)}")
+        report(tokenizer_vs_pca(work / "tokenizer", held_out_cfg.out, work / "eval", indices=range(len(ShardIndex(held_out_cfg.out)))), work)
+    else:  # the last eval_fraction of every recording
+        held_out = split_indices(ShardIndex(shards), cfg.eval_fraction)[1]
+        report(tokenizer_vs_pca(work / "tokenizer", shards, work / "eval", indices=held_out), work)
 
 
-def report_held_out_datasets(held_out_cfg: ShardsConfig, work: Path) -> None:
-    """Score the trained tokenizer and the same-bitrate PCA codec on every window of the held-out datasets."""
-    build_shards(held_out_cfg, progress=False)
-    result = tokenizer_vs_pca(work / "tokenizer", held_out_cfg.out, work / "eval_held_out", max_windows=10_000)
-    print(f"\nheld-out datasets: {sorted({item.dataset for item in held_out_cfg.inputs})}")
-    print(f"{'modality':<8}{'windows':>8}{'bit/s':>7}{'tok PCC':>9}{'tok R2':>8}{'PCA PCC':>9}{'PCA R2':>8}  devices")
+def report(result: dict, work: Path) -> None:
+    """Print the tokenizer-vs-PCA table and the code usage, and write them to ``work/quality.json``."""
+    print(f"{'modality':<8}{'windows':>8}{'bit/s':>7}{'tok PCC':>9}{'tok R2':>8}{'PCA PCC':>9}{'PCA R2':>8}  PCA (r, T/T', b)  devices")
     for modality, row in result.items():
-        tok, pca = row["tokenizer"], row["pca"] or {"pcc": float("nan"), "r2": float("nan")}
-        print(f"{modality:<8}{tok['windows']:>8}{row['bits_per_second']:>7.0f}{tok['pcc']:>9.3f}{tok['r2']:>8.3f}"
-              f"{pca['pcc']:>9.3f}{pca['r2']:>8.3f}  {', '.join(row['devices'])}")
-    (work / "quality_held_out.json").write_text(json.dumps(result, indent=1, default=float))
+        tok, pca = row["tokenizer"], row["pca"] or dict.fromkeys(("pcc", "r2", "rank", "decimation", "bits"), float("nan"))
+        print(f"{modality:<8}{tok['windows']:>8}{row['bits_per_second']:>7.0f}{tok['pcc']:>9.3f}{tok['r2']:>8.3f}{pca['pcc']:>9.3f}"
+              f"{pca['r2']:>8.3f}  ({pca['rank']}, {pca['decimation']}, {pca['bits']})  {', '.join(row['devices'])}")
+    codes = json.loads((work / "eval" / "metrics.json").read_text())["codes"]
+    print(f"\ncode usage per level: {', '.join(f'{u:.0%}' for u in codes['usage'])}; perplexity "
+          f"{', '.join(f'{p:.1f}' for p in codes['perplexity'])}")
+    (work / "quality.json").write_text(json.dumps({"modalities": result, "codes": codes}, indent=1, default=float))
 
 
 if __name__ == "__main__":

@@ -17,16 +17,11 @@ from neurofm.tokenizers.config import TokenizerTrainConfig
 from neurofm.data_shards.batches import collate
 from neurofm.tokenizers.encode import encode_shards
 from neurofm.tokenizers.evaluate import evaluate_tokenizer
-from neurofm.tokenizers.model import SensorTokenizer
 from neurofm.tokenizers.train import SPARSE_MONTAGE_CHANNELS, checkpoint_root, sparse_montage, train_tokenizer
 
 from conftest import SMALL_TOKENIZER as SMALL
 from conftest import TOKENIZER_TRAIN_CODE as TRAIN_CODE
 from conftest import load_older_checkpoint, small_tokenizer
-
-
-def small_model(**overrides) -> SensorTokenizer:
-    return small_tokenizer(**overrides)
 
 
 def train_config(shards, out, *extra) -> TokenizerTrainConfig:
@@ -53,7 +48,7 @@ def trained(corpus_shards, tmp_path_factory):
 
 
 def test_shapes_for_every_modality(windows):
-    model = small_model()
+    model = small_tokenizer()
     for modality, samples in windows.items():
         batch = collate(samples)
         result = model(batch.signal, batch.sensors, batch.channel_mask, batch.family)
@@ -65,7 +60,7 @@ def test_shapes_for_every_modality(windows):
 
 
 def test_channel_order_does_not_change_the_codes(windows):
-    model = small_model().double().eval()
+    model = small_tokenizer().double().eval()
     sample = windows["eeg"][0]
     batch = collate([sample])
     perm = torch.randperm(batch.signal.shape[1], generator=torch.Generator().manual_seed(1))
@@ -77,7 +72,7 @@ def test_channel_order_does_not_change_the_codes(windows):
 
 
 def test_any_channel_count_encodes_and_decodes_the_kept_channels(windows):
-    model = small_model().eval()
+    model = small_tokenizer().eval()
     batch = collate(windows["meg"][:1])
     keep = torch.arange(0, batch.signal.shape[1], 7)  # every 7th of 366 MEG/EEG channels
     with torch.no_grad():
@@ -92,7 +87,7 @@ def test_any_channel_count_encodes_and_decodes_the_kept_channels(windows):
 
 
 def test_padding_channels_do_not_change_a_window(windows):
-    model = small_model().double().eval()
+    model = small_tokenizer().double().eval()
     alone = collate(windows["eeg"][:1])
     padded = collate([windows["eeg"][0], windows["meg"][0]])  # padded to the MEG channel count
     with torch.no_grad():
@@ -104,7 +99,7 @@ def test_padding_channels_do_not_change_a_window(windows):
 
 
 def test_save_load_identical_and_other_version_refused(windows, tmp_path):
-    model = small_model()
+    model = small_tokenizer()
     batch = collate(windows["ieeg"])
     model(batch.signal, batch.sensors, batch.channel_mask, "electro")  # k-means initialises the codebooks
     model.eval()
@@ -124,7 +119,7 @@ def test_save_load_identical_and_other_version_refused(windows, tmp_path):
 
 
 def test_spatial_field_averages_over_sensors_and_old_checkpoints_load_without_it(windows, tmp_path):
-    model = small_model(spatial_field=True).double().eval()
+    model = small_tokenizer(spatial_field=True).double().eval()
     batch = collate(windows["eeg"][:1])
     twice = collate([{**windows["eeg"][0], "signal": np.concatenate([windows["eeg"][0]["signal"]] * 2),
                       "sensors": np.concatenate([windows["eeg"][0]["sensors"]] * 2)}])
@@ -140,7 +135,7 @@ def test_spatial_field_averages_over_sensors_and_old_checkpoints_load_without_it
 
 
 def test_bad_windows_are_clear_errors(windows):
-    model = small_model().eval()
+    model = small_tokenizer().eval()
     batch = collate(windows["eeg"][:1])
     s, x, m = batch.sensors, batch.signal, batch.channel_mask
     with pytest.raises(NeuroFMError, match="has no sensors"):
@@ -160,7 +155,7 @@ def test_bad_windows_are_clear_errors(windows):
 
 
 def test_fsq_quantizer(windows):
-    model = small_model(quantizer="fsq", fsq_levels=[5, 3]).eval()
+    model = small_tokenizer(quantizer="fsq", fsq_levels=[5, 3]).eval()
     batch = collate(windows["fmri"])
     with torch.no_grad():
         result = model(batch.signal, batch.sensors, batch.channel_mask, "bold")

@@ -87,14 +87,14 @@ def spread_rows(index: ShardIndex, max_windows: int) -> np.ndarray:
     return np.sort(np.concatenate(rows)) if rows else np.zeros(0, dtype=int)
 
 
-def tokenizer_vs_pca(checkpoint: str | Path, shards: str | Path, out: str | Path, max_windows: int = 400) -> dict:
+def tokenizer_vs_pca(checkpoint: str | Path, shards: str | Path, out: str | Path, max_windows: int = 400, indices=None) -> dict:
     """Per modality: the tokenizer's PCC, R² and spectral error on (up to ``max_windows`` per modality)
-    windows of ``shards`` beside the best same-bitrate PCA codec."""
+    windows of ``shards`` — or on the sample ``indices`` given — beside the best same-bitrate PCA codec."""
     from neurofm.tokenizers.evaluate import evaluate_tokenizer
 
     model = load_tokenizer(checkpoint)
     index = ShardIndex(shards)
-    rows = spread_rows(index, max_windows)
+    rows = spread_rows(index, max_windows) if indices is None else np.asarray(indices)
     metrics = evaluate_tokenizer(checkpoint, shards, out, indices=rows)
     windows, devices = defaultdict(list), defaultdict(set)
     for batch in ordered_batches(index, rows, 32):

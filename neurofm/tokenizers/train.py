@@ -36,6 +36,11 @@ from neurofm.tokenizers.views import ViewPartners
 logger = logging.getLogger("neurofm.tokenizer")
 
 
+def window_seed(seed: int, step: int, window: int, *stream: int) -> int:
+    """The seed of one window's random draw at one step (``stream`` tells apart draws of different kinds)."""
+    return int(np.random.SeedSequence([seed, step, window, *stream]).generate_state(1)[0])
+
+
 def channel_dropout(channel_mask: torch.Tensor, fraction: float, seed: int, step: int, windows: list[int]) -> torch.Tensor:
     """Hide ``fraction`` of each window's real channels from the encoder (keeping at least one).
 
@@ -47,7 +52,7 @@ def channel_dropout(channel_mask: torch.Tensor, fraction: float, seed: int, step
     keep = torch.ones_like(channel_mask)
     for row, window in enumerate(windows):
         n = int(channel_mask[row].sum())
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, window]).generate_state(1)[0]))
+        g = torch.Generator().manual_seed(window_seed(seed, step, window))
         keep[row, :n] = torch.rand(n, generator=g) >= fraction
     encoder_mask = channel_mask & keep
     empty = ~encoder_mask.any(dim=1)
@@ -68,7 +73,7 @@ def sparse_montage(channel_mask: torch.Tensor, fraction: float, seed: int, step:
     kept = channel_mask.clone()
     for row, window in enumerate(windows):
         n = int(channel_mask[row].sum())
-        rng = np.random.default_rng([seed, step, window, 1])
+        rng = np.random.default_rng(window_seed(seed, step, window, 1))
         if n <= SPARSE_MONTAGE_CHANNELS or rng.random() >= fraction:
             continue
         real = torch.nonzero(channel_mask[row])[:, 0]
