@@ -185,14 +185,14 @@ def small_tokenizer(**overrides):
     return SensorTokenizer(TokenizerModelConfig(d_model=32, n_heads=2, n_latents=4, code_dim=8, codebook_size=16, levels=2, **overrides))
 
 
-def load_older_checkpoint(directory: Path, setting: str):
+def load_older_checkpoint(directory: Path, setting: str, **before):
     """A small tokenizer saved as a checkpoint written before model ``setting`` existed (the key left out of
-    its config.json), loaded back."""
+    its config.json), loaded back; ``before``: model settings of the saved tokenizer (what it was then)."""
     import json
 
     from neurofm.tokenizers.checkpoint import load_tokenizer, save_tokenizer
 
-    save_tokenizer(small_tokenizer(), directory)
+    save_tokenizer(small_tokenizer(**before), directory)
     config = json.loads((directory / "config.json").read_text())
     del config["model"][setting]
     (directory / "config.json").write_text(json.dumps(config))

@@ -12,12 +12,16 @@ from neurofm.data_shards.batches import BatchStream, bucket_names, channel_class
 
 def test_buckets_from_the_manifest_are_the_buckets_of_the_samples(corpus_shards):
     index = ShardIndex(corpus_shards)
-    names = bucket_names(index, by_channels=True)
+    names, plain = bucket_names(index, by_channels=True), bucket_names(index)
     for i in range(0, len(index), 3):
         sample = index[i]
         rows, samples = sample["signal"].shape
-        assert names[i] == f"{family_of(sample['meta'])}-{samples}-c{channel_class(rows)}", sample["__key__"]
-    assert len(set(bucket_names(index))) < len(set(names))  # channel classes split the family buckets
+        family = family_of(sample["meta"])
+        if family == "bold":  # fMRI by exact parcel count, always: one token per parcel must not meet padding
+            assert names[i] == plain[i] == f"bold-{samples}-n{rows}", sample["__key__"]
+        else:
+            assert names[i] == f"{family}-{samples}-c{channel_class(rows)}", sample["__key__"]
+    assert len(set(plain)) < len(set(names))  # channel classes split the family buckets
 
 
 def take(batches, n):

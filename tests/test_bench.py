@@ -197,6 +197,12 @@ def test_trivial_code_predictors_on_a_hand_made_sequence():
     assert copy[1, 0, 0] == 3 and copy[3, 0, 0] == 7  # nearest visible; a tie goes to the earlier patch
     assert masked_accuracy(copy, codes, mask).tolist() == [1.0]
     assert masked_accuracy(unigram_predict(codes, counts), codes, mask).tolist() == [0.5]
+    # a window of channel tokens (3 parcels) counts into one shared slot, and is guessed from it
+    parcels = np.array([[5, 5, 2], [5, 2, 2]]).reshape(2, 3, 1)
+    counts = code_frequencies([codes, parcels], 1, 1, 8, channel_tokens=[False, True])
+    assert counts[:, 0].argmax(-1).tolist() == [3, 2] and counts[1, 0].sum() == 6
+    assert unigram_predict(parcels, counts, channel_tokens=True)[..., 0].tolist() == [[2, 2, 2], [2, 2, 2]]
+    assert unigram_predict(codes, counts)[:, 0, 0].tolist() == [3, 3, 3, 3, 3]  # latent windows: their latent's row
 
 
 def test_cross_device_probe_refuses_the_same_device():

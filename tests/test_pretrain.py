@@ -73,6 +73,25 @@ def test_model_predicts_every_level_of_masked_tokens(asymmetric):
         assert torch.allclose(model(codes, torch.tensor([0, 3]), mask), model(changed, torch.tensor([0, 3]), mask))
 
 
+def test_channel_tokens_are_a_set_per_patch_beside_latent_windows():
+    """fMRI windows of a tokenizer with channel tokens: C tokens per patch, any C, sharing one embedding, so
+    reordering the parcels reorders the predictions; EEG windows of the same model keep their latent index."""
+    cfg = PretrainModelConfig(d_model=32, n_layers=2, n_heads=2, n_latents=4, levels=2, codes_per_level=10, channel_tokens=["bold"])
+    model = MaskedCodeModel(cfg).eval()
+    fmri, eeg = torch.tensor([3, 3]), torch.tensor([0, 0])
+    codes = torch.randint(0, 10, (2, 3, 7, 2))  # 7 parcels: more tokens per patch than the 4 latents
+    mask = make_mask(2, 3, 7, 0.5, "random", torch.Generator().manual_seed(1))
+    perm = torch.randperm(7, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        logits = model(codes, fmri, mask).reshape(2, 3, 7, 2, 10)
+        shuffled = model(codes[:, :, perm], fmri, mask[:, :, perm]).reshape(2, 3, 7, 2, 10)
+        assert torch.allclose(logits[:, :, perm], shuffled, atol=1e-5)
+        latent_codes, latent_mask = codes[:, :, :4], mask[:, :, :4]
+        as_latents = model(latent_codes, eeg, latent_mask).reshape(2, 3, 4, 2, 10)
+        swapped = model(latent_codes[:, :, [1, 0, 2, 3]], eeg, latent_mask[:, :, [1, 0, 2, 3]]).reshape(2, 3, 4, 2, 10)
+        assert not torch.allclose(as_latents[:, :, [1, 0, 2, 3]], swapped, atol=1e-5)  # latent k is not latent j
+
+
 @pytest.mark.parametrize("stage,precision", [(0, "fp32"), (1, "fp32"), (2, "fp32"), (3, "fp32"), (0, "autocast_bf16")])
 def test_zero_stages_train_and_export_reproduces_the_model(code_shards, tmp_path, stage, precision):
     run = tmp_path / "run"

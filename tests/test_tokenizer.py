@@ -54,8 +54,9 @@ def test_shapes_for_every_modality(windows):
         result = model(batch.signal, batch.sensors, batch.channel_mask, batch.family)
         b, c, t = batch.signal.shape
         patch = 64 if modality != "fmri" else 4
+        tokens = c if modality == "fmri" else 4  # fMRI: one token per parcel (bold_tokens: channels)
         assert result["reconstruction"].shape == (b, c, t)
-        assert result["codes"].shape == (b, t // patch, 4, 2)
+        assert result["codes"].shape == (b, t // patch, tokens, 2)
         assert 0 <= result["codes"].min() and result["codes"].max() < 16
 
 
@@ -96,6 +97,31 @@ def test_padding_channels_do_not_change_a_window(windows):
     c = alone.signal.shape[1]
     assert torch.equal(a["codes"][0], b["codes"][0])
     assert torch.allclose(a["reconstruction"][0], b["reconstruction"][0, :c], atol=1e-9)
+
+
+def test_channel_tokens_follow_the_parcels_in_any_order_and_padding(windows, tmp_path):
+    model = small_tokenizer().double().eval()
+    sample = windows["fmri"][0]
+    fewer = {**sample, "signal": sample["signal"][:5], "sensors": sample["sensors"][:5]}
+    alone, padded = collate([fewer]), collate([fewer, sample])  # padded to the other window's parcel count
+    perm = torch.randperm(5, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a = model(alone.signal.double(), alone.sensors.double(), alone.channel_mask, "bold")
+        b = model(padded.signal.double(), padded.sensors.double(), padded.channel_mask, "bold")
+        shuffled = model(alone.signal[:, perm].double(), alone.sensors[:, perm].double(), alone.channel_mask, "bold")
+    assert a["codes"].shape[2] == 5 and b["codes"].shape[2] == len(sample["signal"])
+    # each parcel's token is its own: reordering parcels reorders tokens; padding changes nothing
+    assert torch.equal(a["codes"][:, :, perm], shuffled["codes"])
+    assert torch.allclose(a["reconstruction"][:, perm], shuffled["reconstruction"], atol=1e-9)
+    assert torch.equal(a["codes"][0], b["codes"][0, :, :5])
+    assert torch.allclose(a["reconstruction"][0], b["reconstruction"][0, :5], atol=1e-9)
+    assert model.cfg.bits_per_second("bold", 5) == pytest.approx(5 * 2 * 4 / 8.0)  # 5 tokens × 2 levels × 4 bits per 8 s
+    assert model.cfg.bits_per_second("electro", 5) == pytest.approx(4 * 2 * 4 / 0.25)  # EEG/MEG: K latents whatever C
+    # a checkpoint written before channel tokens existed has K latents for fMRI too
+    loaded = load_older_checkpoint(tmp_path / "old", "bold_tokens", bold_tokens="latents")
+    assert loaded.cfg.bold_tokens == "latents" and not loaded.channel_tokens
+    with torch.no_grad():
+        assert loaded(alone.signal, alone.sensors, alone.channel_mask, "bold")["codes"].shape[2] == 4
 
 
 def test_save_load_identical_and_other_version_refused(windows, tmp_path):
@@ -160,7 +186,7 @@ def test_fsq_quantizer(windows):
     with torch.no_grad():
         result = model(batch.signal, batch.sensors, batch.channel_mask, "bold")
     assert model.cfg.codes_per_level == 15 and result["codes"].max() < 15
-    assert model.cfg.bits_per_second("bold") == pytest.approx(4 * 2 * np.log2(15) / 8.0)
+    assert model.cfg.bits_per_second("bold", 20) == pytest.approx(20 * 2 * np.log2(15) / 8.0)  # 20 parcel tokens, log2(15) bits per level
 
 
 def test_short_training_lowers_the_loss(corpus_shards, tmp_path):

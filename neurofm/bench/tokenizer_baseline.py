@@ -56,8 +56,9 @@ def pcc_sse_sst(original: np.ndarray, reconstruction: np.ndarray) -> tuple[float
     return float(pcc.sum()), len(pcc), float(((original - reconstruction) ** 2).sum()), float((o**2).sum())
 
 
-def best_pca(items: list[np.ndarray], budget_bits: float) -> dict | None:
-    """The best PCA codec (by PCC) whose bits per window fit ``budget_bits``, over windows [C, T]."""
+def best_pca(items: list[np.ndarray], budget_bits) -> dict | None:
+    """The best PCA codec (by PCC) whose bits per window fit ``budget_bits`` (one budget for all windows
+    [C, T], or one per window), over windows [C, T]."""
     from threadpoolctl import threadpool_limits
 
     best = None
@@ -65,10 +66,10 @@ def best_pca(items: list[np.ndarray], budget_bits: float) -> dict | None:
         svds = [np.linalg.svd(window, full_matrices=False) for window in items]  # one per window, not per setting
     for rank, frac, bits in PCA_GRID:
         total = np.zeros(4)
-        for window, svd in zip(items, svds):
+        for window, svd, budget in zip(items, svds, np.broadcast_to(budget_bits, len(items))):
             c, t = window.shape
             t_prime = max(2, t // frac)
-            if rank * (c + t_prime) * bits + 32 * rank > budget_bits:
+            if rank * (c + t_prime) * bits + 32 * rank > budget:
                 break
             total += pcc_sse_sst(window, pca_codec(window, rank, t_prime, bits, svd))
         else:
@@ -105,10 +106,10 @@ def tokenizer_vs_pca(checkpoint: str | Path, shards: str | Path, out: str | Path
     result = {}
     for modality, items in sorted(windows.items()):
         family = "bold" if modality == "fmri" else "electro"
-        budget = model.cfg.bits_per_second(family) * items[0][1]
+        budgets = [model.cfg.bits_per_second(family, len(w)) * seconds for w, seconds in items]
         tok = metrics["modalities"][modality]
         result[modality] = {"tokenizer": {k: tok[k] for k in ("pcc", "r2", "spectral_error", "windows")},
-                            "bits_per_second": model.cfg.bits_per_second(family), "pca": best_pca([w for w, _ in items], budget),
+                            "bits_per_second": tok["bits_per_second"], "pca": best_pca([w for w, _ in items], budgets),
                             "devices": sorted(devices[modality])}
     return result
 

@@ -126,19 +126,24 @@ def channel_class(n_channels: int) -> int:
 
 def bucket_names(index: ShardIndex, by_channels: bool = False) -> np.ndarray:
     """The batch bucket of every sample of ``index`` [N] (str): its family and window length, and with
-    ``by_channels`` its channel class (:func:`channel_class`). Read from the manifest (each recording
-    has one modality, one window length and one channel count), so batches can be planned without
-    reading a sample; a recording the manifest does not describe is read once."""
+    ``by_channels`` its channel class (:func:`channel_class`); fMRI windows always by their exact channel
+    count (a tokenizer with channel tokens gives them one token per parcel, so a batch of fMRI codes
+    holds one parcel count). Read from the manifest (each recording has one modality, one window length
+    and one channel count), so batches can be planned without reading a sample; a recording the
+    manifest does not describe is read once."""
     names = np.empty(len(index), dtype=object)
     for rec in index.manifest["recordings"]:
         rows = slice(rec["first_sample"], rec["first_sample"] + rec["n_windows"])
         window, n_channels = modality_window(index.manifest, rec["modality"]), rec.get("n_channels")
-        if window is None or (by_channels and n_channels is None):
+        if window is None or (n_channels is None and (by_channels or FAMILY_OF_MODALITY.get(rec["modality"]) == "bold")):
             sample = index[rec["first_sample"]]
             data = sample["signal"] if "signal" in sample else sample["codes"]
             window = (family_of(sample["meta"]), window[1] if window else data.shape[-2 if "codes" in sample else 1])
             n_channels = sample["sensors"].shape[0]
-        names[rows] = f"{window[0]}-{window[1]}" + (f"-c{channel_class(n_channels)}" if by_channels else "")
+        if window[0] == "bold":
+            names[rows] = f"{window[0]}-{window[1]}-n{n_channels}"
+        else:
+            names[rows] = f"{window[0]}-{window[1]}" + (f"-c{channel_class(n_channels)}" if by_channels else "")
     return names
 
 

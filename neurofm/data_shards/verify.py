@@ -9,6 +9,7 @@ import numpy as np
 from wids.wids import IndexedTarSamples
 
 from neurofm.data_shards.dataset import decode_sample
+from neurofm.data_shards.modalities import FAMILY_OF_MODALITY
 from neurofm.data_shards.sensors import SENSOR_FEATURES, has_position
 from neurofm.data_shards.writer import read_manifest, sha256_file
 from neurofm.errors import ShardError
@@ -23,8 +24,9 @@ def _load(shards_dir: Path) -> dict:
 
 def _check_codes(sample: dict, tokenizer: dict) -> str | None:
     codes, sensors, meta = sample["codes"], sample["sensors"], sample["meta"]
-    if codes.ndim != 3 or codes.dtype != np.int16 or codes.shape[0] != tokenizer["n_latents"] or codes.shape[2] != tokenizer["levels"]:
-        return f"codes {codes.shape} {codes.dtype}, expected int16 [{tokenizer['n_latents']}, patches, {tokenizer['levels']}]"
+    tokens = len(sensors) if FAMILY_OF_MODALITY[meta["modality"]] in tokenizer.get("channel_tokens", ()) else tokenizer["n_latents"]
+    if codes.ndim != 3 or codes.dtype != np.int16 or codes.shape[0] != tokens or codes.shape[2] != tokenizer["levels"]:
+        return f"codes {codes.shape} {codes.dtype}, expected int16 [{tokens}, patches, {tokenizer['levels']}]"
     if codes.min() < 0 or codes.max() >= tokenizer["codes_per_level"]:
         return f"codes outside [0, {tokenizer['codes_per_level']})"
     if sensors.shape[0] != len(meta["channels"]):

@@ -32,8 +32,9 @@ class BrainEncoder(nn.Module):
     def __init__(self, tokenizer, model: MaskedCodeModel):
         super().__init__()
         cfg = model.cfg
-        if (tokenizer.cfg.n_latents, tokenizer.cfg.levels, tokenizer.cfg.codes_per_level) != (cfg.n_latents, cfg.levels, cfg.codes_per_level):
-            raise NeuroFMError("The release's tokenizer does not match its model (latents, levels or codebook differ).")
+        if ((tokenizer.cfg.n_latents, tokenizer.cfg.levels, tokenizer.cfg.codes_per_level) != (cfg.n_latents, cfg.levels, cfg.codes_per_level)
+                or {f for f in ("electro", "bold") if tokenizer.cfg.channel_tokens(f)} != set(cfg.channel_tokens)):
+            raise NeuroFMError("The release's tokenizer does not match its model (latents, levels, codebook or channel tokens differ).")
         self.tokenizer = tokenizer.eval().requires_grad_(False)
         self.model = model.eval()
 
@@ -65,9 +66,17 @@ class BrainEncoder(nn.Module):
     @torch.no_grad()
     def codes(self, signal, sensors, channel_mask, family: str) -> torch.Tensor:
         """signal [B, C, T], sensors [B, C, 12], channel_mask [B, C] → codes [B, P, K, L] (long), on
-        the encoder's device (inputs are moved there)."""
+        the encoder's device (inputs are moved there). With channel tokens (K = C) the windows must not be
+        padded: the model has no padding mask, so a padded channel's token would enter every embedding."""
+        return self._quantize(signal, sensors, channel_mask, family)[1]
+
+    def _quantize(self, signal, sensors, channel_mask, family: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Quantized latents [B, P, K, D_tok] and codes [B, P, K, L] of the windows, on the encoder's device."""
+        if self.tokenizer.cfg.channel_tokens(family) and not bool(channel_mask.all()):
+            raise NeuroFMError(f"A batch of {family} windows with different channel counts: this release gives them one token per "
+                               "channel, so batch windows of one channel count (one parcellation) together.")
         inputs = (t.to(self.device) for t in (signal, sensors, channel_mask))
-        return self.tokenizer.quantize(self.tokenizer.encode(*inputs, family))[1]
+        return self.tokenizer.quantize(self.tokenizer.encode(*inputs, family))[:2]
 
     def valid_tokens(self, codes: torch.Tensor, n_valid_samples: torch.Tensor, window_samples: int) -> torch.Tensor:
         """Tokens whose time patch holds recorded signal (not zero padding): [B, N] bool."""
@@ -107,8 +116,7 @@ class BrainEncoder(nn.Module):
     def tokenizer_embeddings(self, signal, sensors, channel_mask, family: str, n_valid_samples: torch.Tensor | None = None,
                              pooling: str = "mean", anchors: list[float | None] | None = None) -> torch.Tensor:
         """The tokenizer alone: its quantized latents [B, P, K, D_tok], pooled like ``layer_embeddings`` → [B, F]."""
-        inputs = (t.to(self.device) for t in (signal, sensors, channel_mask))
-        quantized, codes, _ = self.tokenizer.quantize(self.tokenizer.encode(*inputs, family))
+        quantized, codes = self._quantize(signal, sensors, channel_mask, family)
         pool = self._pooler(codes, signal.shape[2], family, n_valid_samples, pooling, anchors)
         return pool(rearrange(quantized, "b p k d -> b (p k) d")).cpu()
 

@@ -16,6 +16,10 @@ class PretrainModelConfig:
         The (encoder) transformer.
     n_latents, levels, codes_per_level : int
         K, L and V of the code shards (checked against their tokenizer; 0 = take them from the shards).
+    channel_tokens : list of str
+        Tokenizer families whose windows have one token per channel per patch rather than K latents (the
+        code shards' tokenizer says; e.g. ``[bold]`` with ``bold_tokens: channels``). Their tokens share one
+        learned "channel token" embedding in place of the latent-index embedding: they are a set per patch.
     max_patches : int
         Longest window in time patches.
     mask_ratio : float
@@ -46,6 +50,7 @@ class PretrainModelConfig:
     n_latents: int = 0
     levels: int = 0
     codes_per_level: int = 0
+    channel_tokens: list[str] = field(default_factory=list)
     max_patches: int = 64
     mask_ratio: float = 0.5
     masking: Literal["random", "time", "latent"] = "random"

@@ -80,6 +80,8 @@ def _model_card(config: dict) -> str:
         f"| {mod} | {s.get('recordings')} | {s.get('windows')} | {s.get('hours', 0):.3f} |" for mod, s in sorted(config["data"].items())
     )
     accuracy = ", ".join(f"{a:.3f}" for a in final.get("masked_accuracy", []))
+    families = m.get("channel_tokens") or []
+    channel_note = f" (one per channel for the {', '.join(families)} family)" if families else ""
     return f"""# NeuroFM masked-code model
 
 A transformer pretrained by predicting masked codes of the NeuroFM sensor-aware tokenizer (bundled in
@@ -87,7 +89,7 @@ A transformer pretrained by predicting masked codes of the NeuroFM sensor-aware 
 
 ## Model
 - width {m['d_model']}, {m['n_layers']} layers, {m['n_heads']} heads (~{12 * m['d_model'] ** 2 * m['n_layers'] / 1e6:.1f} M encoder parameters)
-- tokens: {m['n_latents']} latents per time patch, {m['levels']} RVQ levels of {m['codes_per_level']} codes
+- tokens: {m['n_latents']} latents per time patch{channel_note}, {m['levels']} RVQ levels of {m['codes_per_level']} codes
 - masking: {m['masking']}, ratio {m['mask_ratio']}; asymmetric decoder: {m['asymmetric']}
 
 ## Training data (code shards)

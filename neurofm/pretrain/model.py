@@ -9,7 +9,9 @@ A token is one (patch, latent) pair. Its input is the sum of its L level embeddi
 level), its latent-index embedding and its window's modality embedding; its time enters through rotary
 positions (the patch index) inside attention, so every latent of a patch shares a time. A masked token
 replaces its code embeddings by a learned mask embedding (it keeps latent index, modality and time:
-the model is asked "what was latent k at time p?"). The head predicts all L levels of every masked
+the model is asked "what was latent k at time p?"). A window whose tokenizer family has channel tokens
+(``channel_tokens``: one token per parcel) has K = C tokens per patch, and one shared channel-token
+embedding stands in for the latent index. The head predicts all L levels of every masked
 token; the loss is their cross-entropy. With ``latent_loss`` a second linear head also regresses each
 masked token's quantized latent (the continuous vector its codes stand for), so the encoder is asked to
 keep what the codes carry, not only which code is likeliest.
@@ -27,7 +29,7 @@ from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from neurofm.data_shards.modalities import MODALITY_IDS
+from neurofm.data_shards.modalities import FAMILY_OF_MODALITY, MODALITY_IDS
 from neurofm.errors import NeuroFMError
 from neurofm.pretrain.config import PretrainModelConfig
 
@@ -90,6 +92,10 @@ class MaskedCodeModel(nn.Module):
         d = cfg.d_model
         self.code_embeddings = nn.ModuleList(nn.Embedding(cfg.codes_per_level, d) for _ in range(cfg.levels))
         self.latent_embedding = nn.Embedding(cfg.n_latents, d)
+        if cfg.channel_tokens:  # a shared "channel token" embedding for the families with one token per channel
+            self.channel_embedding = nn.Parameter(torch.randn(d) * 0.02)
+            self.register_buffer("channel_modality", torch.tensor([FAMILY_OF_MODALITY[m] in cfg.channel_tokens for m in sorted(
+                MODALITY_IDS, key=MODALITY_IDS.get)]), persistent=False)
         self.modality_embedding = nn.Embedding(len(MODALITY_IDS), d)
         self.mask_embedding = nn.Parameter(torch.randn(d) * 0.02)
         self.encoder = Stack(d, cfg.n_layers, cfg.n_heads, cfg.mlp_ratio, cfg.activation_checkpointing)
@@ -139,14 +145,17 @@ class MaskedCodeModel(nn.Module):
         flat = rearrange(codes, "b p k l -> b (p k) l")
         return sum(self.latent_tables[level][flat[..., level]] for level in range(self.cfg.levels))
 
-    def _context(self, b: int, p: int, modality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latent-index + modality embedding [B, N, D] and time positions [B, N] of every token."""
+    def _context(self, b: int, p: int, k: int, modality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent-index (or channel-token) + modality embedding [B, N, D] and time positions [B, N] of every
+        token of windows of ``p`` patches × ``k`` tokens."""
         if p > self.cfg.max_patches:  # rotary positions would extrapolate past what the model was trained on
             raise NeuroFMError(f"A window of {p} time patches is longer than this model's max_patches={self.cfg.max_patches}; "
                                "cut the windows shorter (shards window_seconds), or pretrain with a larger model.max_patches.")
-        k = self.cfg.n_latents
-        latent = self.latent_embedding(torch.arange(k, device=modality.device)).repeat(p, 1)  # [N, D]
-        context = latent[None] + self.modality_embedding(modality)[:, None]
+        latent_index = torch.arange(k, device=modality.device).clamp(max=self.cfg.n_latents - 1)  # channel tokens: replaced below
+        latent = self.latent_embedding(latent_index).repeat(p, 1)[None]  # [1, N, D]
+        if self.cfg.channel_tokens:  # per window, without a host sync: which windows' tokens are channels
+            latent = torch.where(self.channel_modality[modality][:, None, None], self.channel_embedding.to(latent.dtype), latent)
+        context = latent + self.modality_embedding(modality)[:, None]
         positions = torch.arange(p, device=modality.device).repeat_interleave(k)[None].expand(b, -1)
         return context, positions
 
@@ -162,7 +171,7 @@ class MaskedCodeModel(nn.Module):
         flat = rearrange(codes, "b p k l -> b (p k) l")
         masked = rearrange(mask, "b p k -> b (p k)")
         tokens = sum(table(flat[..., level]) for level, table in enumerate(self.code_embeddings))
-        context, positions = self._context(b, p, modality)
+        context, positions = self._context(b, p, codes.shape[2], modality)
         if not self.cfg.asymmetric:
             x = torch.where(masked[..., None], self.mask_embedding.to(tokens.dtype), tokens) + context
             out = self.encoder(x, positions)
@@ -187,7 +196,7 @@ def encoder_hidden_states(model: MaskedCodeModel, codes: torch.Tensor, modality:
     last = n_blocks if upto is None else upto
     b, p = codes.shape[:2]
     flat = rearrange(codes, "b p k l -> b (p k) l")
-    context, positions = model._context(b, p, modality)
+    context, positions = model._context(b, p, codes.shape[2], modality)
     x = sum(table(flat[..., level]) for level, table in enumerate(model.code_embeddings)) + context
     states = [x]
     for block in model.encoder.blocks[:last]:

@@ -85,9 +85,11 @@ def tokenizer_codebooks(manifest: dict, codes_dir: str | Path) -> torch.Tensor:
 
 
 def fill_model_config(cfg: PretrainConfig, manifest: dict) -> None:
-    """Take K, L, V from the code shards' tokenizer; if the config names them, they must agree."""
+    """Take K, L, V and the channel-token families from the code shards' tokenizer; if the config names
+    them, they must agree."""
     tok = manifest["tokenizer"]
-    for name, value in (("n_latents", tok["n_latents"]), ("levels", tok["levels"]), ("codes_per_level", tok["codes_per_level"])):
+    for name, value in (("n_latents", tok["n_latents"]), ("levels", tok["levels"]), ("codes_per_level", tok["codes_per_level"]),
+                        ("channel_tokens", list(tok.get("channel_tokens", [])))):
         given = getattr(cfg.model, name)
         if given and given != value:
             raise NeuroFMError(

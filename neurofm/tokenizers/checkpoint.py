@@ -58,8 +58,9 @@ def read_config(directory: str | Path) -> dict:
 
 def stored_model_settings(config: dict) -> dict:
     """The model settings of a checkpoint's ``config.json``, with the defaults of settings added since
-    it was written (``spatial_field``, ``spectrum_readout`` off: checkpoints before them have no such weights)."""
-    return {"spatial_field": False, "spectrum_readout": False, **config["model"]}
+    it was written (``spatial_field``, ``spectrum_readout`` off: checkpoints before them have no such weights;
+    ``bold_tokens`` latents: what fMRI windows were before)."""
+    return {"spatial_field": False, "spectrum_readout": False, "bold_tokens": "latents", **config["model"]}
 
 
 def load_tokenizer(directory: str | Path) -> SensorTokenizer:

@@ -1,7 +1,7 @@
 """``encode_shards``: signal shards → code shards, so pretraining never runs the tokenizer.
 
-Code shards have the layout of signal shards with ``codes.npy`` (int16, latent × time patch × level)
-in place of ``signal.npy``; ``sensors.npy`` and ``meta.json`` are carried over unchanged. Their
+Code shards have the layout of signal shards with ``codes.npy`` (int16, latent × time patch × level;
+with channel tokens, channel × time patch × level) in place of ``signal.npy``; ``sensors.npy`` and ``meta.json`` are carried over unchanged. Their
 ``manifest.json`` names the tokenizer (path, sha256 of its weights, its config) and the signal shards
 they came from. Samples keep their order and keys; an interrupted run resumes.
 """
@@ -59,6 +59,7 @@ def _start(model, index: ShardIndex, checkpoint, shards, out: Path) -> dict:
         "n_latents": model.cfg.n_latents,
         "levels": model.cfg.levels,
         "codes_per_level": model.cfg.codes_per_level,
+        "channel_tokens": [f for f in ("electro", "bold") if model.cfg.channel_tokens(f)],
         "patch_seconds": {f: model.cfg.patch_seconds(f) for f in ("electro", "bold")},
     }
     source = {"path": str(shards), "settings_hash": index.manifest["settings_hash"]}
@@ -105,12 +106,13 @@ def _encode_batch(model, index: ShardIndex, indices: np.ndarray, staging: Path, 
     latents = model.encode(batch.signal.to(device), batch.sensors.to(device), batch.channel_mask.to(device), batch.family)
     codes = model.quantize(latents)[1].cpu().numpy()  # [B, P, K, L]
     counts = np.zeros((model.cfg.levels, model.cfg.codes_per_level), dtype=np.int64)
-    count_codes(counts, codes)
     with staging_tar(staging, first) as add:
         for i, (key, meta) in enumerate(zip(batch.keys, batch.metas)):
             c = int(batch.channel_mask[i].sum())
+            tokens = codes[i, :, :c] if model.cfg.channel_tokens(batch.family) else codes[i]  # a padded channel's token is no code
+            count_codes(counts, tokens)
             add(key, {
-                "codes.npy": encode_npy(np.ascontiguousarray(codes[i].transpose(1, 0, 2)).astype(np.int16)),
+                "codes.npy": encode_npy(np.ascontiguousarray(tokens.transpose(1, 0, 2)).astype(np.int16)),
                 "sensors.npy": encode_npy(batch.sensors[i, :c].numpy()),
                 "meta.json": json.dumps(meta).encode(),
             })

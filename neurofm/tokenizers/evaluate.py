@@ -6,7 +6,8 @@ Metrics per modality and per recording, over real channels and valid samples:
 - ``r2``: 1 − residual sum of squares / total sum of squares (all channels pooled);
 - ``spectral_error``: mean |log10 PSD(reconstruction) − log10 PSD(original)| over 1–45 Hz (fMRI: all
   frequencies), in decades (Welch PSD per channel);
-- ``bits_per_second``: bitrate of the codes of one window;
+- ``bits_per_second``: bitrate of the codes of one window (with channel tokens, at the windows' mean
+  channel count);
 - code ``usage`` (fraction of each level's codebook used) and ``perplexity`` per level.
 
 Also writes one PNG per modality with a few channels of one window, original against reconstruction.
@@ -106,7 +107,8 @@ def evaluate_tokenizer(checkpoint: str | Path, shards: str | Path, out: str | Pa
                 acc["windows"] += 1
         for modality, example in candidates.items():
             examples.setdefault(modality, example)
-    bits = {m: model.cfg.bits_per_second("bold" if m == "fmri" else "electro") for m in by_modality}
+    bits = {m: model.cfg.bits_per_second("bold" if m == "fmri" else "electro", acc["channels"] / max(acc["windows"], 1))
+            for m, acc in by_modality.items()}
     metrics = {
         "checkpoint": str(checkpoint),
         "shards": str(shards),

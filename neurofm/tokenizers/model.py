@@ -24,6 +24,10 @@ Order of the parts, as data flows:
    the field's linear back-projection of the latents is added.
 7. ``SpectrumReadout`` (training only, with ``spectrum_readout``): a linear read-out of each window's
    log spectrum from its quantized latents averaged over patches → [B, F].
+
+With ``bold_tokens: channels`` (the default) an fMRI window skips 3 and 6: each parcel's patch is its own
+token (``ChannelTokens`` lets the parcels of a patch attend to each other before quantization and again
+before each parcel's output head), so its codes are [B, P, C, L] — a token per parcel, K = C.
 """
 
 from __future__ import annotations
@@ -140,6 +144,40 @@ class SpatialField(nn.Module):
         return rearrange(spread, "b c p s -> b c (p s)")
 
 
+class ChannelTokens(nn.Module):
+    """The channel-wise path of a family with one token per channel (see ``bold_tokens``).
+
+    Encoding: each channel's patch state (patch features + sensor embedding) attends to the other channels
+    of its patch, [B, C, P, D] → tokens [B, P, C, D]. Decoding: each quantized token plus its channel's
+    sensor embedding attends to the other tokens of its patch, then a head gives the channel's samples,
+    [B, P, C, D] → [B, C, P·S]. Padded channels (``channel_mask`` False) are never attended to.
+    """
+
+    def __init__(self, cfg: TokenizerModelConfig, family: str):
+        super().__init__()
+        self.encoder = nn.ModuleList(SelfBlock(cfg.d_model, cfg.n_heads) for _ in range(cfg.encoder_layers))
+        self.decode_in = nn.Linear(cfg.d_model, cfg.d_model)
+        self.decoder = nn.ModuleList(SelfBlock(cfg.d_model, cfg.n_heads) for _ in range(cfg.decoder_layers))
+        self.head = nn.Sequential(nn.LayerNorm(cfg.d_model), nn.Linear(cfg.d_model, cfg.patch_samples(family)))
+
+    @staticmethod
+    def _mix(blocks: nn.ModuleList, x: torch.Tensor, channel_mask: torch.Tensor | None) -> torch.Tensor:
+        """x [B, P, C, D] through ``blocks`` over the channels of each patch."""
+        b, p = x.shape[:2]
+        ignore = None if channel_mask is None else repeat(~channel_mask, "b c -> (b p) c", p=p)
+        x = rearrange(x, "b p c d -> (b p) c d")
+        for block in blocks:
+            x = block(x, ignore)
+        return rearrange(x, "(b p) c d -> b p c d", b=b)
+
+    def encode(self, channels: torch.Tensor, channel_mask: torch.Tensor) -> torch.Tensor:
+        return self._mix(self.encoder, rearrange(channels, "b c p d -> b p c d"), channel_mask)
+
+    def decode(self, quantized: torch.Tensor, sensor_embedding: torch.Tensor, channel_mask: torch.Tensor | None) -> torch.Tensor:
+        x = self._mix(self.decoder, self.decode_in(quantized) + sensor_embedding[:, None], channel_mask)
+        return rearrange(self.head(x), "b p c s -> b c (p s)")
+
+
 class TemporalMixer(nn.Module):
     """Each latent attends across the patches of its window: [B, P, K, D] → [B, P, K, D]."""
 
@@ -201,9 +239,10 @@ class Quantizer(nn.Module):
             self.residual = ResidualFSQ(dim=cfg.code_dim, levels=list(cfg.fsq_levels), num_quantizers=cfg.levels)
         self.kind = cfg.quantizer
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """z [N, M, D] → quantized [N, M, D], codes [N, M, L], commitment loss (scalar)."""
-        out = self.residual(self.project_in(z))
+    def forward(self, z: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z [N, M, D] → quantized [N, M, D], codes [N, M, L], commitment loss (scalar). ``mask`` [N, M]
+        (False = a padding token): RVQ neither learns its codebooks from those tokens nor counts their loss."""
+        out = self.residual(self.project_in(z), mask=mask) if self.kind == "rvq" and mask is not None else self.residual(self.project_in(z))
         if self.kind == "rvq":
             quantized, codes, commit = out
             commit = commit.sum()
@@ -248,16 +287,20 @@ class SensorTokenizer(nn.Module):
         self.temporal = TemporalMixer(cfg)
         self.quantizer = Quantizer(cfg)
         self.decoder = SensorDecoder(cfg)
+        self.channel_tokens = nn.ModuleDict({f: ChannelTokens(cfg, f) for f in FAMILIES if cfg.channel_tokens(f)})
         self.field = SpatialField(cfg) if cfg.spatial_field else None
         self.spectrum = SpectrumReadout(cfg) if cfg.spectrum_readout else None
 
     def encode(self, signal: torch.Tensor, sensors: torch.Tensor, channel_mask: torch.Tensor, family: str) -> torch.Tensor:
-        """signal [B, C, T], sensors [B, C, 12], channel_mask [B, C] (True = real channel) → latents [B, P, K, D]."""
+        """signal [B, C, T], sensors [B, C, 12], channel_mask [B, C] (True = real channel) → latents [B, P, K, D]
+        (with channel tokens, [B, P, C, D]: a padded channel's token is there, to be ignored)."""
         check_window(signal, sensors, channel_mask, self.cfg, family)
         s = self.cfg.patch_samples(family)
         patches = rearrange(signal, "b c (p s) -> b c p s", s=s)
         sensor_embedding = self.sensor_encoder(sensors)
         channels = self.patch_encoders[family](patches) + sensor_embedding[:, :, None]  # [B, C, P, D]
+        if family in self.channel_tokens:
+            return self.temporal(self.channel_tokens[family].encode(channels, channel_mask))
         p = channels.shape[2]
         ignore = repeat(~channel_mask, "b c -> (b p) c", p=p)
         start = None
@@ -266,29 +309,35 @@ class SensorTokenizer(nn.Module):
         latents = self.compressor(rearrange(channels, "b c p d -> (b p) c d"), ignore, start)
         return self.temporal(rearrange(latents, "(b p) k d -> b p k d", p=p))
 
-    def quantize(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """latents [B, P, K, D] → quantized [B, P, K, D], codes [B, P, K, L], commitment loss."""
+    def quantize(self, latents: torch.Tensor, token_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """latents [B, P, K, D] → quantized [B, P, K, D], codes [B, P, K, L], commitment loss; ``token_mask``
+        [B, K] (False = a padded channel's token) keeps padding out of the codebooks and the loss."""
         b, p = latents.shape[:2]
-        quantized, codes, commit = self.quantizer(rearrange(latents, "b p k d -> b (p k) d"))
+        mask = None if token_mask is None else repeat(token_mask, "b k -> b (p k)", p=p)
+        quantized, codes, commit = self.quantizer(rearrange(latents, "b p k d -> b (p k) d"), mask)
         unflat = "b (p k) ... -> b p k ..."
         return rearrange(quantized, unflat, p=p), rearrange(codes, unflat, p=p), commit
 
-    def decode(self, quantized: torch.Tensor, sensors: torch.Tensor, family: str) -> torch.Tensor:
-        """quantized [B, P, K, D], sensors [B, C, 12] → signal [B, C, T] for every given sensor."""
+    def decode(self, quantized: torch.Tensor, sensors: torch.Tensor, family: str, channel_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """quantized [B, P, K, D], sensors [B, C, 12] → signal [B, C, T] for every given sensor. With channel
+        tokens the tokens are the channels' own (K = C) and ``channel_mask`` [B, C] marks the real ones."""
         sensor_embedding = self.sensor_encoder(sensors)
+        if family in self.channel_tokens:
+            return self.channel_tokens[family].decode(quantized, sensor_embedding, channel_mask)
         signal = self.decoder(quantized, sensor_embedding, family)
         if self.field is not None:
             signal = signal + self.field.decode(quantized, sensor_embedding, family)
         return signal
 
-    def decode_codes(self, codes: torch.Tensor, sensors: torch.Tensor, family: str) -> torch.Tensor:
-        """codes [B, P, K, L] → signal [B, C, T]."""
+    def decode_codes(self, codes: torch.Tensor, sensors: torch.Tensor, family: str, channel_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """codes [B, P, K, L] → signal [B, C, T] (``channel_mask`` as in :meth:`decode`)."""
         b, p = codes.shape[:2]
         quantized = rearrange(self.quantizer.from_codes(rearrange(codes, "b p k l -> b (p k) l")), "b (p k) d -> b p k d", p=p)
-        return self.decode(quantized, sensors, family)
+        return self.decode(quantized, sensors, family, channel_mask)
 
     def forward(self, signal, sensors, channel_mask, family, encoder_mask=None, views=None, time_mask=None) -> dict[str, torch.Tensor]:
-        """Encode (seeing ``encoder_mask`` channels, default all), quantize, reconstruct every channel.
+        """Encode (seeing ``encoder_mask`` channels, default all; with channel tokens a hidden channel keeps its
+        own token and is hidden from the others'), quantize, reconstruct every channel.
 
         Returns the reconstruction [B, C, T], the codes [B, P, K, L], the commitment loss and the
         latents before and after quantization [B, P, K, D]. ``views`` [M, 2] (rows a, b recording the
@@ -297,10 +346,11 @@ class SensorTokenizer(nn.Module):
         ``spectrum_readout`` [B, F] (``time_mask`` [B, T]: the valid samples, default all).
         """
         latents = self.encode(signal, sensors, channel_mask if encoder_mask is None else encoder_mask, family)
-        quantized, codes, commit = self.quantize(latents)
-        out = {"reconstruction": self.decode(quantized, sensors, family), "codes": codes, "commit_loss": commit, "latents": latents,
+        token_mask = channel_mask if family in self.channel_tokens else None
+        quantized, codes, commit = self.quantize(latents, token_mask)
+        out = {"reconstruction": self.decode(quantized, sensors, family, token_mask), "codes": codes, "commit_loss": commit, "latents": latents,
                "quantized": quantized}
-        if views is not None:
+        if views is not None and family not in self.channel_tokens:  # views pair EEG/MEG windows only
             out["view_reconstruction"] = self.decode(quantized[views[:, 0]], sensors[views[:, 1]], family)
         if self.spectrum is not None and family == "electro":
             valid = torch.ones(signal.shape[0], signal.shape[2], device=signal.device) if time_mask is None else time_mask.float()
