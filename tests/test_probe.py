@@ -144,3 +144,8 @@ def test_auto_pooling_is_event_for_event_locked_windows_flat_for_one_window_leng
     assert resolve_pooling("auto", manifest("eeg", "fmri")) == "mean"
     assert resolve_pooling("auto", {"settings": {}, "recordings": [{"modality": "eeg"}]}) == "mean"
     assert resolve_pooling("time", manifest("eeg", "fmri")) == "time"
+    # fMRI with one token per parcel: two parcellations give two token counts, one gives one
+    parcels = lambda *counts: {"settings": settings, "recordings": [{"modality": "fmri", "n_channels": c} for c in counts]}  # noqa: E731
+    assert resolve_pooling("auto", parcels(32, 64), ("bold",)) == "mean"
+    assert resolve_pooling("auto", parcels(32, 32), ("bold",)) == "flat"
+    assert resolve_pooling("auto", parcels(32, 64)) == "flat"  # K latents whatever the parcel count

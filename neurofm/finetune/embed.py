@@ -34,7 +34,7 @@ def embed_shards(release: str | Path, shards: str | Path, out: str | Path, *, ba
     encoder = BrainEncoder.from_pretrained(release).to(torch_device)
     index = ShardIndex(shards)
     require_signal(index)
-    pooling = resolve_pooling(pooling, index.manifest)
+    pooling = resolve_pooling(pooling, index.manifest, encoder.channel_tokens)
 
     def embed(batch):
         n_valid = batch.time_mask.sum(1)  # samples holding signal (collate reads n_valid_samples)

@@ -51,6 +51,11 @@ class BrainEncoder(nn.Module):
         return self
 
     @property
+    def channel_tokens(self) -> tuple[str, ...]:
+        """The tokenizer families whose windows get one token per channel (see ``bold_tokens``)."""
+        return tuple(self.model.cfg.channel_tokens)
+
+    @property
     def n_layers(self) -> int:
         """Embeddings per window: the input embedding and every block's output."""
         return self.model.cfg.n_layers + 1
@@ -132,10 +137,11 @@ class BrainEncoder(nn.Module):
         return lambda states: pool_tokens(states, valid, pooling, codes.shape[2], events)
 
 
-def resolve_pooling(pooling: str, manifest: dict) -> str:
+def resolve_pooling(pooling: str, manifest: dict, channel_tokens: tuple[str, ...] = ()) -> str:
     """``auto`` → ``event`` when every window of a shard set is locked to an event (epochs, evoked
     conditions) and of one tokenizer family; else ``flat`` when every window has one token count (one
-    family and one window length); else ``mean`` (flat vectors of different lengths do not stack).
+    family and one window length, and one channel count for a family in ``channel_tokens``, whose
+    windows have a token per channel); else ``mean`` (flat vectors of different lengths do not stack).
     Others as given."""
     from neurofm.data_shards.batches import modality_window
     from neurofm.data_shards.modalities import FAMILY_OF_MODALITY
@@ -146,8 +152,9 @@ def resolve_pooling(pooling: str, manifest: dict) -> str:
     families = {FAMILY_OF_MODALITY[r["modality"]] for r in recordings}
     if recordings and len(families) == 1 and all(r.get("layout", "continuous") != "continuous" for r in recordings):
         return "event"
-    windows = {modality_window(manifest, r["modality"]) for r in recordings}
-    return "flat" if len(windows) == 1 and None not in windows else "mean"
+    windows = {(modality_window(manifest, r["modality"]), r.get("n_channels") if FAMILY_OF_MODALITY[r["modality"]] in channel_tokens else 0)
+               for r in recordings}
+    return "flat" if len(windows) == 1 and None not in {w for w, _ in windows} else "mean"
 
 
 def event_patches(anchors: list[float | None], patch_seconds: float, n_patches: int,

@@ -152,7 +152,7 @@ def probe_release(release: str | Path, shards: str | Path, out: str | Path, *, l
         raise NeuroFMError("--ridge probes a numeric meta field: give --label-key.")
     torch_device = resolve_device(device)
     encoder = BrainEncoder.from_pretrained(release).to(torch_device)
-    pooling = resolve_pooling(pooling, ShardIndex(shards).manifest)
+    pooling = resolve_pooling(pooling, ShardIndex(shards).manifest, encoder.channel_tokens)
     collected = collect(encoder, shards, labels, label_key, block, group_by, pooling, random_seed=seed + 1)
     if collected is None:  # under torchrun, ranks other than 0 only embed their batches
         barrier(process_group()[1])

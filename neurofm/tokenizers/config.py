@@ -55,8 +55,8 @@ class TokenizerModelConfig:
     bold_tokens : 'latents' | 'channels'
         What an fMRI window's tokens are. ``latents``: K latents per patch, like EEG/MEG. ``channels``: one
         token per parcel (region) per patch — a channel-wise code, so the token count follows the parcels
-        and nothing has to route independent regions through K position-addressed latents (on held-out
-        simulated fMRI: PCC 0.99 vs 0.55 for 16 latents, against 0.96 for the same-bitrate PCA codec;
+        and nothing has to route independent regions through K position-addressed latents (held-out
+        simulated fMRI: PCC 0.97–1.00 against 0.55 with 16 latents, the same-bitrate PCA codec 0.96;
         benchmarks/RESULTS.md item 28). Channel tokens see each other through ``encoder_layers`` /
         ``decoder_layers`` self-attention blocks over the parcels of a patch. The default; checkpoints
         written before it existed load with ``latents``.
