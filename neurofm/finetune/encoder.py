@@ -33,7 +33,7 @@ class BrainEncoder(nn.Module):
         super().__init__()
         cfg = model.cfg
         if ((tokenizer.cfg.n_latents, tokenizer.cfg.levels, tokenizer.cfg.codes_per_level) != (cfg.n_latents, cfg.levels, cfg.codes_per_level)
-                or {f for f in ("electro", "bold") if tokenizer.cfg.channel_tokens(f)} != set(cfg.channel_tokens)):
+                or set(tokenizer.cfg.channel_token_families) != set(cfg.channel_tokens)):
             raise NeuroFMError("The release's tokenizer does not match its model (latents, levels, codebook or channel tokens differ).")
         self.tokenizer = tokenizer.eval().requires_grad_(False)
         self.model = model.eval()

@@ -120,6 +120,11 @@ class TokenizerModelConfig:
         """Whether ``family``'s windows get one token per channel per patch (else K latents)."""
         return family == "bold" and self.bold_tokens == "channels"
 
+    @property
+    def channel_token_families(self) -> list[str]:
+        """The families whose windows get one token per channel (what code shards and releases record)."""
+        return [f for f in FAMILIES if self.channel_tokens(f)]
+
     def tokens_per_patch(self, family: str, n_channels: int) -> int:
         """Tokens of one time patch of a window of ``n_channels`` channels: C with channel tokens, else K."""
         return n_channels if self.channel_tokens(family) else self.n_latents

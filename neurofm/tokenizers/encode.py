@@ -59,7 +59,7 @@ def _start(model, index: ShardIndex, checkpoint, shards, out: Path) -> dict:
         "n_latents": model.cfg.n_latents,
         "levels": model.cfg.levels,
         "codes_per_level": model.cfg.codes_per_level,
-        "channel_tokens": [f for f in ("electro", "bold") if model.cfg.channel_tokens(f)],
+        "channel_tokens": model.cfg.channel_token_families,
         "patch_seconds": {f: model.cfg.patch_seconds(f) for f in ("electro", "bold")},
     }
     source = {"path": str(shards), "settings_hash": index.manifest["settings_hash"]}

@@ -287,7 +287,7 @@ class SensorTokenizer(nn.Module):
         self.temporal = TemporalMixer(cfg)
         self.quantizer = Quantizer(cfg)
         self.decoder = SensorDecoder(cfg)
-        self.channel_tokens = nn.ModuleDict({f: ChannelTokens(cfg, f) for f in FAMILIES if cfg.channel_tokens(f)})
+        self.channel_tokens = nn.ModuleDict({f: ChannelTokens(cfg, f) for f in cfg.channel_token_families})
         self.field = SpatialField(cfg) if cfg.spatial_field else None
         self.spectrum = SpectrumReadout(cfg) if cfg.spectrum_readout else None
 
