@@ -349,6 +349,33 @@ def test_simulated_event_locked_windows_keep_their_event_and_ground_truth(tmp_pa
     assert all(8.5 <= m["labels"]["alpha_hz"] <= 11.5 and m["labels"]["device"] == "shafts" for m in metas)
 
 
+def test_simulated_fmri_blocks_give_labelled_windows_that_raw_features_decode(tmp_path):
+    """``fmri_epochs`` cuts simulated BOLD runs at their blocks' onsets (the electrophysiology ``epochs`` do
+    not apply to them); the raw-feature column of such slow windows is one finite candidate (no spectrum)
+    that tells the conditions apart across runs."""
+    from neurofm.bench.embeddings import raw_columns
+    from neurofm.data_shards import ShardIndex, build_shards
+    from neurofm.data_shards.config import ShardsConfig
+
+    sim = SimulateConfig(hours=0.5, modalities=["fmri"], subjects=1, eeg_montages=["biosemi64"], cache_dir=str(tmp_path / "gains"),
+                         epochs=EventEpochs(events=CLASSES, tmin=-0.5, tmax=1.5),
+                         fmri_epochs=EventEpochs(events=CLASSES, tmin=0.0, tmax=16.0))
+    build_shards(ShardsConfig(simulate=sim, out=str(tmp_path / "s")), progress=False)
+    index = ShardIndex(tmp_path / "s")
+    samples = [index[i] for i in range(len(index))]
+    metas = [s["meta"] for s in samples]
+    assert len(metas) >= 40 and all(m["layout"] == "epochs" and m["window_onset"] == 0.0 for m in metas)
+    assert {m["labels"]["event"] for m in metas} == set(CLASSES) and all(s["signal"].shape == (32, 8) for s in samples)
+    windows = ProbeWindows(metas, raw_windows=[(s["signal"], m) for s, m in zip(samples, metas)])
+    rows = np.arange(len(metas))
+    features = raw_columns(windows, rows, CLASSES)
+    assert len(features) == 1 and np.isfinite(features[0][:, ~np.isnan(features[0]).all(0)]).all()
+    y, groups = windows.field("event").astype(str), windows.field("source").astype(str)
+    assert probes.grouped_cv("logistic", features, y, groups)["score"] > 0.8
+    shuffled = np.random.default_rng(0).permutation(y)
+    assert probes.grouped_cv("logistic", features, shuffled, groups)["score"] < 0.6
+
+
 def test_real_task_labels_windows_before_and_after_an_onset_and_groups_blocks():
     from neurofm.bench.config import RealTask
 

@@ -87,9 +87,11 @@ def raw_columns(windows: ProbeWindows, rows: np.ndarray, labels: list[str] | Non
     """Raw features of ``rows`` (all of one device) as a column of two candidate feature sets, chosen
     between by the probe's inner CV like a release's layers: every feature, and the channel-averaged
     spectrum alone (a rhythm's frequency lives in its ~40 values, which the ~10 per channel drown
-    under a shared penalty: alpha-frequency R² 0.77–0.85 from the spectrum alone, ≈ 0 from all)."""
+    under a shared penalty: alpha-frequency R² 0.77–0.85 from the spectrum alone, ≈ 0 from all). Slow
+    signals (fMRI) have no spectrum: every feature is the one candidate."""
     features = device_features([windows.raw_windows[i] for i in rows], labels)
-    return [features, features[:, -len(SPECTRUM_GRID):]]
+    spectrum = features[:, -len(SPECTRUM_GRID):]
+    return [features] if np.isnan(spectrum).all() else [features, spectrum]
 
 
 __all__ = ["ProbeWindows", "collect", "device_of", "random_encoder", "raw_columns"]

@@ -226,7 +226,11 @@ class SimulateConfig:
         Regions (coherent source patches, and fMRI parcels) per head.
     epochs : EventEpochs | None
         Cut the electrophysiology recordings into event-locked windows (as ``inputs[].epochs``); every
-        window keeps the recording's ground truth in its labels. fMRI runs stay continuous.
+        window keeps the recording's ground truth in its labels. fMRI runs follow ``fmri_epochs``.
+    fmri_epochs : EventEpochs | None
+        Cut the fMRI runs into windows locked to the onsets of their blocks (``tmin`` / ``tmax`` in
+        seconds; e.g. 0 … 16 s, the block and the haemodynamic response's rise and peak), labelled by
+        the block's condition; None: continuous windows.
     device_views : bool
         Make every EEG and MEG recording on each device of its modality from the same sources (same
         scenario, events and rhythms; each device its own sensor noise, bad channels and blinks) instead
@@ -253,6 +257,7 @@ class SimulateConfig:
     source_spacing_mm: float = 10.0
     n_regions: int = 32
     epochs: EventEpochs | None = None
+    fmri_epochs: EventEpochs | None = None
     device_views: bool = False
     meeg_views: bool = False
 

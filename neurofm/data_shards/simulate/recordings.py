@@ -231,7 +231,7 @@ def simulate_recording(spec: SimulatedSpec, config: SimulateConfig):
 
     raw, truth = simulate_raw(spec, config)
     modality = "ieeg" if spec.modality in ("seeg", "ecog") else spec.modality
-    epochs = config.epochs if modality != "fmri" else None
+    epochs = config.fmri_epochs if modality == "fmri" else config.epochs
     recording = finish_recording(raw, Path(spec.name), InputSpec(path=spec.name, modality=modality, epochs=epochs), modality=modality)
     recording.labels = truth
     return recording
