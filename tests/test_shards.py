@@ -380,3 +380,17 @@ def test_a_worker_staging_a_recording_file_does_not_load_torch(tmp_path):
     assert done.returncode == 0, done.stderr
     windows, torch_loaded = done.stdout.split()
     assert int(windows) > 0 and torch_loaded == "False"
+
+
+def test_settings_added_later_leave_the_hash_of_earlier_shard_sets_alone():
+    """A shard set built before a setting existed must keep its hash (else a rerun of the same build is
+    refused as 'other settings'): a later setting at its old-behaviour value is left out of the hash, any
+    other value enters it."""
+    from neurofm.data_shards.build import settings_hash
+    from neurofm.data_shards.config import EventEpochs, SimulateConfig
+
+    config = ShardsConfig(out="x", simulate=SimulateConfig())
+    # the hash shard sets of the default simulator settings were written with before simulate.fmri_epochs existed
+    assert settings_hash(config) == "ad191a1738e31846", "a new setting changed old shard sets' hash: add it to LATER_SETTINGS"
+    config.simulate.fmri_epochs = EventEpochs(events=["visual"], tmin=0.0, tmax=16.0)
+    assert settings_hash(config) != "ad191a1738e31846"

@@ -46,10 +46,22 @@ def sample_settings(config: ShardsConfig) -> dict:
     return settings
 
 
+#: Settings added after shard sets were first written, each with the value that makes the samples as before
+#: it existed: left out of the hash at that value, so a shard set built earlier keeps its hash (it resumes,
+#: and a rebuild with unchanged settings is a no-op rather than a refusal).
+LATER_SETTINGS: dict[tuple[str, ...], object] = {("simulate", "fmri_epochs"): None}
+
+
 def settings_hash(config: ShardsConfig) -> str:
     """Hash of everything that changes the samples (the output folder excluded)."""
     settings = sample_settings(config)
     settings.pop("out")
+    for *parents, name in LATER_SETTINGS:
+        section = settings
+        for key in parents:
+            section = section.get(key) if isinstance(section, dict) else None
+        if isinstance(section, dict) and name in section and section[name] == LATER_SETTINGS[(*parents, name)]:
+            del section[name]
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
