@@ -22,7 +22,7 @@ POOLING_HELP = ("tokens → one vector per window: mean over tokens holding sign
                 "token), power (log variance of each latent feature over the window: rhythms), cov (log-Euclidean Ledoit-Wolf covariance "
                 "of the state features over the window: rhythms' frequency), event (every token of the patches "
                 "0–0.4 s after the window's event), or auto (default: event when every window is an epoch or evoked condition, "
-                "else flat when all windows have one length, else mean)")
+                "cov when every window is a continuous EEG/MEG/iEEG window, else flat when all windows have one length, else mean)")
 #: ``--workers`` of the commands that build shards (see neurofm.data_shards.parallel)
 WORKERS_HELP = ("recordings processed at once: this process and a local Dask cluster of N-1 worker processes (default N: "
                 "the cores this process may use; 1: this process alone)")

@@ -132,7 +132,7 @@ def test_probe_on_two_torchrun_processes_gives_the_scores_of_one(release, corpus
     assert one == two and one["windows"] > 8
 
 
-def test_auto_pooling_is_event_for_event_locked_windows_flat_for_one_window_length_and_mean_for_several():
+def test_auto_pooling_is_event_for_event_locked_windows_cov_for_continuous_electrophysiology_flat_or_mean_else():
     from neurofm.finetune.encoder import resolve_pooling
 
     settings = {"eeg": {"window_seconds": 2.0, "sfreq": 256.0}, "meg": {"window_seconds": 2.0, "sfreq": 256.0},
@@ -140,9 +140,13 @@ def test_auto_pooling_is_event_for_event_locked_windows_flat_for_one_window_leng
     manifest = lambda *mods, layout="continuous": {"settings": settings, "recordings": [{"modality": m, "layout": layout} for m in mods]}  # noqa: E731
     assert resolve_pooling("auto", manifest("eeg", "meg", layout="epochs")) == "event"
     assert resolve_pooling("auto", manifest("eeg", "fmri", layout="epochs")) == "mean"  # two patch lengths
-    assert resolve_pooling("auto", manifest("eeg", "meg")) == "flat"
+    assert resolve_pooling("auto", manifest("eeg", "meg")) == "cov"  # continuous: states, not latencies
+    assert resolve_pooling("auto", {"settings": {}, "recordings": [{"modality": "eeg"}]}) == "cov"  # cov's size needs no window length
     assert resolve_pooling("auto", manifest("eeg", "fmri")) == "mean"
-    assert resolve_pooling("auto", {"settings": {}, "recordings": [{"modality": "eeg"}]}) == "mean"
+    assert resolve_pooling("auto", manifest("fmri", "fmri")) == "flat"
+    mixed = {"settings": settings, "recordings": [{"modality": "eeg", "layout": "epochs"}, {"modality": "eeg"}]}
+    assert resolve_pooling("auto", mixed) == "flat"
+    assert resolve_pooling("auto", {"settings": {}, "recordings": [{"modality": "eeg", "layout": "epochs"}, {"modality": "meg"}]}) == "mean"
     assert resolve_pooling("time", manifest("eeg", "fmri")) == "time"
     # fMRI with one token per parcel: two parcellations give two token counts, one gives one
     parcels = lambda *counts: {"settings": settings, "recordings": [{"modality": "fmri", "n_channels": c} for c in counts]}  # noqa: E731
