@@ -433,3 +433,15 @@ def test_the_slow_loss_weighs_a_lost_slow_deflection_not_lost_fast_detail():
     x, w = torch.tensor([[1.0, 3.0, 5.0, 100.0]]), torch.tensor([[1.0, 1.0, 1.0, 0.0]])
     means, counts = block_means(x, w, 2)
     assert means.tolist() == [[2.0, 5.0]] and counts.tolist() == [[2.0, 1.0]]
+
+
+def test_code_counts_skip_the_minus_one_of_padding_tokens():
+    """Code batches pad the tokens of windows with fewer channels with −1 (no code): counting them must
+    neither crash (bincount of a negative) nor count a code."""
+    from neurofm.tokenizers.usage import code_usage, count_codes
+
+    counts = np.zeros((2, 4), dtype=np.int64)
+    codes = np.array([[[0, 3], [1, 3]], [[-1, -1], [2, 0]]])  # [tokens, 2 tokens, L = 2]; one padding token
+    count_codes(counts, codes)
+    assert counts.tolist() == [[1, 1, 1, 0], [1, 0, 0, 2]]
+    assert code_usage(counts)["usage"] == [0.75, 0.5]

@@ -45,7 +45,9 @@ def check_shards_fit(index: ShardIndex, model: TokenizerModelConfig) -> None:
 
 
 def count_codes(counts: np.ndarray, codes: np.ndarray) -> None:
-    """Add the codes [..., L] to per-level counts [L, V] in place."""
+    """Add the codes [..., L] to per-level counts [L, V] in place; negative codes (the −1 of padding tokens,
+    e.g. the channel tokens of a window with fewer channels than its batch) are not codes and are skipped."""
     flat = codes.reshape(-1, counts.shape[0])
     for level in range(counts.shape[0]):
-        counts[level] += np.bincount(flat[:, level], minlength=counts.shape[1])
+        column = flat[:, level]
+        counts[level] += np.bincount(column[column >= 0], minlength=counts.shape[1])
