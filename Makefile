@@ -50,7 +50,7 @@ demo: $(STAMP)
 	@echo "== 5. finetuning examples, short form ($(DEMO_EPOCHS) epochs; \`make examples\` runs them in full)"
 	$(MAKE) --no-print-directory examples RELEASE=$(DEMO_OUT)/release EX_OUT=$(DEMO_OUT)/examples EX_EPOCHS=$(DEMO_EPOCHS)
 
-# The representation benchmark (CPU preset, about an hour on 2 cores): corpus → tokenizer → DeepSpeed
+# The representation benchmark (CPU preset, about 80 minutes on 2 cores): corpus → tokenizer → DeepSpeed
 # pretraining → release → probes on held-out subjects and devices; results.md / results.json / layers.png.
 BENCH_OUT ?= runs/bench_representation
 bench-representation: $(STAMP)
