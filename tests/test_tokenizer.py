@@ -441,7 +441,7 @@ def test_code_counts_skip_the_minus_one_of_padding_tokens():
     from neurofm.tokenizers.usage import code_usage, count_codes
 
     counts = np.zeros((2, 4), dtype=np.int64)
-    codes = np.array([[[0, 3], [1, 3]], [[-1, -1], [2, 0]]])  # [tokens, 2 tokens, L = 2]; one padding token
+    codes = np.array([[[0, 3], [1, 3]], [[-1, -1], [2, 0]]])  # [2 windows, 2 tokens, L = 2]; one padding token
     count_codes(counts, codes)
     assert counts.tolist() == [[1, 1, 1, 0], [1, 0, 0, 2]]
     assert code_usage(counts)["usage"] == [0.75, 0.5]
