@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from neurofm.config import load_config
+from neurofm.data_shards.modalities import MODALITY_IDS
 from neurofm.errors import ConfigError, NeuroFMError
 from neurofm.launch import LaunchConfig, render_launch
 from neurofm.pretrain.config import PretrainConfig, PretrainModelConfig
@@ -21,7 +22,7 @@ from neurofm.pretrain.export import export_release, from_pretrained
 from neurofm.pretrain.masking import make_mask, masked_tokens
 from neurofm.pretrain.model import MaskedCodeModel, masked_code_loss, masked_latent_loss
 from neurofm.pretrain.safe_checkpoint import weights_only_loads
-from neurofm.pretrain.train import probe_logits, train_pretrain
+from neurofm.pretrain.train import MaskedAccuracyTally, probe_logits, train_pretrain
 from tests.conftest import ROOT, clean_env
 
 TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "micro_batch=4", "log_every=1", "warmup_steps=2",
@@ -73,6 +74,28 @@ def test_model_predicts_every_level_of_masked_tokens(asymmetric):
         assert torch.allclose(model(codes, torch.tensor([0, 3]), mask), model(changed, torch.tensor([0, 3]), mask))
 
 
+def test_masked_accuracy_is_tallied_per_modality_over_the_logging_interval():
+    """Two batches (one of EEG and MEG windows, one of fMRI): the logged accuracy is the mean over every
+    window of the interval, split by modality, and a read starts a new interval."""
+    logits = torch.zeros(3, 4, 1, 5)
+    logits[..., 2] = 1.0  # predicts code 2 everywhere
+    codes = torch.tensor([[2, 2, 2, 2], [2, 2, 0, 0], [0, 0, 0, 0]]).view(3, 2, 2, 1)
+    mask = torch.ones(3, 2, 2, dtype=torch.bool)
+    _, per_window = masked_code_loss(logits, codes, mask, 4, per_window=True)
+    assert per_window.squeeze(1).tolist() == [1.0, 0.5, 0.0]
+    _, overall = masked_code_loss(logits, codes, mask, 4)
+    assert torch.allclose(per_window.mean(0), overall)
+    tally = MaskedAccuracyTally()
+    tally.add(per_window, torch.tensor([MODALITY_IDS["eeg"], MODALITY_IDS["meg"], MODALITY_IDS["eeg"]]))
+    tally.add(torch.tensor([[0.25]]), torch.tensor([MODALITY_IDS["fmri"]]))
+    read = tally.read()
+    assert read["masked_accuracy_by_modality"] == {"eeg": [0.5], "meg": [0.5], "fmri": [0.25]}
+    assert read["masked_accuracy"] == [pytest.approx((1.0 + 0.5 + 0.0 + 0.25) / 4)]
+    assert tally.read() == {}
+    with pytest.raises(ValueError, match="n_masked"):
+        masked_code_loss(logits, codes, mask, per_window=True)
+
+
 def test_channel_tokens_are_a_set_per_patch_beside_latent_windows():
     """fMRI windows of a tokenizer with channel tokens: C tokens per patch, any C, sharing one embedding, so
     reordering the parcels reorders the predictions; EEG windows of the same model keep their latent index."""
@@ -97,6 +120,9 @@ def test_zero_stages_train_and_export_reproduces_the_model(code_shards, tmp_path
     run = tmp_path / "run"
     metrics = train_pretrain(config(code_shards, run, "steps=3", f"zero_stage={stage}", f"precision={precision}"), progress=False)
     assert np.isfinite(metrics["loss"]) and len(metrics["masked_accuracy"]) == 2
+    by_modality = metrics["masked_accuracy_by_modality"]
+    assert by_modality and set(by_modality) <= set(MODALITY_IDS)
+    assert all(len(levels) == 2 and all(0 <= a <= 1 for a in levels) for levels in by_modality.values())
     done = json.loads((run / "DONE.json").read_text())
     assert done["step"] == 3 and (run / "latest").read_text().strip() == "step_00000003"
     release = export_release(run, tmp_path / "release")

@@ -44,9 +44,10 @@ def test_tensorboard_scalars_are_purged_past_the_resumed_step(tmp_path):
     assert [s for s, _ in tensorboard_steps(board, "accuracy/1")] == [1, 2, 3, 4, 5]
 
 
-def test_scalars_take_numbers_and_lists_only():
-    record = {"step": 7, "loss": 0.5, "usage": [1, 0.5], "flag": True, "mfu": None, "name": "x", "nan": float("nan")}
-    assert scalars(record) == [("loss", 0.5), ("usage/0", 1.0), ("usage/1", 0.5)]
+def test_scalars_take_numbers_lists_and_dicts_only():
+    record = {"step": 7, "loss": 0.5, "usage": [1, 0.5], "flag": True, "mfu": None, "name": "x", "nan": float("nan"),
+              "by": {"eeg": [0.25], "step": 3}}
+    assert scalars(record) == [("loss", 0.5), ("usage/0", 1.0), ("usage/1", 0.5), ("by/eeg/0", 0.25), ("by/step", 3.0)]
 
 
 def test_resume_check_names_every_changed_setting_and_allows_deliberate_ones():

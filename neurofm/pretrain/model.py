@@ -228,16 +228,22 @@ def masked_latent_loss(predicted: torch.Tensor, target: torch.Tensor, mask: torc
     return (chosen - wanted).pow(2).mean() / wanted.pow(2).mean().clamp(min=1e-12)
 
 
-def masked_code_loss(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor, n_masked: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_code_loss(logits: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor, n_masked: int | None = None,
+                     per_window: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy over every level at masked tokens; and masked accuracy per level [L].
 
     logits [B, N, L, V], codes [B, P, K, L], mask [B, P, K]. With ``n_masked`` (masked tokens per
     window, the same for every window) the masked tokens are gathered without a device sync; the
-    result is the same.
+    result is the same. ``per_window`` (needs ``n_masked``) gives the accuracy of each window [B, L],
+    whose mean over windows is the accuracy per level.
     """
+    if per_window and n_masked is None:
+        raise ValueError("per_window accuracy needs n_masked (the same number of masked tokens in every window).")
     target = rearrange(codes, "b p k l -> b (p k) l")
     masked = rearrange(mask, "b p k -> b (p k)")
     chosen_logits, chosen_target = _masked_rows(logits, masked, n_masked), _masked_rows(target, masked, n_masked)  # [M, L, V], [M, L]
     loss = F.cross_entropy(chosen_logits.float().flatten(0, 1), chosen_target.flatten())
-    accuracy = (chosen_logits.argmax(-1) == chosen_target).float().mean(0)
-    return loss, accuracy
+    hits = (chosen_logits.argmax(-1) == chosen_target).float()  # [M, L]
+    if per_window:
+        return loss, rearrange(hits, "(b m) l -> b m l", m=n_masked).mean(1)
+    return loss, hits.mean(0)

@@ -272,8 +272,9 @@ def _checkpoint_config(cfg: PretrainConfig, manifest: dict) -> dict:
 
 def _micro_step(engine, batch: dict, cfg: PretrainConfig, generator: torch.Generator, device: torch.device):
     """Forward, backward and (at the accumulation boundary, DeepSpeed decides) optimizer step on one
-    micro-batch; returns the loss, per-level masked accuracy, the latent-regression term (NaN without
-    ``latent_loss``; all on device, no host sync), windows and tokens per window."""
+    micro-batch; returns the loss, masked accuracy per window and level [B, L], the latent-regression term
+    (NaN without ``latent_loss``; all on device, no host sync), the windows' modality ids [B] and tokens
+    per window."""
     codes, modality = batch["codes"].to(device), batch["modality"].to(device)
     b, p, k, _ = codes.shape
     mask = make_mask(b, p, k, cfg.model.mask_ratio, cfg.model.masking, generator).to(device)
@@ -281,14 +282,44 @@ def _micro_step(engine, batch: dict, cfg: PretrainConfig, generator: torch.Gener
     if cfg.model.latent_loss > 0:
         logits, latents = engine(codes, modality, mask, p * k - n_masked, with_latents=True)
         latent_term = masked_latent_loss(latents, engine.module.quantized_latents(codes), mask, n_masked)
-        loss, accuracy = masked_code_loss(logits, codes, mask, n_masked)
+        loss, accuracy = masked_code_loss(logits, codes, mask, n_masked, per_window=True)
         loss = loss + cfg.model.latent_loss * latent_term
     else:
-        loss, accuracy = masked_code_loss(engine(codes, modality, mask, p * k - n_masked), codes, mask, n_masked)
+        loss, accuracy = masked_code_loss(engine(codes, modality, mask, p * k - n_masked), codes, mask, n_masked, per_window=True)
         latent_term = torch.tensor(float("nan"), device=device)
     engine.backward(loss)
     engine.step()
-    return loss.detach(), accuracy.detach(), latent_term.detach(), b, p * k
+    return loss.detach(), accuracy.detach(), latent_term.detach(), modality, p * k
+
+
+class MaskedAccuracyTally:
+    """Masked-code accuracy per level, summed per modality over one logging interval on the device (no
+    host sync until :meth:`read`). A batch holds windows of one shape, so fMRI's parcel tokens and the
+    electrophysiology latents come in separate batches: the last batch alone says little, a mean over
+    the interval split by modality says how each is learnt."""
+
+    def __init__(self) -> None:
+        self.sums: torch.Tensor | None = None  # [modalities, L]
+        self.counts: torch.Tensor | None = None  # [modalities]
+
+    def add(self, accuracy: torch.Tensor, modality: torch.Tensor) -> None:
+        """accuracy [B, L] of each window, modality [B] (ids of ``MODALITY_IDS``)."""
+        if self.sums is None:
+            self.sums = accuracy.new_zeros(len(MODALITY_IDS), accuracy.shape[1])
+            self.counts = accuracy.new_zeros(len(MODALITY_IDS))
+        self.sums.index_add_(0, modality, accuracy.float())
+        self.counts.index_add_(0, modality, torch.ones_like(modality, dtype=self.counts.dtype))
+
+    def read(self) -> dict:
+        """``masked_accuracy`` [L] over every window since the last read, and ``masked_accuracy_by_modality``
+        {modality: [L]} for the modalities seen; then starts a new interval."""
+        if self.sums is None:
+            return {}
+        sums, counts = self.sums.cpu(), self.counts.cpu()
+        self.sums, self.counts = None, None
+        return {"masked_accuracy": (sums.sum(0) / counts.sum()).tolist(),
+                "masked_accuracy_by_modality": {name: (sums[i] / counts[i]).tolist()
+                                                for name, i in MODALITY_IDS.items() if counts[i] > 0}}
 
 
 def _train(cfg: PretrainConfig, manifest: dict, rank: int, world: int, device: torch.device, out: Path, progress: bool,
@@ -325,22 +356,23 @@ def _train(cfg: PretrainConfig, manifest: dict, rank: int, world: int, device: t
                      tensorboard=out / "tensorboard" if cfg.tensorboard else None)
     throughput = Throughput(cfg, world)
     metrics: dict = {}
+    accuracy = MaskedAccuracyTally()
     try:
         while step < cfg.steps:
-            losses, accuracies, latent_terms = [], [], []
+            losses, latent_terms = [], []
             for _ in range(cfg.grad_accum):
-                loss, accuracy, latent_term, windows, tokens_per_window = _micro_step(engine, next(batches), cfg, generator, device)
+                loss, window_accuracy, latent_term, modality, tokens_per_window = _micro_step(engine, next(batches), cfg, generator, device)
                 losses.append(loss)
-                accuracies.append(accuracy)
+                accuracy.add(window_accuracy, modality)
                 latent_terms.append(latent_term)
+                windows = len(modality)
                 windows_seen += windows * world
                 throughput.add(windows * tokens_per_window * world)
             step += 1
             if on_step is not None:
                 on_step(step)
             if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
-                metrics = {"step": step, "loss": float(torch.stack(losses).mean()),
-                           "masked_accuracy": torch.stack(accuracies).float().mean(0).cpu().tolist(),
+                metrics = {"step": step, "loss": float(torch.stack(losses).mean()), **accuracy.read(),
                            "lr": scheduler.get_last_lr()[0], **throughput.read(device, tokens_per_window)}
                 if cfg.model.latent_loss > 0:
                     metrics["latent_unexplained"] = float(torch.stack(latent_terms).mean())

@@ -22,7 +22,7 @@ class MetricsLog:
     TensorBoard event files (None: JSONL only).
 
     Every number in a record becomes a scalar named by its key (``group/name`` keys group them in
-    TensorBoard); a list of numbers becomes ``key/0``, ``key/1`` …; anything else stays in the JSONL only.
+    TensorBoard); a list of numbers becomes ``key/0``, ``key/1`` …, a dict ``key/name``; anything else stays in the JSONL only.
     """
 
     def __init__(self, path: str | Path, resumed_step: int = 0, enabled: bool = True, tensorboard: str | Path | None = None):
@@ -62,14 +62,21 @@ class MetricsLog:
         self.close()
 
 
-def scalars(metrics: dict) -> list[tuple[str, float]]:
-    """The finite numbers of a record as (name, value), lists spread over ``name/i``; ``step`` left out."""
+def scalars(metrics: dict, prefix: str = "") -> list[tuple[str, float]]:
+    """The finite numbers of a record as (name, value), lists spread over ``name/i`` and dicts over
+    ``name/key``; ``step`` left out."""
     out = []
     for key, value in metrics.items():
+        if key == "step" and not prefix:
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.extend(scalars(value, f"{name}/"))
+            continue
         values = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
         for i, v in values:
-            if key != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                out.append((key if i is None else f"{key}/{i}", float(v)))
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                out.append((name if i is None else f"{name}/{i}", float(v)))
     return out
 
 
