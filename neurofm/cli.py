@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+from typing import NoReturn
 
 from neurofm.errors import NeuroFMError
 from neurofm.finetune.config import PROBE_GROUPINGS, PROBE_POOLINGS
@@ -580,5 +581,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def run(argv: list[str] | None = None) -> NoReturn:
+    """The ``neurofm`` command: :func:`main`, then :func:`neurofm.distributed.exit_process` with its status
+    (under torchrun a rank leaves without interpreter finalization once its work is written)."""
+    from neurofm.distributed import exit_process
+
+    exit_process(main(argv))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -8,7 +8,10 @@ single process writes. Outside ``torchrun`` (``WORLD_SIZE`` unset or 1) nothing 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
+import sys
+from typing import NoReturn
 
 import torch
 
@@ -27,7 +30,8 @@ def process_group(backend: str = "gloo") -> tuple[int, int]:
 def destroy_at_exit() -> None:
     """Destroy the default process group when the interpreter exits, while it is still whole: a gloo group
     left to interpreter finalization can abort the process ("terminate called without an active
-    exception", SIGABRT) after its work is done (pytorch/pytorch#190489). Registered once per process."""
+    exception", SIGABRT) after its work is done (the mechanism: pytorch/pytorch#179291). Registered once per
+    process; see :func:`exit_process` for a group that DistributedDataParallel has used."""
     global _EXIT_HOOK
     if not _EXIT_HOOK:
         atexit.register(lambda: torch.distributed.is_initialized() and torch.distributed.destroy_process_group())
@@ -35,6 +39,25 @@ def destroy_at_exit() -> None:
 
 
 _EXIT_HOOK = False
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this process with exit status ``code`` once a command's work is written.
+
+    In a process group this process started (:func:`process_group` under torchrun, pretraining's DeepSpeed group),
+    the group is destroyed, logs and standard streams are flushed and the process leaves with
+    ``os._exit``, skipping interpreter finalization: a gloo group that ``DistributedDataParallel`` has used
+    outlives ``destroy_process_group`` (its threads still run seconds later, with the model and every
+    Python reference gone), and finalizing the interpreter under those threads aborted a rank whose work
+    was done (SIGABRT, "terminate called without an active exception"; about one 2-rank tokenizer run in
+    200 under load). Elsewhere: ``sys.exit(code)``."""
+    if _EXIT_HOOK and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def gather_in_plan_order(results: dict[int, object], rank: int, world: int) -> list | None:
@@ -66,4 +89,4 @@ def barrier(world: int) -> None:
         torch.distributed.barrier()
 
 
-__all__ = ["barrier", "gather_in_plan_order", "map_batches", "process_group"]
+__all__ = ["barrier", "exit_process", "gather_in_plan_order", "map_batches", "process_group"]

@@ -202,7 +202,8 @@ def load_older_checkpoint(directory: Path, setting: str, **before):
 #: A tokenizer small enough for tests (overrides of ``TokenizerTrainConfig``).
 SMALL_TOKENIZER = ["model.d_model=32", "model.n_heads=2", "model.n_latents=4", "model.code_dim=8", "model.codebook_size=16",
                    "model.levels=2", "batch_size=8", "log_every=5", "checkpoint_every=1000"]
-#: ``python -c`` code that trains a tokenizer from the overrides in its arguments (for torchrun tests).
+#: ``python -c`` code that trains a tokenizer from the overrides in its arguments and ends as the ``neurofm``
+#: command does (for torchrun tests).
 TOKENIZER_TRAIN_CODE = ("import sys; from neurofm.config import load_config; from neurofm.tokenizers.config import TokenizerTrainConfig; "
-                        "from neurofm.tokenizers.train import train_tokenizer; "
-                        "train_tokenizer(load_config(TokenizerTrainConfig, None, sys.argv[1:]), progress=False)")
+                        "from neurofm.tokenizers.train import train_tokenizer; from neurofm.distributed import exit_process; "
+                        "train_tokenizer(load_config(TokenizerTrainConfig, None, sys.argv[1:]), progress=False); exit_process(0)")

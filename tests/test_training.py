@@ -172,6 +172,28 @@ def test_a_damaged_checkpoint_is_an_error_that_names_it(tmp_path, damage):
         manager.load(manager.latest())
 
 
+def test_a_finished_rank_of_a_ddp_run_leaves_without_interpreter_finalization(tmp_path):
+    """A gloo group that DistributedDataParallel used outlives destroy_process_group (its threads keep
+    running), and finalizing the interpreter under them can abort a finished rank; exit_process ends each
+    rank with its status, its output flushed, and no finalization (an atexit hook never runs)."""
+    import subprocess
+    import sys
+
+    from conftest import torchrun_processes
+
+    code = ("import atexit, os, sys, torch; from neurofm.distributed import exit_process, process_group; "
+            "atexit.register(lambda: open(os.path.join(sys.argv[1], 'finalized' + os.environ['RANK']), 'w').write('yes')); "
+            "rank, world = process_group(); model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2)); "
+            "model(torch.randn(3, 4)).sum().backward(); "
+            "print(f'rank {rank} of {world} done', model.module.weight.grad.abs().sum().item() > 0); exit_process(0)")
+    result = torchrun_processes(2, code, tmp_path)
+    assert "rank 0 of 2 done True" in result.stdout and "rank 1 of 2 done True" in result.stdout
+    assert not list(tmp_path.glob("finalized*"))
+    alone = subprocess.run([sys.executable, "-c", "from neurofm.distributed import exit_process; print('alone'); exit_process(3)"],
+                           capture_output=True, text=True, timeout=120)
+    assert alone.returncode == 3 and alone.stdout == "alone\n"  # no process group: an ordinary exit with the status
+
+
 def test_a_process_group_started_for_torchrun_is_destroyed_at_exit(tmp_path):
     """A gloo group left to interpreter finalization can abort a finished rank (SIGABRT); the group that
     neurofm.distributed starts is destroyed by an exit hook, before any hook registered earlier runs."""
