@@ -420,6 +420,22 @@ def test_real_task_recordings_stay_out_of_the_pretraining_corpus():
     assert len(_shards_config(SimulateConfig(hours=0.1), Path("x"), (cfg.real_inputs, "."), set()).inputs) == len(kept) + len(held)
 
 
+def test_corpus_overrides_change_the_pretraining_corpus_alone():
+    """``corpus_overrides`` (e.g. a longer window) reach the corpus's shards config, with or without real
+    inputs; the probe sets are built without them, so every candidate is probed on the same windows."""
+    from neurofm.bench.representation import _shards_config
+    from neurofm.data_shards.config import SimulateConfig
+
+    longer = ["eeg.window_seconds=4.0", "meg.window_seconds=4.0"]
+    for real in (None, ("configs/shared_data.yaml", ".")):
+        corpus = _shards_config(SimulateConfig(hours=0.1), Path("x"), real, extra=longer)
+        assert (corpus.eeg.window_seconds, corpus.meg.window_seconds, corpus.ieeg.window_seconds) == (4.0, 4.0, 2.0)
+        assert str(corpus.out) == "x" and corpus.simulate.hours == 0.1
+    assert _shards_config(SimulateConfig(hours=0.1), Path("x"), None).eeg.window_seconds == 2.0
+    with pytest.raises(NeuroFMError, match="window_secs"):
+        _shards_config(SimulateConfig(hours=0.1), Path("x"), None, extra=["eeg.window_secs=4.0"])
+
+
 def test_bench_command_builds_a_release_through_every_stage(tmp_path, capsys):
     """`neurofm bench representation --release-only` on a tiny corpus: shards → tokenizer → codes →
     DeepSpeed pretraining → release, with the held-out devices only in the probe set."""

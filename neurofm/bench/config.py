@@ -83,6 +83,10 @@ class RepresentationBenchConfig:
         ``results.md`` and ``layers.png``. Rerunning resumes (every stage is resumable).
     corpus : SimulateConfig
         The simulated pretraining corpus (subjects from 0, its own devices).
+    corpus_overrides : list of str
+        Dotted overrides of the pretraining corpus's shards config (its preprocessing and windowing, e.g.
+        ``eeg.window_seconds=4.0``); the probe and continuous sets keep theirs, so every candidate is
+        probed on the same windows. The simulator's settings go in ``corpus``.
     real_inputs, real_root : str | None
         A shards config whose inputs join the pretraining corpus (the real recordings,
         ``configs/shared_data.yaml`` over ``../shared/data``) — used when ``real_root`` exists.
@@ -135,6 +139,7 @@ class RepresentationBenchConfig:
     out: str = "runs/bench_representation"
     corpus: SimulateConfig = field(default_factory=lambda: SimulateConfig(
         hours=1.0, subjects=8, eeg_montages=["biosemi64", "classic_1020"], meg_helmets=["neuromag306", "ctf275"]))
+    corpus_overrides: list[str] = field(default_factory=list)
     real_inputs: str | None = "configs/shared_data.yaml"
     real_root: str | None = "../shared/data"
     probe_set: SimulateConfig = field(default_factory=_probe_set)

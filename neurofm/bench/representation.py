@@ -67,11 +67,11 @@ def real_task_inputs(cfg: RepresentationBenchConfig) -> set[str]:
     return {spec.path for task in cfg.real_tasks for spec in load_config(ShardsConfig, task.shards, []).inputs}
 
 
-def _shards_config(sim, out: Path, real: tuple[str, str] | None, exclude: set[str] = frozenset()):
+def _shards_config(sim, out: Path, real: tuple[str, str] | None, exclude: set[str] = frozenset(), extra: list[str] = ()):
     from neurofm.config import load_config
     from neurofm.data_shards.config import ShardsConfig
 
-    overrides = [f"out={out}"] + ([f"root={real[1]}"] if real else ["inputs=[]"])
+    overrides = [*extra, f"out={out}"] + ([f"root={real[1]}"] if real else ["inputs=[]"])
     cfg = load_config(ShardsConfig, real[0] if real else None, overrides)
     cfg.inputs = [spec for spec in cfg.inputs if spec.path.rstrip("/") not in {p.rstrip("/") for p in exclude}]
     cfg.simulate = sim
@@ -99,7 +99,8 @@ def build_stages(cfg: RepresentationBenchConfig, progress: bool = False) -> dict
     real = (cfg.real_inputs, cfg.real_root) if cfg.real_inputs and cfg.real_root and Path(cfg.real_root).is_dir() else None
     timings = {}
     started = time.perf_counter()
-    corpus = build_shards(_shards_config(cfg.corpus, paths["corpus"], real, real_task_inputs(cfg)), progress=progress)
+    corpus = build_shards(_shards_config(cfg.corpus, paths["corpus"], real, real_task_inputs(cfg), cfg.corpus_overrides),
+                          progress=progress)
     probe = build_shards(_shards_config(cfg.probe_set, paths["probe_set"], None), progress=progress)
     split = check_held_out(corpus, probe, cfg.held_out_devices)
     timings["shards_s"] = time.perf_counter() - started
