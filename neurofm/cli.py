@@ -228,6 +228,20 @@ def _probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from neurofm.bench.compare import compare_markdown, load_results
+    from neurofm.data_shards.writer import write_text_atomic
+
+    names = args.names or [Path(r).name if Path(r).is_dir() else Path(r).stem for r in args.runs]
+    table = compare_markdown([load_results(r) for r in args.runs], names)
+    if args.out:
+        write_text_atomic(Path(args.out), table)
+    print(table, end="")
+    return 0
+
+
 def _bench_representation(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -474,6 +488,15 @@ def build_parser() -> argparse.ArgumentParser:
     brep.add_argument("--release-only", action="store_true",
                       help="stop after the release (corpus, tokenizer, pretraining); a later run without it probes it")
     brep.set_defaults(func=_bench_representation)
+    bcmp = bsub.add_parser("compare", help="headline figures of several benchmark runs side by side", description=(
+        "Read the results.json of several `bench representation` runs (candidates, seeds) and print one markdown "
+        "table: a row per headline measure (evoked decoding and its margin over random weights, per device and per "
+        "layer, few labels, cross-device transfer, the regression, tokenizer vs PCA, masked-code accuracy, real "
+        "tasks, targets met, stage times), a column per run."))
+    bcmp.add_argument("runs", nargs="+", help="runs' out= folders or their results.json files")
+    bcmp.add_argument("--names", nargs="+", help="column names, one per run (default: the folder or file names)")
+    bcmp.add_argument("--out", help="also write the table to this markdown file")
+    bcmp.set_defaults(func=_bench_compare)
 
     probe = stages.add_parser("probe", help="per-layer linear probes of a release", description=(
         "Embed the labelled windows of signal shards with a release (its tokenizer + encoder, every layer "

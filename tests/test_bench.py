@@ -22,6 +22,8 @@ from neurofm.finetune import encoder as encoder_module
 from neurofm.finetune.encoder import pool_tokens
 from neurofm.pretrain.diagnostics import code_frequencies, copy_nearest_predict, masked_accuracy, unigram_predict
 
+from conftest import ROOT
+
 CLASSES = ["auditory", "visual", "somatosensory"]
 
 
@@ -508,3 +510,28 @@ def test_bench_command_builds_a_release_through_every_stage(tmp_path, capsys):
     assert "tokenizer PCC ≥ same-bitrate PCA (eeg, held-out subjects and devices)" in names
     report = (out / "results.md").read_text()
     assert "the continuous set" in report and "GSN-HydroCel-129*" in report and (out / "layers.png").stat().st_size > 0
+
+
+def test_bench_compare_puts_runs_side_by_side_from_their_stored_numbers(tmp_path, capsys):
+    """`neurofm bench compare` on two recorded runs: each cell is the run's own figure (recomputed here from its
+    results.json), a measure one run lacks reads "—", and a file that is not a benchmark's results is refused."""
+    from neurofm.bench.compare import compare_markdown, load_results
+    from neurofm.cli import main
+
+    record, corpus3 = ROOT / "benchmarks/representation_cpu_results.json", ROOT / "benchmarks/representation_cpu_corpus3_results.json"
+    runs = [load_results(record), load_results(corpus3)]
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in compare_markdown(runs, ["a", "b"]).splitlines()[2:]}
+    for column, run in enumerate(runs):
+        evoked = [float(np.mean([d[f"{c}/event"]["score"] for d in run["evoked"].values()])) for c in ("release", "random")]
+        assert rows["… margin over random weights (target 0.10)"][column].rstrip(" |") == f"{evoked[0] - evoked[1]:.3f}"
+        assert rows["evoked, `event`: release / random / tokenizer / raw"][column].startswith(f"{evoked[0]:.3f} / {evoked[1]:.3f} / ")
+        assert rows["targets met"][column].rstrip(" |") == f"{sum(t['met'] for t in run['targets'])} of 13"
+    del runs[1]["regression"]
+    assert "| 0.714 / 0.252 / 0.712 / 0.812 | — |" in compare_markdown(runs, ["a", "b"])
+    assert main(["bench", "compare", str(record), str(corpus3), "--names", "record", "3 h", "--out", str(tmp_path / "t.md")]) == 0
+    assert capsys.readouterr().out == (tmp_path / "t.md").read_text() and "| measure | record | 3 h |" in (tmp_path / "t.md").read_text()
+    (tmp_path / "other.json").write_text('{"config": {}}')
+    with pytest.raises(NeuroFMError, match="other.json lacks evoked, targets"):
+        load_results(tmp_path / "other.json")
+    with pytest.raises(NeuroFMError, match="2 names for 1 runs"):
+        compare_markdown(runs[:1], ["a", "b"])
