@@ -44,15 +44,15 @@ _EXIT_HOOK = False
 def exit_process(code: int) -> NoReturn:
     """End this process with exit status ``code`` once a command's work is written.
 
-    In a group of several processes that this process started (:func:`process_group` under torchrun,
-    pretraining's DeepSpeed group), the group is destroyed, logs and standard streams are flushed and the
+    In a group of several processes (:func:`process_group` under torchrun, pretraining's DeepSpeed group,
+    Accelerate's for finetuning), the group is destroyed, logs and standard streams are flushed and the
     process leaves with ``os._exit``, skipping interpreter finalization: a gloo group that
-    ``DistributedDataParallel`` has used
-    outlives ``destroy_process_group`` (its threads still run seconds later, with the model and every
-    Python reference gone), and finalizing the interpreter under those threads aborted a rank whose work
-    was done (SIGABRT, "terminate called without an active exception"; about one 2-rank tokenizer run in
-    200 under load). Elsewhere (one process, a plain run): ``sys.exit(code)``."""
-    if _EXIT_HOOK and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+    ``DistributedDataParallel`` has used outlives ``destroy_process_group`` (its threads still run seconds
+    later, with the model and every Python reference gone), and finalizing the interpreter under those
+    threads aborted a rank whose work was done (SIGABRT, "terminate called without an active exception";
+    about one 2-rank tokenizer run in 200 under load). The ``neurofm`` command ends this way; a script that
+    calls the stages' functions under torchrun should too. Elsewhere (one process): ``sys.exit(code)``."""
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.destroy_process_group()
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
