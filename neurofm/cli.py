@@ -607,9 +607,12 @@ def main(argv: list[str] | None = None) -> int:
 def run(argv: list[str] | None = None) -> NoReturn:
     """The ``neurofm`` command: :func:`main`, then :func:`neurofm.distributed.exit_process` with its status
     (under torchrun a rank leaves without interpreter finalization once its work is written)."""
+    code = main(argv)
+    if "torch" not in sys.modules:  # no process group without torch; light commands need not import it
+        sys.exit(code)
     from neurofm.distributed import exit_process
 
-    exit_process(main(argv))
+    exit_process(code)
 
 
 if __name__ == "__main__":
