@@ -185,8 +185,8 @@ def test_a_finished_rank_of_a_ddp_run_leaves_without_interpreter_finalization(tm
             "atexit.register(lambda: open(os.path.join(sys.argv[1], 'finalized' + os.environ['RANK']), 'w').write('yes')); "
             "rank, world = process_group(); model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2)); "
             "model(torch.randn(3, 4)).sum().backward(); "
-            "print(f'rank {rank} of {world} done', model.module.weight.grad.abs().sum().item() > 0); exit_process(0)")
-    result = torchrun_processes(2, code, tmp_path)
+            "sys.stdout.write(f'rank {rank} of {world} done {model.module.weight.grad.abs().sum().item() > 0}\\n'); exit_process(0)")
+    result = torchrun_processes(2, code, tmp_path)  # one write per rank: the two ranks' lines do not interleave
     assert "rank 0 of 2 done True" in result.stdout and "rank 1 of 2 done True" in result.stdout
     assert not list(tmp_path.glob("finalized*"))
     alone = subprocess.run([sys.executable, "-c", "from neurofm.distributed import exit_process; print('alone'); exit_process(3)"],
