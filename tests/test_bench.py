@@ -436,6 +436,10 @@ def test_corpus_overrides_change_the_pretraining_corpus_alone():
     assert _shards_config(SimulateConfig(hours=0.1), Path("x"), None).eeg.window_seconds == 2.0
     with pytest.raises(NeuroFMError, match="window_secs"):
         _shards_config(SimulateConfig(hours=0.1), Path("x"), None, extra=["eeg.window_secs=4.0"])
+    from neurofm.bench.config import RepresentationBenchConfig
+
+    with pytest.raises(ValueError, match=r"corpus_overrides \['simulate.hours=3'\].*corpus.hours"):  # would be replaced, not applied
+        RepresentationBenchConfig(corpus_overrides=["eeg.l_freq=1.0", "simulate.hours=3"])
 
 
 def test_bench_command_builds_a_release_through_every_stage(tmp_path, capsys):

@@ -76,7 +76,7 @@ def _rows(results: dict) -> dict[str, str]:
     mc = results.get("masked_codes")
     if mc:
         rows["masked-code accuracy per level (level 1 × better trivial)"] = \
-            f"{_slash(mc['model'])} ({mc['model'][0] / max(mc['unigram'][0], mc['copy_nearest'][0]):.2f}×)"
+            f"{_slash(mc['model'])} ({mc['ratio_to_best_trivial'][0]:.2f}×)"
     real = results.get("real_tasks") or {}
     if real:
         pooling_of = {t["name"]: t.get("pooling") or p for t in cfg.get("real_tasks", [])}

@@ -182,6 +182,10 @@ class RepresentationBenchConfig:
         for task in self.real_tasks if self.real_root else []:
             if task.pooling is not None and task.pooling not in self.poolings:
                 raise ValueError(f"real task '{task.name}': pooling {task.pooling} is not one of poolings {self.poolings}.")
+        owned = [o for o in self.corpus_overrides if o.split("=")[0].split(".")[0].split("[")[0] in ("simulate", "out", "root", "inputs")]
+        if owned:
+            raise ValueError(f"corpus_overrides {owned}: the benchmark sets the corpus's simulate, out, root and inputs itself; "
+                             "give simulator settings under corpus (e.g. corpus.hours=3.0), real inputs in real_inputs.")
         if self.probe_jobs == 0 or self.probe_jobs < -1:
             raise ValueError(f"probe_jobs is a number of processes (≥ 1) or -1 for every core; got {self.probe_jobs}.")
         for pair in self.cross_device:
