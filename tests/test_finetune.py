@@ -88,6 +88,27 @@ def test_classification_head_trains_and_reports_baselines(release, corpus_shards
     assert model.head.final_layer.out_features == len(report["classes"])
 
 
+def test_layer_mix_weighs_every_layer_and_learns_the_weights(release, corpus_shards, tmp_path):
+    from neurofm.finetune.model import LayerMix
+
+    states = [torch.randn(2, 5, 8) * (i + 1) + i for i in range(4)]
+    mix = LayerMix(4)
+    with torch.no_grad():
+        mix.logits[2] = 40.0  # all the weight on layer 2: the mix is that layer, normed
+    expected = torch.nn.functional.layer_norm(states[2], (8,))
+    assert torch.allclose(mix(states), expected, atol=1e-5) and mix.weights.sum().item() == pytest.approx(1.0)
+    with pytest.raises(NeuroFMError, match="4 layers but got 3"):
+        mix(states[:3])
+
+    report = finetune(config(release, corpus_shards, tmp_path / "run", "label_key=modality", "layer=mix", "epochs=6"), progress=False)
+    weights = np.array(report["layer_weights"])
+    assert len(weights) == BrainEncoder.from_pretrained(release).n_layers and weights.sum() == pytest.approx(1.0)
+    assert np.ptp(weights) > 1e-4  # trained away from uniform
+    assert report["model"]["balanced_accuracy"] > 0.6
+    saved = load_finetuned(tmp_path / "run").layer_mix.weights.detach().numpy()
+    assert np.allclose(saved, weights, atol=1e-6)
+
+
 def test_split_never_shares_a_group(release, corpus_shards, tmp_path):
     from neurofm.finetune.data import grouped_split, load_windows
 
@@ -246,6 +267,14 @@ def test_bad_input(release, corpus_shards, tmp_path):
     with pytest.raises(ConfigError, match="trained with pooling=attention, this run uses pooling=mean; add pooling=attention"):
         finetune(config(release, corpus_shards, tmp_path / "r", "label_key=modality", "pooling=mean", f"init_from={tmp_path / 'cls'}"),
                  progress=False)
+    with pytest.raises(ConfigError, match="trained with layer=-1, this run uses layer=mix; add layer=-1"):
+        finetune(config(release, corpus_shards, tmp_path / "r", "label_key=modality", "layer=mix", f"init_from={tmp_path / 'cls'}"),
+                 progress=False)
+    n_layers = BrainEncoder.from_pretrained(release).n_layers
+    with pytest.raises(ConfigError, match=f"layer={n_layers}, but the release's encoder has {n_layers} layers"):
+        finetune(config(release, corpus_shards, tmp_path / "r", "label_key=modality", f"layer={n_layers}"), progress=False)
+    with pytest.raises(ConfigError, match="layer"):
+        config(release, corpus_shards, tmp_path / "r", "layer=middle")
     (four / "targets.json").write_text(json.dumps({**json.loads((four / "targets.json").read_text()), "ids": ["eeg"]}))
     with pytest.raises(NeuroFMError, match="recompute"):
         load_targets(four)

@@ -97,8 +97,12 @@ class FinetuneConfig:
     target_key : str | None
         The ``meta.json`` / ``labels.*`` field whose value is a window's target id (e.g. ``event`` for
         face/house, ``association`` for the N400 words, ``stimulus`` for the speech set).
-    layer : int
-        Encoder layer the head reads (−1: the last, normed).
+    layer : int | 'mix'
+        Encoder layer the head reads (−1: the last, normed; 0: the input embedding), or ``mix``: a learned
+        softmax-weighted sum of every layer's token states, each layer-normed first (the SUPERB benchmark's
+        weighted-sum read-out of a frozen self-supervised encoder), so no layer has to be picked — the
+        probes find the small release's best layer in its middle, not at the end (benchmarks/RESULTS.md
+        item 32). The learned weights are reported in ``metrics.json`` (``layer_weights``).
     pooling : 'mean' | 'query' | 'attention'
         Tokens → one embedding: mean over valid tokens, a learned CLS-style query (multi-head
         attention), or attention pooling (a learned score per token, softmax-weighted mean; the
@@ -160,7 +164,7 @@ class FinetuneConfig:
     classes: list[str] = field(default_factory=list)
     targets: str | None = None
     target_key: str | None = None
-    layer: int = -1
+    layer: int | Literal["mix"] = -1
     pooling: Pooling = "attention"
     mode: Mode = "frozen"
     last_k: int = 1

@@ -1,4 +1,4 @@
-"""Finetuning model: encoder (frozen, last-k, full or LoRA) → pooling → subject adapters → head.
+"""Finetuning model: encoder (frozen, last-k, full or LoRA) → (layer mix) → pooling → subject adapters → head.
 
 Heads end in a layer named ``final_layer`` and can be re-sized with ``reset_head(n_outputs)``.
 
@@ -43,6 +43,28 @@ class Pooling(nn.Module):
             return out[:, 0]
         scores = self.score(tokens)[..., 0].masked_fill(~valid, float("-inf"))
         return (scores.softmax(dim=1)[..., None] * tokens).sum(1)
+
+
+class LayerMix(nn.Module):
+    """Every layer's token states → one learned softmax-weighted sum of them, each layer-normed (no affine)
+    first so that the un-normed residual streams of the middle blocks and the normed last layer weigh
+    alike (SUPERB's weighted-sum read-out). Weights start uniform."""
+
+    def __init__(self, n_layers: int):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(n_layers))
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """[layers] softmax weights, summing to 1."""
+        return self.logits.softmax(0)
+
+    def forward(self, states: list[torch.Tensor]) -> torch.Tensor:
+        """states: one [B, N, D] per layer → [B, N, D]."""
+        if len(states) != len(self.logits):
+            raise NeuroFMError(f"The layer mix was built for {len(self.logits)} layers but got {len(states)}.")
+        normed = torch.stack([F.layer_norm(h.float(), h.shape[-1:]) for h in states])  # [layers, B, N, D]
+        return torch.einsum("l,lbnd->bnd", self.weights, normed)
 
 
 class SubjectAdapters(nn.Module):
@@ -134,6 +156,10 @@ class FinetuneModel(nn.Module):
         super().__init__()
         self.encoder, self.cfg = encoder, cfg
         d = encoder.d_model
+        if cfg.layer != "mix" and not -encoder.n_layers <= cfg.layer < encoder.n_layers:
+            raise ConfigError(f"layer={cfg.layer}, but the release's encoder has {encoder.n_layers} layers (the input embedding "
+                              f"and {encoder.n_layers - 1} blocks): choose 0 … {encoder.n_layers - 1}, −1 for the last, or 'mix'.")
+        self.layer_mix = LayerMix(encoder.n_layers) if cfg.layer == "mix" else None
         self.pooling = Pooling(cfg.pooling, d)
         self.adapters = SubjectAdapters(subjects, d) if cfg.adapters.enabled else None
         if cfg.task == "classification":
@@ -153,7 +179,12 @@ class FinetuneModel(nn.Module):
         """Pooled (and adapted) brain embedding [B, D]."""
         frozen = self.cfg.mode == "frozen"
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            tokens = self.encoder(codes, modality, self.cfg.layer)
+            if self.layer_mix is None:
+                tokens = self.encoder(codes, modality, self.cfg.layer)
+            else:
+                states = self.encoder.hidden_states(codes, modality)
+        if self.layer_mix is not None:
+            tokens = self.layer_mix(states)
         x = self.pooling(tokens.float(), valid)
         if self.adapters is not None:
             x = self.adapters(x, subjects)
@@ -201,8 +232,8 @@ def set_trainable(model: FinetuneModel, cfg: FinetuneConfig) -> None:
 def trainable_state(model: FinetuneModel) -> dict[str, torch.Tensor]:
     """Everything finetuning may change: head, pooling, adapters and the encoder's trainable tensors."""
     keep = {n for n, p in model.named_parameters() if p.requires_grad}
-    keep |= {n for n, _ in model.named_parameters() if n.startswith(("head.", "pooling.", "adapters.", "prefix_lm.project.")) or "lora_" in n}
+    keep |= {n for n, _ in model.named_parameters() if n.startswith(("head.", "layer_mix.", "pooling.", "adapters.", "prefix_lm.project.")) or "lora_" in n}
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if n in keep}
 
 
-__all__ = ["ClassificationHead", "ContrastiveHead", "FinetuneModel", "Pooling", "SubjectAdapters", "clip_loss", "set_trainable"]
+__all__ = ["ClassificationHead", "ContrastiveHead", "FinetuneModel", "LayerMix", "Pooling", "SubjectAdapters", "clip_loss", "set_trainable"]

@@ -306,6 +306,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, overwrite: bool = False
         "class_counts": {str(c): int((windows.y == c).sum()) for c in np.unique(windows.y)} if cfg.task == "classification" else None,
         "targets": task.target_info or None, "chance": chance, **results,
         "temperature": None if cfg.task == "classification" else float(torch.exp(-model.head.logit_scale.detach())),
+        "layer_weights": model.layer_mix.weights.detach().cpu().tolist() if model.layer_mix is not None else None,
     }
     report["processes"] = accelerator.num_processes
     accelerator.wait_for_everyone()
@@ -321,10 +322,13 @@ def _init_state(cfg: FinetuneConfig, n_outputs: int) -> dict:
     if not path.is_file():
         raise NeuroFMError(f"init_from={cfg.init_from} holds no head.safetensors; give a finished `neurofm finetune` run.")
     run_config = path.parent / "config.json"
-    pooling = json.loads(run_config.read_text())["finetune"].get("pooling", "mean") if run_config.is_file() else cfg.pooling
-    if pooling != cfg.pooling:  # a head trained on other pooled features (the default was mean until 2026-12)
-        raise ConfigError(f"init_from={cfg.init_from} was trained with pooling={pooling}, this run uses pooling={cfg.pooling}; "
-                          f"add pooling={pooling} to continue from it.")
+    saved = json.loads(run_config.read_text())["finetune"] if run_config.is_file() else {}
+    # a head trained on other features (the pooling default was mean until 2026-12; layer was always −1 before 'mix')
+    for key, default in (("pooling", "mean"), ("layer", -1)):
+        value = saved.get(key, default) if saved else getattr(cfg, key)
+        if value != getattr(cfg, key):
+            raise ConfigError(f"init_from={cfg.init_from} was trained with {key}={value}, this run uses {key}={getattr(cfg, key)}; "
+                              f"add {key}={value} to continue from it.")
     state = load_file(str(path))
     saved = state.get("head.final_layer.weight")
     if saved is not None and saved.shape[0] != n_outputs:
