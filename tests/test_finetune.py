@@ -109,6 +109,24 @@ def test_layer_mix_weighs_every_layer_and_learns_the_weights(release, corpus_sha
     assert np.allclose(saved, weights, atol=1e-6)
 
 
+@pytest.mark.parametrize("layer", ["-1", "mix"])
+def test_a_frozen_encoder_runs_once_and_trains_the_same_head(release, corpus_shards, tmp_path, monkeypatch, layer):
+    import neurofm.finetune.train as train_module
+
+    calls = []
+    original = FinetuneModel.token_states
+    monkeypatch.setattr(FinetuneModel, "token_states", lambda self, *a: calls.append(1) or original(self, *a))
+    args = ("label_key=modality", "mode=frozen", f"layer={layer}", "epochs=5")
+    cached = finetune(config(release, corpus_shards, tmp_path / "cached", *args), progress=False)
+    passes_cached = len(calls)
+    calls.clear()
+    monkeypatch.setattr(train_module, "FROZEN_STATES_BYTES", 0)  # too big to keep: the encoder runs every epoch
+    rerun = finetune(config(release, corpus_shards, tmp_path / "rerun", *args), progress=False)
+    assert passes_cached < len(calls) / 3  # one pass over the windows (+ the test windows) instead of one per epoch
+    assert np.allclose(train_losses(tmp_path / "cached"), train_losses(tmp_path / "rerun"), rtol=1e-4, atol=1e-6)
+    assert cached["model"]["balanced_accuracy"] == rerun["model"]["balanced_accuracy"]
+
+
 def test_split_never_shares_a_group(release, corpus_shards, tmp_path):
     from neurofm.finetune.data import grouped_split, load_windows
 

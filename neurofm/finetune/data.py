@@ -2,12 +2,13 @@
 which group it belongs to (for leak-free splits), and its codes, tokenized once.
 
 The tokenizer is frozen, so every window's codes are computed once up front; training then runs only
-the encoder (or nothing of it, when frozen) on cached codes.
+the encoder on cached codes — or, when the encoder is frozen too, nothing of it: its token states are
+computed once as well (:meth:`Windows.with_states`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -25,7 +26,8 @@ class Windows:
     """Per window: ``codes`` [P, K, L] long and ``valid`` [N] bool (tokens holding signal), whose
     sizes differ between families (fMRI windows have fewer time patches); ``modality`` [n] long,
     ``y`` [n] (class name or target id), ``subjects`` [n], ``groups`` [n], ``keys`` [n] and
-    ``shape_id`` [n] (windows of one code shape batch together)."""
+    ``shape_id`` [n] (windows of one code shape batch together); ``states``: per window, a frozen
+    encoder's token states ([N, D], or [layers, N, D] for a layer mix) when they were computed once."""
 
     codes: list[torch.Tensor]
     modality: torch.Tensor
@@ -35,14 +37,27 @@ class Windows:
     groups: np.ndarray
     keys: list[str]
     shape_id: np.ndarray
+    states: list[torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.y)
 
     def batch(self, idx: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-        """codes [B, P, K, L], modality [B], valid [B, N] and subjects of windows ``idx`` (one shape)."""
-        return (torch.stack([self.codes[i] for i in idx]).to(device), self.modality[idx].to(device),
+        """codes [B, P, K, L] (or, with ``states``, the token states [B, …, N, D]), modality [B], valid [B, N]
+        and subjects of windows ``idx`` (one shape)."""
+        inputs = self.codes if self.states is None else self.states
+        return (torch.stack([inputs[i] for i in idx]).to(device), self.modality[idx].to(device),
                 torch.stack([self.valid[i] for i in idx]).to(device), [str(s) for s in self.subjects[idx]])
+
+    def with_states(self, encode, device, batch_size: int = 64) -> Windows:
+        """A copy that holds every window's token states, ``encode(codes [B, P, K, L], modality [B])`` → [B, …],
+        computed once (on ``device``, kept on the CPU) — for an encoder that cannot change."""
+        states: list[torch.Tensor | None] = [None] * len(self)
+        for idx in self.batches(np.arange(len(self)), batch_size, None):
+            codes, modality, _, _ = self.batch(idx, device)
+            for i, state in zip(idx, encode(codes, modality).float().cpu()):
+                states[i] = state
+        return replace(self, states=states)
 
     def batches(self, idx: np.ndarray, size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
         """``idx`` cut into batches of at most ``size`` windows of one code shape (shuffled with ``rng``)."""

@@ -175,16 +175,22 @@ class FinetuneModel(nn.Module):
             self.prefix_lm = BrainPrefixLM(cfg.lm, d, cfg.lm_prefix_tokens)
         set_trainable(self, cfg)
 
+    def token_states(self, codes: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        """What the encoder hands the head: the token states of ``cfg.layer`` [B, N, D], or of every layer
+        [B, layers, N, D] for a layer mix."""
+        if self.layer_mix is None:
+            return self.encoder(codes, modality, self.cfg.layer)
+        return torch.stack(self.encoder.hidden_states(codes, modality), dim=1)
+
     def embed(self, codes, modality, valid, subjects: list[str] | None = None) -> torch.Tensor:
-        """Pooled (and adapted) brain embedding [B, D]."""
-        frozen = self.cfg.mode == "frozen"
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            if self.layer_mix is None:
-                tokens = self.encoder(codes, modality, self.cfg.layer)
-            else:
-                states = self.encoder.hidden_states(codes, modality)
-        if self.layer_mix is not None:
-            tokens = self.layer_mix(states)
+        """Pooled (and adapted) brain embedding [B, D]. ``codes`` [B, P, K, L] long — or a frozen encoder's
+        token states, float, computed once (:meth:`token_states`; ``Windows.with_states``)."""
+        if codes.is_floating_point():
+            states = codes
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.mode != "frozen"):
+                states = self.token_states(codes, modality)
+        tokens = self.layer_mix(list(states.unbind(1))) if self.layer_mix is not None else states
         x = self.pooling(tokens.float(), valid)
         if self.adapters is not None:
             x = self.adapters(x, subjects)

@@ -105,6 +105,31 @@ def _forward(model, windows: Windows, idx: np.ndarray, device, texts: bool = Fal
     return model(*windows.batch(idx, device), [str(t) for t in windows.y[idx]] if texts else None)
 
 
+#: Largest cache of a frozen encoder's token states (bytes, float32) kept in memory; beyond it each epoch
+#: runs the encoder again.
+FROZEN_STATES_BYTES = 4 * 2**30
+
+
+def frozen_states(model: FinetuneModel, windows: Windows, accelerator) -> Windows:
+    """With ``mode: frozen`` the encoder's token states cannot change, so they are computed once and every
+    epoch trains the head alone (≈ an encoder pass per epoch saved); ``windows`` unchanged otherwise, or
+    when the states would take more than ``FROZEN_STATES_BYTES``."""
+    if model.cfg.mode != "frozen":
+        return windows
+    layers = model.encoder.n_layers if model.layer_mix is not None else 1
+    size = sum(v.numel() for v in windows.valid) * model.encoder.d_model * 4 * layers
+    if size > FROZEN_STATES_BYTES:
+        logger.info("frozen encoder: its token states would take %.1f GB, so every epoch runs it again", size / 2**30)
+        return windows
+
+    @torch.no_grad()
+    def encode(codes, modality):
+        with accelerator.autocast():
+            return model.token_states(codes, modality)
+
+    return windows.with_states(encode, accelerator.device)
+
+
 def train_one(cfg: FinetuneConfig, encoder: BrainEncoder, windows: Windows, task: Task, split, rows: np.ndarray,
               accelerator, init: dict | None = None, progress: TrainingProgress | None = None) -> tuple[FinetuneModel, list[dict]]:
     """Train one model on ``split``'s training windows, early-stopped on its validation windows;
@@ -133,6 +158,7 @@ def train_one(cfg: FinetuneConfig, encoder: BrainEncoder, windows: Windows, task
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     inner = accelerator.unwrap_model(model)
+    windows = frozen_states(inner, windows, accelerator)
     rows_t = torch.as_tensor(rows)
     rng = np.random.default_rng(cfg.seed)
     world, rank = accelerator.num_processes, accelerator.process_index
