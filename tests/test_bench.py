@@ -522,7 +522,7 @@ def test_bench_compare_puts_runs_side_by_side_from_their_stored_numbers(tmp_path
     from neurofm.bench.compare import compare_markdown, load_results
     from neurofm.cli import main
 
-    record, corpus3 = ROOT / "benchmarks/representation_cpu_results.json", ROOT / "benchmarks/representation_cpu_corpus3_results.json"
+    record, corpus3 = ROOT / "benchmarks/representation_cpu_wide_results.json", ROOT / "benchmarks/representation_cpu_corpus3_results.json"
     runs = [load_results(record), load_results(corpus3)]
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in compare_markdown(runs, ["a", "b"]).splitlines()[2:]}
     for column, run in enumerate(runs):
