@@ -91,14 +91,14 @@ def test_classification_head_trains_and_reports_baselines(release, corpus_shards
 def test_layer_mix_weighs_every_layer_and_learns_the_weights(release, corpus_shards, tmp_path):
     from neurofm.finetune.model import LayerMix
 
-    states = [torch.randn(2, 5, 8) * (i + 1) + i for i in range(4)]
+    states = torch.stack([torch.randn(2, 5, 8) * (i + 1) + i for i in range(4)], dim=1)  # [B, layers, N, D]
     mix = LayerMix(4)
     with torch.no_grad():
         mix.logits[2] = 40.0  # all the weight on layer 2: the mix is that layer, normed
-    expected = torch.nn.functional.layer_norm(states[2], (8,))
+    expected = torch.nn.functional.layer_norm(states[:, 2], (8,))
     assert torch.allclose(mix(states), expected, atol=1e-5) and mix.weights.sum().item() == pytest.approx(1.0)
     with pytest.raises(NeuroFMError, match="4 layers but got 3"):
-        mix(states[:3])
+        mix(states[:, :3])
 
     report = finetune(config(release, corpus_shards, tmp_path / "run", "label_key=modality", "layer=mix", "epochs=6"), progress=False)
     weights = np.array(report["layer_weights"])

@@ -59,12 +59,12 @@ class LayerMix(nn.Module):
         """[layers] softmax weights, summing to 1."""
         return self.logits.softmax(0)
 
-    def forward(self, states: list[torch.Tensor]) -> torch.Tensor:
-        """states: one [B, N, D] per layer → [B, N, D]."""
-        if len(states) != len(self.logits):
-            raise NeuroFMError(f"The layer mix was built for {len(self.logits)} layers but got {len(states)}.")
-        normed = torch.stack([F.layer_norm(h.float(), h.shape[-1:]) for h in states])  # [layers, B, N, D]
-        return torch.einsum("l,lbnd->bnd", self.weights, normed)
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """states [B, layers, N, D] → [B, N, D]."""
+        if states.shape[1] != len(self.logits):
+            raise NeuroFMError(f"The layer mix was built for {len(self.logits)} layers but got {states.shape[1]}.")
+        normed = F.layer_norm(states.float(), states.shape[-1:])
+        return torch.einsum("l,blnd->bnd", self.weights, normed)
 
 
 class SubjectAdapters(nn.Module):
@@ -190,7 +190,7 @@ class FinetuneModel(nn.Module):
         else:
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.cfg.mode != "frozen"):
                 states = self.token_states(codes, modality)
-        tokens = self.layer_mix(list(states.unbind(1))) if self.layer_mix is not None else states
+        tokens = self.layer_mix(states) if self.layer_mix is not None else states
         x = self.pooling(tokens.float(), valid)
         if self.adapters is not None:
             x = self.adapters(x, subjects)

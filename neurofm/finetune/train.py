@@ -348,10 +348,10 @@ def _init_state(cfg: FinetuneConfig, n_outputs: int) -> dict:
     if not path.is_file():
         raise NeuroFMError(f"init_from={cfg.init_from} holds no head.safetensors; give a finished `neurofm finetune` run.")
     run_config = path.parent / "config.json"
-    saved = json.loads(run_config.read_text())["finetune"] if run_config.is_file() else {}
+    trained_with = json.loads(run_config.read_text())["finetune"] if run_config.is_file() else {}
     # a head trained on other features (the pooling default was mean until 2026-12; layer was always −1 before 'mix')
     for key, default in (("pooling", "mean"), ("layer", -1)):
-        value = saved.get(key, default) if saved else getattr(cfg, key)
+        value = trained_with.get(key, default) if trained_with else getattr(cfg, key)
         if value != getattr(cfg, key):
             raise ConfigError(f"init_from={cfg.init_from} was trained with {key}={value}, this run uses {key}={getattr(cfg, key)}; "
                               f"add {key}={value} to continue from it.")
