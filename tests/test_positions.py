@@ -9,7 +9,7 @@ import pytest
 from neurofm.data_shards.config import InputSpec
 from neurofm.data_shards.positions import read_positions_table, resolve_positions, type_channels
 from neurofm.data_shards.readers import read_recording
-from neurofm.data_shards.sensors import clean_channel_name, non_brain_type
+from neurofm.data_shards.sensors import bipolar_pair, clean_channel_name, non_brain_type, sensor_table
 from neurofm.errors import NeuroFMError, SensorPositionError
 
 
@@ -24,10 +24,20 @@ def test_clean_channel_name(raw, clean):
 @pytest.mark.parametrize(
     "name,kind",
     [("EKG1", "ecg"), ("ECG ECG1", "ecg"), ("LEOG", "eog"), ("HEOG", "eog"), ("STI 014", "stim"), ("Status", "stim"),
-     ("EXG3", "misc"), ("SaO2 X9", "misc"), ("POL DC03", "misc"), ("Fp1", None), ("C3", None), ("O'12", None)],
+     ("EXG3", "misc"), ("SaO2 X9", "misc"), ("POL DC03", "misc"), ("-", "misc"), ("--1", "misc"), ("Fp1", None),
+     ("C3", None), ("O'12", None), ("FP1-F7", None)],
 )
 def test_non_brain_names(name, kind):
     assert non_brain_type(name) == kind
+
+
+@pytest.mark.parametrize(
+    "name,pair",
+    [("FP1-F7", ("FP1", "F7")), ("EEG Fpz-Cz", ("Fpz", "Cz")), ("T8-P8-1", ("T8", "P8")), ("FT9-FT10", ("FT9", "FT10")),
+     ("C3-A2", None), ("EEG Fp1-Ref", None), ("Fp1", None), ("-", None), ("1-2", None)],
+)
+def test_bipolar_labels(name, pair):
+    assert bipolar_pair(name) == pair
 
 
 def _raw(names, types="eeg", sfreq=100.0, seconds=4.0, seed=0):
@@ -47,6 +57,37 @@ def test_montage_match_uses_cleaned_case_folded_names(tmp_path):
     assert np.allclose(raw.info["chs"][1]["loc"][:3], expected["Cz"])
     assert np.allclose(raw.info["chs"][2]["loc"][:3], expected["O1"])
     assert report["sources"]["montage colin27_1005"]["channels"] == 3
+
+
+def _template(*names):
+    montage = mne.channels.make_standard_montage("colin27_1005")
+    ref = mne.create_info(montage.ch_names, 100.0, "eeg")
+    ref.set_montage(montage)
+    return [next(ch["loc"][:3] for ch in ref["chs"] if ch["ch_name"] == n) for n in names]
+
+
+def test_bipolar_labels_become_leads_between_their_two_electrodes(tmp_path):
+    raw = _raw(["FP1-F7", "EEG Fpz-Cz", "Cz", "-"])
+    type_channels(raw, {}, tmp_path / "r.edf")
+    raw.drop_channels(["-"])  # a placeholder input is not a brain channel
+    report = resolve_positions(raw, source=tmp_path / "r.edf", modality="eeg", spec=InputSpec(path="x"))
+    assert report["sources"]["montage colin27_1005"]["channels"] == 1
+    assert report["sources"]["bipolar pairs of montage colin27_1005"]["channels"] == 2
+    sensors = sensor_table(raw.info, "eeg")
+    fp1, f7, fpz, cz = _template("Fp1", "F7", "Fpz", "Cz")
+    # a bipolar lead sits between its electrodes and points from the cathode to the anode (a potential
+    # gradient, like a planar gradiometer's direction); a monopolar electrode has no orientation
+    assert np.allclose(sensors.positions[0], (fp1 + f7) / 2, atol=1e-6)
+    assert np.allclose(sensors.orientations[0], (fp1 - f7) / np.linalg.norm(fp1 - f7), atol=1e-5)
+    assert np.allclose(sensors.positions[1], (fpz + cz) / 2, atol=1e-6)
+    assert np.allclose(sensors.positions[2], cz, atol=1e-6) and not sensors.orientations[2].any()
+    assert sensors.kinds == ["eeg"] * 3
+
+
+def test_a_bipolar_label_with_an_unknown_electrode_still_needs_a_position(tmp_path):
+    raw = _raw(["FP1-F7", "FP1-Xq9"])
+    with pytest.raises(SensorPositionError, match="FP1-Xq9"):
+        resolve_positions(raw, source=tmp_path / "r.edf", modality="eeg", spec=InputSpec(path="x"))
 
 
 def test_missing_position_error_names_channel_and_remedies(tmp_path):
@@ -119,3 +160,26 @@ def test_electrodes_table_type_column_types_ieeg_contacts(shared, tmp_path):
     rec = read_recording(edf, InputSpec(path="x", channel_types={"BT*": "ecog"}, missing_positions="drop"))
     assert rec.modality == "ieeg" and set(rec.inst.get_channel_types()) == {"ecog"} and len(rec.inst.ch_names) == 64
     assert {"EKGL", "EKGR"} <= set(rec.report["dropped_non_brain"])
+
+
+def test_a_bipolar_edf_builds_into_oriented_eeg_sensors(tmp_path):
+    """The real path for a double-banana EDF (CHB-MIT, Sleep-EDF style): MNE's EDF writer and reader,
+    the shard build, the sensor rows."""
+    from neurofm.config import load_config
+    from neurofm.data_shards import build_shards
+    from neurofm.data_shards.config import ShardsConfig
+    from neurofm.data_shards.dataset import ShardIndex
+
+    names = ["FP1-F7", "F7-T7", "T7-P7", "P7-O1", "FP2-F8", "F8-T8", "T8-P8", "P8-O2", "FZ-CZ", "CZ-PZ", "-", "ECG"]
+    raw = _raw(names, sfreq=256.0, seconds=6.0)
+    mne.export.export_raw(tmp_path / "chb.edf", raw, fmt="edf", physical_range=(-1e-3, 1e-3), verbose="error")
+    config = load_config(ShardsConfig, None, [f"inputs=[{{path: '{tmp_path / 'chb.edf'}'}}]", f"out={tmp_path / 'out'}"])
+    manifest = build_shards(config, progress=False)
+    (recording,) = manifest["recordings"]
+    assert recording["kinds"] == {"eeg": 10}  # the placeholder and the ECG are not brain channels
+    sample = ShardIndex(tmp_path / "out")[0]
+    sensors = sample["sensors"]
+    assert sensors.shape[0] == 10
+    orientation = sensors[:, 3:6]
+    assert np.allclose(np.linalg.norm(orientation, axis=1), 1.0, atol=1e-5)
+    assert np.all(np.linalg.norm(sensors[:, :3], axis=1) > 0.03)  # midpoints on the head, not the origin

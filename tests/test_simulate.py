@@ -162,6 +162,27 @@ def test_the_other_helmets_simulate_through_the_forward_model_into_sensor_rows(c
     assert np.median(along) > 0.8 if kinds == {"meg_mag"} else np.median(along) < 0.3
 
 
+def test_a_bipolar_montage_records_differences_of_its_electrodes_as_oriented_leads(tmp_path, cache):
+    """double_banana: each lead's gain is its anode's minus its cathode's (the classic 10-20 electrodes'
+    forward model); saved as FIF and read back, the leads keep their bipolar sensor rows."""
+    from neurofm.data_shards.sensors import sensor_table
+    from neurofm.data_shards.simulate.recordings import recording_gain
+
+    config = SimulateConfig(hours=0.01, cache_dir=str(cache))
+    bipolar, electrodes = SimulatedSpec("eeg", "double_banana", 1, 0, 1, 6.0, 0), SimulatedSpec("eeg", "classic_1020", 1, 0, 1, 6.0, 0)
+    gain, info, _ = recording_gain(bipolar, config)
+    electrode_gain, electrode_info, _ = recording_gain(electrodes, config)
+    row = {name: i for i, name in enumerate(electrode_info.ch_names)}
+    assert info.ch_names[0] == "Fp1-F7" and len(info.ch_names) == 18
+    assert np.allclose(gain[0], electrode_gain[row["Fp1"]] - electrode_gain[row["F7"]])
+    raw, _ = simulate_raw(bipolar, config)
+    raw.save(tmp_path / "bipolar_raw.fif", verbose="error")
+    table = sensor_table(read_recording(tmp_path / "bipolar_raw.fif", InputSpec(path="x")).inst.info, "eeg")
+    fp1, f7 = (electrode_info["chs"][row[n]]["loc"][:3] for n in ("Fp1", "F7"))
+    assert np.allclose(table.positions[0], (fp1 + f7) / 2, atol=1e-6)
+    assert np.allclose(table.orientations[0], (fp1 - f7) / np.linalg.norm(fp1 - f7), atol=1e-5)
+
+
 def test_a_simulated_recording_saved_as_fif_reads_back_the_same(tmp_path, cache):
     raw, _ = simulate_raw(SimulatedSpec("meg", "ctf275", 1, 0, 1, 10.0, 0), SimulateConfig(hours=0.01, cache_dir=str(cache)))
     path = tmp_path / "sim_raw.fif"

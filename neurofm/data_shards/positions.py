@@ -5,7 +5,9 @@ Order of sources for a brain channel without a position in the file:
 1. an explicit positions table the user passes (``InputSpec.positions``) — the user said so;
 2. a BIDS ``electrodes.tsv`` (``InputSpec.electrodes``, or the ``*_electrodes.tsv`` beside a
    ``*_ieeg.*`` file) — measured for this recording;
-3. for scalp EEG only, an MNE standard montage matched on cleaned names (``Fc5.`` → ``FC5``).
+3. for scalp EEG only, an MNE standard montage matched on cleaned names (``Fc5.`` → ``FC5``); a
+   bipolar label whose two electrodes are both in the montage (``FP1-F7``, ``EEG Fpz-Cz``) becomes a
+   bipolar lead (see :func:`neurofm.data_shards.sensors.is_bipolar`).
 
 Recording-specific tables come before the template montage because a measured position beats a
 template one. Intracranial contacts never take scalp-montage positions, even when named ``C3``.
@@ -22,7 +24,7 @@ from pathlib import Path
 import mne
 import numpy as np
 
-from neurofm.data_shards.sensors import MNE_TYPE_TO_KIND, clean_channel_name, has_position, non_brain_type
+from neurofm.data_shards.sensors import MNE_TYPE_TO_KIND, bipolar_pair, clean_channel_name, has_position, non_brain_type
 from neurofm.errors import RecordingError, SensorPositionError
 
 BRAIN_TYPES = tuple(MNE_TYPE_TO_KIND)
@@ -137,6 +139,24 @@ def _set_positions(inst, positions: dict[str, np.ndarray]) -> None:
             ch["coord_frame"] = mne.io.constants.FIFF.FIFFV_COORD_HEAD
 
 
+def _set_bipolar(inst, pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Make each named channel a bipolar lead: anode position in ``loc[:3]``, cathode in ``loc[3:6]``
+    (MNE's place for an EEG channel's reference electrode), MNE's bipolar coil type."""
+    for ch in inst.info["chs"]:
+        if ch["ch_name"] in pairs:
+            ch["loc"][:3], ch["loc"][3:6] = pairs[ch["ch_name"]]
+            ch["coil_type"] = mne.io.constants.FIFF.FIFFV_COIL_EEG_BIPOLAR
+            ch["coord_frame"] = mne.io.constants.FIFF.FIFFV_COORD_HEAD
+
+
+def _bipolar_positions(names: list[str], montage_name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(anode, cathode) head-frame positions of the ``names`` that are bipolar labels of two montage electrodes."""
+    pairs = {name: pair for name in names if (pair := bipolar_pair(name))}
+    electrodes = _montage_positions([e for pair in pairs.values() for e in pair], montage_name)
+    return {name: (electrodes[anode], electrodes[cathode]) for name, (anode, cathode) in pairs.items()
+            if anode in electrodes and cathode in electrodes}
+
+
 def _montage_positions(names: list[str], montage_name: str) -> dict[str, np.ndarray]:
     """Head-frame positions of ``names`` matched to a standard montage on cleaned, case-folded names."""
     try:
@@ -224,12 +244,17 @@ def resolve_positions(inst, *, source: Path, modality: str, spec) -> dict:
             _set_positions(inst, found)
             report["sources"][f"montage {montage_name}"] = {"channels": len(found)}
             missing = [n for n in missing if n not in found]
+        pairs = _bipolar_positions([n for n in scalp_missing if n in missing], montage_name)
+        if pairs:
+            _set_bipolar(inst, pairs)
+            report["sources"][f"bipolar pairs of montage {montage_name}"] = {"channels": len(pairs)}
+            missing = [n for n in missing if n not in pairs]
     if missing:
         if spec.missing_positions == "raise":
             raise SensorPositionError(
                 f"{source}: {len(missing)} channel(s) have no position: {', '.join(missing[:10])}"
                 f"{' …' if len(missing) > 10 else ''}. Supply positions with a montage (montage: "
-                "colin27_1005, matched on cleaned names), a BIDS electrodes.tsv (electrodes: PATH), or "
+                "colin27_1005, matched on cleaned names; bipolar labels such as FP1-F7 on both electrodes), a BIDS electrodes.tsv (electrodes: PATH), or "
                 "a positions table with name,x,y,z (positions: PATH); type non-brain channels with "
                 "channel_types (e.g. {'POL *': misc}); or set missing_positions: drop to leave them out."
             )

@@ -9,7 +9,9 @@ column meaning
 0–2    position x, y, z in metres, MNE's head frame (origin between the ears, +x right,
        +y nasion, +z up)
 3–5    orientation: unit coil normal (magnetometers, axial gradiometers) or gradient
-       direction (planar gradiometers); 0 for electrodes and fMRI parcels
+       direction (planar gradiometers and bipolar EEG derivations, which both measure a
+       difference across space: for ``A-B`` the unit vector from B to A, the position being
+       their midpoint); 0 for other electrodes and fMRI parcels
 6–11   one-hot sensor kind in the order of :data:`KINDS`
 ====== ===================================================================================
 """
@@ -38,6 +40,7 @@ NON_BRAIN_NAME_PATTERNS = (
     (re.compile(r"^(RESP|SAO2|SPO2|PLETH)", re.I), "misc"),
     (re.compile(r"^EXG\d+$", re.I), "misc"),  # BioSemi external inputs
     (re.compile(r"^(POL )?DC\d+$", re.I), "misc"),  # Nihon Kohden DC (analogue) inputs
+    (re.compile(r"^-+\d*$"), "misc"),  # unnamed placeholder inputs ("-", and MNE's "--0" for repeats; CHB-MIT)
 )
 
 
@@ -59,6 +62,28 @@ def clean_channel_name(name: str) -> str:
     name = re.sub(r"^(EEG|EEG-)\s*", "", name, flags=re.I)
     name = re.sub(r"-(REF|LE|RE|AVG|AV|M1|M2|A1A2|A1|A2)$", "", name, flags=re.I)
     return name.strip()
+
+
+#: An electrode name: a letter, then letters, digits or a prime (10-05 names, ``Nz``, ``M1``, ``O'1``).
+_ELECTRODE = r"[A-Za-z][A-Za-z0-9']*"
+_BIPOLAR = re.compile(rf"^({_ELECTRODE})-({_ELECTRODE})(?:-\d+)?$")
+
+
+def bipolar_pair(name: str) -> tuple[str, str] | None:
+    """The (anode, cathode) electrode names of a bipolar derivation label, else ``None``.
+
+    ``'FP1-F7'`` → ``('FP1', 'F7')``, ``'EEG Fpz-Cz'`` → ``('Fpz', 'Cz')``; MNE's suffix for a repeated
+    label (``'T8-P8-1'``) is ignored. Reference suffixes that :func:`clean_channel_name` strips (``-Ref``,
+    ``-A2`` …) make a monopolar name, not a pair."""
+    match = _BIPOLAR.match(clean_channel_name(name))
+    return (match.group(1), match.group(2)) if match else None
+
+
+def is_bipolar(ch: dict) -> bool:
+    """An EEG lead recorded between two placed electrodes: MNE's bipolar coil type with the cathode's
+    position in ``loc[3:6]`` (where MNE keeps an EEG channel's reference electrode)."""
+    return (ch["kind"] == mne.io.constants.FIFF.FIFFV_EEG_CH and ch["coil_type"] == mne.io.constants.FIFF.FIFFV_COIL_EEG_BIPOLAR
+            and has_position(np.asarray(ch["loc"][3:6], float)))
 
 
 @dataclass
@@ -97,6 +122,11 @@ def _head_frame_loc(ch: dict, dev_head_t: np.ndarray | None) -> tuple[np.ndarray
     loc = np.asarray(ch["loc"], float)
     pos = loc[:3].copy()
     orientation = np.zeros(3)
+    if is_bipolar(ch):
+        cathode = loc[3:6]
+        span = pos - cathode
+        norm = np.linalg.norm(span)
+        return (pos + cathode) / 2, span / norm if norm > 0 else orientation
     if ch["kind"] == mne.io.constants.FIFF.FIFFV_MEG_CH:
         orientation = loc[3:6] if ch["coil_type"] in _PLANAR_COILS else loc[9:12]
         if dev_head_t is not None and ch["coord_frame"] == mne.io.constants.FIFF.FIFFV_COORD_DEVICE:

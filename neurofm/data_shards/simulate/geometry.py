@@ -8,7 +8,8 @@ source positions). Each region is one coherent patch: its sources share a dipole
 Devices put sensors on that head, in MNE's head frame (metres):
 
 - EEG: an MNE built-in montage (biosemi64, the classic 19-electrode 10-20 set, GSN-HydroCel-129 …),
-  scaled to the subject's head radius;
+  scaled to the subject's head radius, or a bipolar montage of one (``double_banana``: the clinical
+  longitudinal montage of CHB-MIT and TUH's TCP recordings, 18 leads between 10-20 electrodes);
 - MEG: coils on the helmet surfaces MNE ships (``mne/data/helmets``): Neuromag-306-like triplets (one
   magnetometer, two orthogonal planar gradiometers) on 102 helmet points, CTF-275 and KIT-157 axial
   gradiometers, with coil normals from the helmet surface and a subject-specific device→head
@@ -45,6 +46,10 @@ HELMETS = {
 CLASSIC_1020 = ["Fp1", "Fp2", "F7", "F3", "Fz", "F4", "F8", "T7", "C3", "Cz", "C4", "T8", "P7", "P3", "Pz", "P4", "P8", "O1", "O2"]
 #: Montage name → (MNE montage, channel subset or None).
 MONTAGES = {"classic_1020": ("colin27_1020", CLASSIC_1020)}
+_CHAINS = (("Fp1", "F7", "T7", "P7", "O1"), ("Fp2", "F8", "T8", "P8", "O2"), ("Fp1", "F3", "C3", "P3", "O1"),
+           ("Fp2", "F4", "C4", "P4", "O2"), ("Fz", "Cz", "Pz"))
+#: Bipolar montage name → (the montage its electrodes belong to, (anode, cathode) of every lead).
+BIPOLAR_MONTAGES = {"double_banana": ("classic_1020", [(a, c) for chain in _CHAINS for a, c in zip(chain, chain[1:])])}
 TEMPLATE_HEAD_RADIUS = 0.095  # m: the radius MNE's template montages fit
 
 
@@ -137,7 +142,7 @@ def make_head(subject: int, seed: int, spacing_mm: float = 10.0, n_regions: int 
 
 
 def check_montage(name: str) -> None:
-    valid = sorted(set(mne.channels.get_builtin_montages()) | set(MONTAGES))
+    valid = sorted(set(mne.channels.get_builtin_montages()) | set(MONTAGES) | set(BIPOLAR_MONTAGES))
     if name not in valid:
         raise ConfigError(f"Unknown EEG montage '{name}' in simulate.eeg_montages. Valid names: {', '.join(valid)}.")
 
@@ -164,6 +169,24 @@ def eeg_info(montage_name: str, head: Head, sfreq: float) -> mne.Info:
     info = mne.create_info(names, sfreq, "eeg")
     info.set_montage(mne.channels.make_dig_montage(ch_pos=scaled, coord_frame="head"), verbose="error")
     return info
+
+
+def bipolar_leads(montage_name: str, electrodes: mne.Info) -> tuple[mne.Info, np.ndarray]:
+    """The leads of a bipolar montage over ``electrodes`` (the :func:`eeg_info` of its electrode montage):
+    their info (``A-B`` names; anode position in ``loc[:3]``, cathode in ``loc[3:6]``, MNE's bipolar coil
+    type, see :func:`neurofm.data_shards.sensors.is_bipolar`) and the derivation matrix
+    [leads, electrodes] (+1 anode, −1 cathode) that turns electrode potentials or gains into leads'."""
+    _, pairs = BIPOLAR_MONTAGES[montage_name]
+    index = {name: i for i, name in enumerate(electrodes.ch_names)}
+    derivation = np.zeros((len(pairs), len(index)))
+    info = mne.create_info([f"{a}-{c}" for a, c in pairs], electrodes["sfreq"], "eeg")
+    for row, ((anode, cathode), ch) in enumerate(zip(pairs, info["chs"])):
+        derivation[row, [index[anode], index[cathode]]] = (1.0, -1.0)
+        ch["loc"][:3] = electrodes["chs"][index[anode]]["loc"][:3]
+        ch["loc"][3:6] = electrodes["chs"][index[cathode]]["loc"][:3]
+        ch["coil_type"] = FIFF.FIFFV_COIL_EEG_BIPOLAR
+        ch["coord_frame"] = FIFF.FIFFV_COORD_HEAD
+    return info, derivation
 
 
 def _farthest_points(points: np.ndarray, n: int) -> np.ndarray:

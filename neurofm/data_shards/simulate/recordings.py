@@ -23,6 +23,7 @@ import neurofm
 from neurofm.data_shards.config import InputSpec, SimulateConfig
 from neurofm.data_shards.simulate import activity, geometry
 from neurofm.data_shards.simulate.forward import region_gain
+from neurofm.data_shards.sensors import is_bipolar
 
 #: Per-site sampling rate (Hz) and line frequency (Hz), cycled through in order.
 SITES = {
@@ -152,6 +153,11 @@ def recording_gain(spec: SimulatedSpec, config: SimulateConfig) -> tuple[np.ndar
         raise ValueError("simulated fMRI has no gain matrix: its channels are the regions themselves")
     head = _head(spec.subject, spec.seed, config.source_spacing_mm, config.n_regions)
     sfreq, _ = _site(spec)
+    if spec.device in geometry.BIPOLAR_MONTAGES:  # leads are differences of their electrodes' gains
+        electrode_montage, _ = geometry.BIPOLAR_MONTAGES[spec.device]
+        electrodes = geometry.eeg_info(electrode_montage, head, sfreq)
+        info, derivation = geometry.bipolar_leads(spec.device, electrodes)
+        return derivation @ region_gain(electrodes, head, electrode_montage, config.cache_dir), info, list(head.region_names)
     info = _sensor_info(spec, head, sfreq)
     return region_gain(info, head, spec.device, config.cache_dir), info, list(head.region_names)
 
@@ -168,9 +174,13 @@ def _add_nuisances(data: np.ndarray, info: mne.Info, spec: SimulatedSpec, head, 
         data[rows] += SENSOR_NOISE[kind] * rng.standard_normal((rows.sum(), n))
         data[rows] += LINE_NOISE[kind] * rng.uniform(0.5, 1.5, (rows.sum(), 1)) * line
     if spec.modality == "eeg":
-        positions = np.stack([ch["loc"][:3] for ch in info["chs"]])
-        distance = np.min(np.linalg.norm(positions[:, None] - (head.r0 + EYES)[None], axis=2), axis=1)
-        weight = np.exp(-distance / 0.03)
+        def eye_weight(positions):  # [channels, 3] → [channels]
+            return np.exp(-np.min(np.linalg.norm(positions[:, None] - (head.r0 + EYES)[None], axis=2), axis=1) / 0.03)
+
+        weight = eye_weight(np.stack([ch["loc"][:3] for ch in info["chs"]]))
+        bipolar = np.array([is_bipolar(ch) for ch in info["chs"]])
+        if bipolar.any():  # a lead records its anode's blink minus its cathode's
+            weight[bipolar] -= eye_weight(np.stack([ch["loc"][3:6] for ch in info["chs"]]))[bipolar]
         blink = np.sin(np.linspace(0, np.pi, int(0.3 * sfreq)))
         onset = rng.uniform(2.0, 6.0)
         while onset < n / sfreq - 0.3:
