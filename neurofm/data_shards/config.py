@@ -215,7 +215,8 @@ class SimulateConfig:
         Number of the first subject (``sub-NN`` in the recording names); a corpus of held-out subjects
         starts where the training corpus's subjects end.
     eeg_montages, meg_helmets : list of str
-        Devices ("sites") cycled through; each site has its own sampling rate and line frequency.
+        Devices ("sites") cycled through; each site has its own sampling rate and line frequency. EEG:
+        any MNE built-in montage, ``classic_1020``, or the bipolar ``double_banana``.
     seed : int
         Everything simulated is a function of this seed.
     cache_dir : str | None
