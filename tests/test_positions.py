@@ -24,7 +24,8 @@ def test_clean_channel_name(raw, clean):
 @pytest.mark.parametrize(
     "name,kind",
     [("EKG1", "ecg"), ("ECG ECG1", "ecg"), ("LEOG", "eog"), ("HEOG", "eog"), ("STI 014", "stim"), ("Status", "stim"),
-     ("EXG3", "misc"), ("SaO2 X9", "misc"), ("POL DC03", "misc"), ("-", "misc"), ("--1", "misc"), ("Fp1", None),
+     ("EXG3", "misc"), ("SaO2 X9", "misc"), ("POL DC03", "misc"), ("-", "misc"), ("--1", "misc"), ("Event marker", "misc"), ("TEMP", "misc"), ("LOC-REF", "eog"),
+     ("ROC", "eog"), ("PHOTIC-REF", "misc"), ("BURSTS", "misc"), ("LOCK1", None), ("Fp1", None),
      ("C3", None), ("O'12", None), ("FP1-F7", None)],
 )
 def test_non_brain_names(name, kind):

@@ -35,9 +35,12 @@ MNE_TYPE_TO_KIND = {"eeg": "eeg", "mag": "meg_mag", "grad": "meg_grad", "seeg": 
 NON_BRAIN_NAME_PATTERNS = (
     (re.compile(r"^(ECG|EKG)", re.I), "ecg"),
     (re.compile(r"^([HVLRI]?EOG|EOG)|EOG$", re.I), "eog"),
+    (re.compile(r"^(LOC|ROC)\b", re.I), "eog"),  # left / right outer canthus (clinical and sleep EEG)
     (re.compile(r"^EMG", re.I), "emg"),
     (re.compile(r"^(STI|STATUS$|TRIG)", re.I), "stim"),
-    (re.compile(r"^(RESP|SAO2|SPO2|PLETH)", re.I), "misc"),
+    (re.compile(r"^(RESP|SAO2|SPO2|PLETH|TEMP)", re.I), "misc"),  # polysomnography's other sensors
+    (re.compile(r"^(EVENT|MARKER)\b", re.I), "misc"),
+    (re.compile(r"^(PHOTIC|IBI$|BURSTS$|SUPPR$)", re.I), "misc"),  # photic stimulator, a monitor's derived traces (TUH)  # a recorder's marker trace (Sleep-EDF's "Event marker")
     (re.compile(r"^EXG\d+$", re.I), "misc"),  # BioSemi external inputs
     (re.compile(r"^(POL )?DC\d+$", re.I), "misc"),  # Nihon Kohden DC (analogue) inputs
     (re.compile(r"^-+\d*$"), "misc"),  # unnamed placeholder inputs ("-", and MNE's "--0" for repeats; CHB-MIT)
