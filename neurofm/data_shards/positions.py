@@ -254,9 +254,10 @@ def resolve_positions(inst, *, source: Path, modality: str, spec) -> dict:
             raise SensorPositionError(
                 f"{source}: {len(missing)} channel(s) have no position: {', '.join(missing[:10])}"
                 f"{' …' if len(missing) > 10 else ''}. Supply positions with a montage (montage: "
-                "colin27_1005, matched on cleaned names; bipolar labels such as FP1-F7 on both electrodes), a BIDS electrodes.tsv (electrodes: PATH), or "
-                "a positions table with name,x,y,z (positions: PATH); type non-brain channels with "
-                "channel_types (e.g. {'POL *': misc}); or set missing_positions: drop to leave them out."
+                "colin27_1005, matched on cleaned names; bipolar labels such as FP1-F7 on both electrodes), "
+                "a BIDS electrodes.tsv (electrodes: PATH), or a positions table with name,x,y,z (positions: PATH); "
+                "type non-brain channels with channel_types (e.g. {'POL *': misc}); or set missing_positions: drop "
+                "to leave them out."
             )
         inst.drop_channels(missing)
         report["dropped_without_position"] = missing

@@ -39,8 +39,8 @@ NON_BRAIN_NAME_PATTERNS = (
     (re.compile(r"^EMG", re.I), "emg"),
     (re.compile(r"^(STI|STATUS$|TRIG)", re.I), "stim"),
     (re.compile(r"^(RESP|SAO2|SPO2|PLETH|TEMP)", re.I), "misc"),  # polysomnography's other sensors
-    (re.compile(r"^(EVENT|MARKER)\b", re.I), "misc"),
-    (re.compile(r"^(PHOTIC|IBI$|BURSTS$|SUPPR$)", re.I), "misc"),  # photic stimulator, a monitor's derived traces (TUH)  # a recorder's marker trace (Sleep-EDF's "Event marker")
+    (re.compile(r"^(EVENT|MARKER)\b", re.I), "misc"),  # a recorder's marker trace (Sleep-EDF's "Event marker")
+    (re.compile(r"^(PHOTIC|IBI$|BURSTS$|SUPPR$)", re.I), "misc"),  # photic stimulator, a monitor's derived traces (TUH)
     (re.compile(r"^EXG\d+$", re.I), "misc"),  # BioSemi external inputs
     (re.compile(r"^(POL )?DC\d+$", re.I), "misc"),  # Nihon Kohden DC (analogue) inputs
     (re.compile(r"^-+\d*$"), "misc"),  # unnamed placeholder inputs ("-", and MNE's "--0" for repeats; CHB-MIT)
