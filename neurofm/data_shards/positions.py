@@ -24,7 +24,8 @@ from pathlib import Path
 import mne
 import numpy as np
 
-from neurofm.data_shards.sensors import MNE_TYPE_TO_KIND, bipolar_pair, clean_channel_name, has_position, non_brain_type
+from neurofm.data_shards.sensors import (MNE_TYPE_TO_KIND, bipolar_pair, clean_channel_name, has_position, non_brain_type,
+                                         set_bipolar)
 from neurofm.errors import RecordingError, SensorPositionError
 
 BRAIN_TYPES = tuple(MNE_TYPE_TO_KIND)
@@ -139,16 +140,6 @@ def _set_positions(inst, positions: dict[str, np.ndarray]) -> None:
             ch["coord_frame"] = mne.io.constants.FIFF.FIFFV_COORD_HEAD
 
 
-def _set_bipolar(inst, pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    """Make each named channel a bipolar lead: anode position in ``loc[:3]``, cathode in ``loc[3:6]``
-    (MNE's place for an EEG channel's reference electrode), MNE's bipolar coil type."""
-    for ch in inst.info["chs"]:
-        if ch["ch_name"] in pairs:
-            ch["loc"][:3], ch["loc"][3:6] = pairs[ch["ch_name"]]
-            ch["coil_type"] = mne.io.constants.FIFF.FIFFV_COIL_EEG_BIPOLAR
-            ch["coord_frame"] = mne.io.constants.FIFF.FIFFV_COORD_HEAD
-
-
 def _bipolar_positions(names: list[str], montage_name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(anode, cathode) head-frame positions of the ``names`` that are bipolar labels of two montage electrodes."""
     pairs = {name: pair for name in names if (pair := bipolar_pair(name))}
@@ -246,7 +237,9 @@ def resolve_positions(inst, *, source: Path, modality: str, spec) -> dict:
             missing = [n for n in missing if n not in found]
         pairs = _bipolar_positions([n for n in scalp_missing if n in missing], montage_name)
         if pairs:
-            _set_bipolar(inst, pairs)
+            for ch in inst.info["chs"]:
+                if ch["ch_name"] in pairs:
+                    set_bipolar(ch, *pairs[ch["ch_name"]])
             report["sources"][f"bipolar pairs of montage {montage_name}"] = {"channels": len(pairs)}
             missing = [n for n in missing if n not in pairs]
     if missing:

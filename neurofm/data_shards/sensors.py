@@ -82,6 +82,15 @@ def bipolar_pair(name: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
+def set_bipolar(ch: dict, anode: np.ndarray, cathode: np.ndarray) -> None:
+    """Make ``ch`` (an entry of ``info['chs']``) a bipolar lead between two head-frame positions (m): the
+    anode in ``loc[:3]``, the cathode in ``loc[3:6]`` (where MNE keeps an EEG channel's reference
+    electrode), MNE's bipolar coil type — what :func:`is_bipolar` recognises."""
+    ch["loc"][:3], ch["loc"][3:6] = anode, cathode
+    ch["coil_type"] = mne.io.constants.FIFF.FIFFV_COIL_EEG_BIPOLAR
+    ch["coord_frame"] = mne.io.constants.FIFF.FIFFV_COORD_HEAD
+
+
 def is_bipolar(ch: dict) -> bool:
     """An EEG lead recorded between two placed electrodes: MNE's bipolar coil type with the cathode's
     position in ``loc[3:6]`` (where MNE keeps an EEG channel's reference electrode)."""

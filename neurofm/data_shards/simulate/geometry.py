@@ -29,6 +29,7 @@ import mne
 import numpy as np
 from mne.io.constants import FIFF
 
+from neurofm.data_shards.sensors import set_bipolar
 from neurofm.errors import ConfigError
 
 #: Helmet name → (MNE helmet surface, coil locations, the coils at each location: (name suffix, channel
@@ -174,7 +175,7 @@ def eeg_info(montage_name: str, head: Head, sfreq: float) -> mne.Info:
 def bipolar_leads(montage_name: str, electrodes: mne.Info) -> tuple[mne.Info, np.ndarray]:
     """The leads of a bipolar montage over ``electrodes`` (the :func:`eeg_info` of its electrode montage):
     their info (``A-B`` names; anode position in ``loc[:3]``, cathode in ``loc[3:6]``, MNE's bipolar coil
-    type, see :func:`neurofm.data_shards.sensors.is_bipolar`) and the derivation matrix
+    type: :func:`neurofm.data_shards.sensors.set_bipolar`) and the derivation matrix
     [leads, electrodes] (+1 anode, −1 cathode) that turns electrode potentials or gains into leads'."""
     _, pairs = BIPOLAR_MONTAGES[montage_name]
     index = {name: i for i, name in enumerate(electrodes.ch_names)}
@@ -182,10 +183,7 @@ def bipolar_leads(montage_name: str, electrodes: mne.Info) -> tuple[mne.Info, np
     info = mne.create_info([f"{a}-{c}" for a, c in pairs], electrodes["sfreq"], "eeg")
     for row, ((anode, cathode), ch) in enumerate(zip(pairs, info["chs"])):
         derivation[row, [index[anode], index[cathode]]] = (1.0, -1.0)
-        ch["loc"][:3] = electrodes["chs"][index[anode]]["loc"][:3]
-        ch["loc"][3:6] = electrodes["chs"][index[cathode]]["loc"][:3]
-        ch["coil_type"] = FIFF.FIFFV_COIL_EEG_BIPOLAR
-        ch["coord_frame"] = FIFF.FIFFV_COORD_HEAD
+        set_bipolar(ch, electrodes["chs"][index[anode]]["loc"][:3], electrodes["chs"][index[cathode]]["loc"][:3])
     return info, derivation
 
 
