@@ -138,3 +138,17 @@ def test_epochs_keep_their_events_and_metadata(shared):
     assert isinstance(rec.inst, mne.BaseEpochs) and len(rec.inst) == 200
     assert Counter(rec.inst.events[:, 2]) == {6: 100, 7: 100}
     assert {"cue", "association", "FAS"} <= set(rec.inst.metadata.columns)
+
+
+@needs_shared
+def test_trigger_codes_of_a_real_file_can_be_renamed_and_epoched(shared, tmp_path):
+    """The real-file twin of the stim-channel test in test_shards: KIT's trigger channel → ``stim/255``
+    (at 0, 0.281 and 1.564 s of a 2-s file: the first has no 0.1 s before it, so two epochs)."""
+    from neurofm.data_shards import ShardIndex, build_shards
+    from neurofm.data_shards.config import EventEpochs, InputSpec, ShardsConfig
+
+    spec = InputSpec(path="meg/kit_test.sqd", rename_events={"stim/255": "tone"}, epochs=EventEpochs(events=["tone"], tmin=-0.1, tmax=0.4))
+    assert Counter(e["label"] for e in _read(shared / spec.path, spec).events) == {"tone": 3}
+    build_shards(ShardsConfig(out=str(tmp_path / "shards"), root=str(shared), inputs=[spec]), progress=False)
+    index = ShardIndex(tmp_path / "shards")
+    assert [index[i]["meta"]["labels"]["event"] for i in range(len(index))] == ["tone"] * 2

@@ -387,10 +387,67 @@ def test_settings_added_later_leave_the_hash_of_earlier_shard_sets_alone():
     refused as 'other settings'): a later setting at its old-behaviour value is left out of the hash, any
     other value enters it."""
     from neurofm.data_shards.build import settings_hash
-    from neurofm.data_shards.config import EventEpochs, SimulateConfig
+    from neurofm.data_shards.config import EventEpochs, InputSpec, SimulateConfig
 
     config = ShardsConfig(out="x", simulate=SimulateConfig())
     # the hash shard sets of the default simulator settings were written with before simulate.fmri_epochs existed
     assert settings_hash(config) == "ad191a1738e31846", "a new setting changed old shard sets' hash: add it to LATER_SETTINGS"
     config.simulate.fmri_epochs = EventEpochs(events=["visual"], tmin=0.0, tmax=16.0)
     assert settings_hash(config) != "ad191a1738e31846"
+    # ... and of inputs, written before inputs[].rename_events existed
+    inputs = ShardsConfig(out="x", inputs=[InputSpec(path="a.fif"), InputSpec(path="b.edf")])
+    assert settings_hash(inputs) == "dd2b2edead5b8479", "a new input setting changed old shard sets' hash: add it to LATER_SETTINGS"
+    inputs.inputs[1].rename_events = {"stim/1": "left"}
+    assert settings_hash(inputs) != "dd2b2edead5b8479"
+
+
+def _fif_with_triggers(path: Path, triggers: dict[float, int], sfreq: float = 256.0, crop_start: float = 2.0) -> Path:
+    """A biosemi64 FIF with a stim channel holding ``triggers`` (seconds → code) and a measurement date,
+    cropped so that its first sample is not sample 0 (the frames of annotations and triggers differ)."""
+    import mne
+
+    montage = mne.channels.make_standard_montage("biosemi64")
+    info = mne.create_info(montage.ch_names[:16] + ["STI 014"], sfreq, ["eeg"] * 16 + ["stim"])
+    n = int(30 * sfreq)
+    rng = np.random.default_rng(0)
+    data = np.vstack([rng.normal(0, 10e-6, (16, n)), np.zeros((1, n))])
+    for t, code in triggers.items():
+        data[16, int(t * sfreq): int(t * sfreq) + 5] = code
+    raw = mne.io.RawArray(data, info, verbose="error").set_montage(montage, on_missing="ignore")
+    raw.set_meas_date(1_700_000_000)
+    raw.set_annotations(mne.Annotations([4.0], [1.0], ["rest"], orig_time=raw.info["meas_date"]))
+    raw.crop(tmin=crop_start).save(path, overwrite=True, verbose="error")
+    return path
+
+
+def test_trigger_codes_become_events_that_epochs_and_rename_events_use(tmp_path):
+    """A trigger on a stim channel is an event like an annotation: ``epochs`` cuts windows at it (here
+    renamed by ``rename_events``), at its own time in a recording whose first sample is not 0."""
+    from neurofm.data_shards.config import EventEpochs, InputSpec
+
+    triggers = {5.0: 1, 9.5: 2, 14.0: 1, 18.25: 2, 23.0: 1}
+    _fif_with_triggers(tmp_path / "ssvep_raw.fif", triggers)
+    out = tmp_path / "shards"
+    config = ShardsConfig(out=str(out), root=str(tmp_path), inputs=[InputSpec(
+        path="ssvep_raw.fif", rename_events={"stim/1": "f12", "stim/2": "f15"},
+        epochs=EventEpochs(events=["f12", "f15"], tmin=-0.5, tmax=1.5))])
+    build_shards(config, progress=False)
+    metas = [s["meta"] for s in _samples(out)]
+    assert Counter(m["labels"]["event"] for m in metas) == {"f12": 3, "f15": 2}
+    assert all(m["layout"] == "epochs" and m["events"][0]["onset"] == 0.5 for m in metas)
+    # continuous windows list the renamed trigger at its time after the crop, beside the file's annotation
+    build_shards(ShardsConfig(out=str(tmp_path / "continuous"), root=str(tmp_path), inputs=[InputSpec(
+        path="ssvep_raw.fif", rename_events={"stim/1": "f12", "stim/2": "f15"})]), progress=False)
+    events = [(round(m["window_onset"] + e["onset"], 3), e["label"]) for m in (s["meta"] for s in _samples(tmp_path / "continuous"))
+              for e in m["events"]]
+    assert sorted(events) == sorted([(2.0, "rest")] + [(round(t - 2.0, 3), {1: "f12", 2: "f15"}[c]) for t, c in triggers.items()])
+
+
+def test_rename_events_naming_no_event_of_the_file_is_a_clear_error(tmp_path):
+    from neurofm.data_shards.config import InputSpec
+
+    _fif_with_triggers(tmp_path / "a_raw.fif", {5.0: 1})
+    config = ShardsConfig(out=str(tmp_path / "shards"), root=str(tmp_path),
+                          inputs=[InputSpec(path="a_raw.fif", rename_events={"stim/7": "left"})])
+    with pytest.raises(NeuroFMError, match=r"rename_events names none of its event labels \(rest, stim/1\)"):
+        build_shards(config, progress=False)

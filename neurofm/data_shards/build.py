@@ -49,19 +49,28 @@ def sample_settings(config: ShardsConfig) -> dict:
 #: Settings added after shard sets were first written, each with the value that makes the samples as before
 #: it existed: left out of the hash at that value, so a shard set built earlier keeps its hash (it resumes,
 #: and a rebuild with unchanged settings is a no-op rather than a refusal).
-LATER_SETTINGS: dict[tuple[str, ...], object] = {("simulate", "fmri_epochs"): None}
+LATER_SETTINGS: dict[tuple[str, ...], object] = {("simulate", "fmri_epochs"): None, ("inputs", "*", "rename_events"): {}}
+
+
+def _drop_later_settings(section, path: tuple[str, ...], default) -> None:
+    """Delete ``path`` (``*``: every item of a list) from ``section`` where it holds ``default``."""
+    key, rest = path[0], path[1:]
+    if key == "*":
+        for item in section if isinstance(section, list) else []:
+            _drop_later_settings(item, rest, default)
+    elif isinstance(section, dict) and key in section:
+        if rest:
+            _drop_later_settings(section[key], rest, default)
+        elif section[key] == default:
+            del section[key]
 
 
 def settings_hash(config: ShardsConfig) -> str:
     """Hash of everything that changes the samples (the output folder excluded)."""
     settings = sample_settings(config)
     settings.pop("out")
-    for *parents, name in LATER_SETTINGS:
-        section = settings
-        for key in parents:
-            section = section.get(key) if isinstance(section, dict) else None
-        if isinstance(section, dict) and name in section and section[name] == LATER_SETTINGS[(*parents, name)]:
-            del section[name]
+    for path, default in LATER_SETTINGS.items():
+        _drop_later_settings(settings, path, default)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 

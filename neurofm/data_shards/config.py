@@ -141,6 +141,10 @@ class InputSpec:
         MNE's 10-05 template, by default).
     rename_channels : dict
         Old name → new name, applied first (e.g. to give numbered channels their 10-20 labels).
+    rename_events : dict
+        Old event label → new, for continuous recordings: annotation descriptions and trigger codes on
+        stim channels, which read as ``stim/<code>`` (e.g. ``{stim/1: f12, stim/2: f15}``); applied before
+        ``epochs`` picks its events.
     electrodes : str | None
         A BIDS ``*_electrodes.tsv`` (name, x, y, z); found automatically beside ``*_ieeg.*`` files.
     positions : str | None
@@ -174,6 +178,7 @@ class InputSpec:
     electrodes: str | None = None
     positions: str | None = None
     rename_channels: dict[str, str] = field(default_factory=dict)
+    rename_events: dict[str, str] = field(default_factory=dict)
     channel_types: dict[str, str] = field(default_factory=dict)
     missing_positions: Literal["raise", "drop"] = "raise"
     atlas: str | None = None

@@ -130,7 +130,7 @@ def _event_epochs(raw, spec: EventEpochs, source: Path):
     if not event_id:
         raise RecordingError(
             f"{source}: none of the epoch events {spec.events} is among its annotations {present[:20]}; "
-            "fix inputs[].epochs.events."
+            "fix inputs[].epochs.events (trigger codes on stim channels read as stim/<code>; inputs[].rename_events names them)."
         )
     events, _ = mne.events_from_annotations(raw, event_id=event_id, verbose="error")
     return mne.Epochs(raw, events, event_id, tmin=spec.tmin, tmax=spec.tmax, baseline=None, preload=True, picks="all",

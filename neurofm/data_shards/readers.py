@@ -214,19 +214,34 @@ def _annotation_events(raw: mne.io.BaseRaw) -> list[dict]:
     ]
 
 
-def _stim_events(raw: mne.io.BaseRaw) -> list[dict]:
-    """Trigger codes on stim channels (before those channels are dropped)."""
+def _stim_annotations(raw: mne.io.BaseRaw) -> mne.Annotations | None:
+    """Trigger codes on stim channels (read before those channels are dropped) as zero-length annotations
+    named ``stim/<code>``, in the frame of the recording's own annotations — so epochs, window events and
+    ``rename_events`` treat a BioSemi ``Status`` or Neuromag ``STI 014`` trigger like an annotation."""
     stim = [n for n, t in zip(raw.ch_names, raw.get_channel_types()) if t == "stim"]
     if not stim:
-        return []
+        return None
     try:
         events = mne.find_events(raw, stim_channel=stim, shortest_event=1, initial_event=True, verbose="error")
     except (ValueError, RuntimeError):
-        return []
-    return [
-        {"onset": float((s - raw.first_samp) / raw.info["sfreq"]), "duration": 0.0, "label": f"stim/{code}"}
-        for s, _, code in events
-    ]
+        return None
+    if not len(events):
+        return None
+    orig_time = raw.annotations.orig_time  # annotations with an orig_time count from the sample 0, not first_samp
+    return mne.annotations_from_events(events, raw.info["sfreq"], event_desc=lambda code: f"stim/{code}",
+                                       first_samp=0 if orig_time is not None else raw.first_samp, orig_time=orig_time)
+
+
+def _rename_events(raw: mne.io.BaseRaw, mapping: dict[str, str], path: Path) -> None:
+    """``inputs[].rename_events`` on the annotations (trigger codes included); a mapping none of whose
+    labels the recording holds is a typo, not a recording without those events."""
+    if not mapping:
+        return
+    present = set(raw.annotations.description)
+    if present and not present & set(mapping):
+        raise RecordingError(f"{path}: rename_events names none of its event labels ({', '.join(sorted(present)[:12])}); "
+                             "fix inputs[].rename_events (trigger codes read as stim/<code>).")
+    raw.annotations.rename({old: new for old, new in mapping.items() if old in present})
 
 
 def _infer_modality(inst, spec: InputSpec, path: Path, datatype: str | None) -> str:
@@ -334,7 +349,13 @@ def finish_recording(inst, path: Path, spec: InputSpec, *, datatype: str | None 
     datatype, modality : str | None
         The BIDS datatype, or the modality when the caller knows it.
     """
-    events = _annotation_events(inst) + _stim_events(inst) if isinstance(inst, mne.io.BaseRaw) else []
+    events = []
+    if isinstance(inst, mne.io.BaseRaw):
+        triggers = _stim_annotations(inst)
+        if triggers is not None:
+            inst.set_annotations(inst.annotations + triggers)
+        _rename_events(inst, spec.rename_events, path)
+        events = _annotation_events(inst)
     insts = inst if isinstance(inst, list) else [inst]
     if modality == "fmri":
         _check_finite(insts, path)
