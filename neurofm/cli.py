@@ -11,7 +11,7 @@ import sys
 from typing import NoReturn
 
 from neurofm.errors import NeuroFMError
-from neurofm.finetune.config import PROBE_GROUPINGS, PROBE_POOLINGS
+from neurofm.finetune.config import EVENT_SPAN_SECONDS, PROBE_GROUPINGS, PROBE_POOLINGS
 
 OVERRIDES_HELP = (
     "dotted.key=value overrides applied after the config file, e.g. eeg.h_freq=40 "
@@ -22,8 +22,10 @@ OVERRIDES_HELP = (
 POOLING_HELP = ("tokens → one vector per window: mean over tokens holding signal, time (one mean per time patch), flat (every "
                 "token), power (log variance of each latent feature over the window: rhythms), cov (log-Euclidean Ledoit-Wolf covariance "
                 "of the state features over the window: rhythms' frequency), event (every token of the patches "
-                "0–0.4 s after the window's event), or auto (default: event when every window is an epoch or evoked condition, "
+                "0–0.4 s after the window's event; --event-span sets the span), or auto (default: event when every window is an epoch or evoked condition, "
                 "cov when every window is a continuous EEG/MEG/iEEG window, else flat when all windows have one length, else mean)")
+EVENT_SPAN_HELP = ("seconds after each window's event whose patches 'event' pooling keeps (default 0.4: an evoked "
+                   "response); a sustained response — a flicker's steady state, a movement — lasts its stimulus: give that")
 #: ``--workers`` of the commands that build shards (see neurofm.data_shards.parallel)
 WORKERS_HELP = ("recordings processed at once: this process and a local Dask cluster of N-1 worker processes (default N: "
                 "the cores this process may use; 1: this process alone)")
@@ -190,7 +192,7 @@ def _launch_shards(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     from neurofm.finetune.embed import embed_shards
 
-    out = embed_shards(args.release, args.shards, args.out, pooling=args.pooling, device=args.device)
+    out = embed_shards(args.release, args.shards, args.out, pooling=args.pooling, device=args.device, event_span=args.event_span)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"embeddings: {out}")
     return 0
@@ -201,7 +203,7 @@ def _probe(args: argparse.Namespace) -> int:
 
     metrics = probe_release(args.release, args.shards, args.out, labels=args.labels.split(",") if args.labels else None,
                             label_key=args.label_key, n_splits=args.folds, block=args.group_block, ridge=args.ridge,
-                            group_by=args.group_by, pooling=args.pooling, device=args.device)
+                            group_by=args.group_by, pooling=args.pooling, device=args.device, event_span=args.event_span)
     if not metrics:  # under torchrun, rank 0 reports
         return 0
     raw = metrics["raw_features"]
@@ -212,6 +214,8 @@ def _probe(args: argparse.Namespace) -> int:
         for r in metrics["layers"]:
             print(f"{r['layer']:>5}{r['r2']:>9.3f}{r['pearson_r']:>7.3f}{r['shuffled']['r2']:>13.3f}{r['random_weights']['r2']:>19.3f}")
         print(f"raw features of the same windows: R² {raw['r2']:.3f}, r {raw['pearson_r']:.3f}")
+        if "raw_spectrum" in metrics:
+            print(f"their channel-averaged log spectrum alone: R² {metrics['raw_spectrum']['r2']:.3f}, r {metrics['raw_spectrum']['pearson_r']:.3f}")
         print(f"metrics and plots: {args.out}")
         return 0
     chance = metrics["chance"]
@@ -224,6 +228,8 @@ def _probe(args: argparse.Namespace) -> int:
               f"{r['shuffled']['balanced_accuracy']:>18.3f}{r['random_weights']['balanced_accuracy']:>16.3f}")
     print(f"raw features of the same windows (event-locked amplitudes, log band powers per channel): "
           f"balanced accuracy {raw['balanced_accuracy']:.3f}")
+    if "raw_spectrum" in metrics:
+        print(f"their channel-averaged log spectrum alone (1-Hz bins, 2–40 Hz): balanced accuracy {metrics['raw_spectrum']['balanced_accuracy']:.3f}")
     print(f"metrics and plots: {args.out}")
     return 0
 
@@ -514,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "auto (default): recordings when there are two or more, else blocks")
     probe.add_argument("--group-block", type=int, default=10, help="consecutive windows per CV group with --group-by blocks")
     probe.add_argument("--pooling", choices=PROBE_POOLINGS, default="auto", help=POOLING_HELP)
+    probe.add_argument("--event-span", type=float, default=EVENT_SPAN_SECONDS, help=EVENT_SPAN_HELP)
     _device_argument(probe)
     probe.set_defaults(func=_probe)
 
@@ -523,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(key, source, modality, onset, labels, events per row)."))
     _io_arguments(embed, "release", "release directory (`neurofm export`)", "output folder")
     embed.add_argument("--pooling", choices=PROBE_POOLINGS, default="auto", help=POOLING_HELP)
+    embed.add_argument("--event-span", type=float, default=EVENT_SPAN_SECONDS, help=EVENT_SPAN_HELP)
     _device_argument(embed)
     embed.set_defaults(func=_embed)
 

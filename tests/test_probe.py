@@ -53,6 +53,7 @@ def test_probe_groups_by_recording_by_default(release, corpus_shards, tmp_path):
     metrics = probe_release(release, corpus_shards, tmp_path / "p", label_key="modality", n_splits=3)
     assert metrics["grouping"] == "by recording" and metrics["pooling"] == "mean"
     assert {"random_weights", "shuffled"} <= set(metrics["layers"][0]) and "raw_features" in metrics
+    assert 0 <= metrics["raw_spectrum"]["balanced_accuracy"] <= 1  # the spectrum of the EEG/MEG/iEEG windows (fMRI's NaN, imputed)
     with pytest.raises(NeuroFMError, match="different lengths"):  # EEG and fMRI windows have other patch counts
         probe_release(release, corpus_shards, tmp_path / "t", label_key="modality", n_splits=3, pooling="time")
 
@@ -81,6 +82,15 @@ def test_probe_of_epochs_pools_the_patches_after_each_event_by_default(release, 
     assert emb.shape == (encoder.n_layers, 2, 3 * k * d) and not emb[:, :, 2 * k * d:].any()  # patches 2, 3; no third
     flat = encoder.layer_embeddings(*args[:-2], "flat").reshape(encoder.n_layers, 2, -1, k * d)
     assert np.allclose(emb[:, :, : 2 * k * d].numpy(), flat[:, :, 2:4].reshape(encoder.n_layers, 2, -1).numpy())
+    # a sustained response: --event-span 1.2 keeps the patches of 0.5 … 1.7 s (2 … 6) of the 0.25-s patches
+    longer = encoder.layer_embeddings(*args, event_span=1.2)
+    assert longer.shape == (encoder.n_layers, 2, 6 * k * d) and not longer[:, :, 5 * k * d:].any()
+    assert np.allclose(longer[:, :, : 5 * k * d].numpy(), flat[:, :, 2:7].reshape(encoder.n_layers, 2, -1).numpy())
+    assert main(["probe", "--release", str(release), "--shards", str(tmp_path / "epochs"), "--out", str(tmp_path / "q"),
+                 "--label-key", "event", "--folds", "2", "--event-span", "1.2"]) == 0
+    assert json.loads((tmp_path / "q" / "metrics.json").read_text())["event_span"] == 1.2
+    with pytest.raises(NeuroFMError, match="event span must be a positive"):
+        encoder.layer_embeddings(*args, event_span=0.0)
 
 
 def test_probe_bad_labels(release, corpus_shards, tmp_path):

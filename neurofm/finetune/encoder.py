@@ -107,25 +107,28 @@ class BrainEncoder(nn.Module):
     @torch.no_grad()
     def layer_embeddings(self, signal, sensors, channel_mask, family: str, modalities: list[str],
                          n_valid_samples: torch.Tensor | None = None, pooling: str = "mean",
-                         anchors: list[float | None] | None = None) -> torch.Tensor:
+                         anchors: list[float | None] | None = None, event_span: float = EVENT_SPAN_SECONDS) -> torch.Tensor:
         """signal [B, C, T], sensors [B, C, 12], channel_mask [B, C] → embeddings [layers, B, F] of every
         layer, pooled over the tokens that hold signal (``n_valid_samples`` [B]; default: all) — see
         :func:`pool_tokens` for ``pooling`` and F; ``anchors``: each window's event in seconds from its
-        start (:func:`neurofm.data_shards.windows.event_onset`), for ``event`` pooling. Runs on the encoder's device; returned on the CPU."""
+        start (:func:`neurofm.data_shards.windows.event_onset`), for ``event`` pooling, which keeps the patches
+        of ``event_span`` seconds after it (:func:`event_patches`). Runs on the encoder's device; returned on the CPU."""
         codes = self.codes(signal, sensors, channel_mask, family)
-        pool = self._pooler(codes, signal.shape[2], family, n_valid_samples, pooling, anchors)
+        pool = self._pooler(codes, signal.shape[2], family, n_valid_samples, pooling, anchors, event_span)
         states = self.hidden_states(codes, self.modality_ids(modalities).to(self.device))
         return torch.stack([pool(h) for h in states]).cpu()
 
     @torch.no_grad()
     def tokenizer_embeddings(self, signal, sensors, channel_mask, family: str, n_valid_samples: torch.Tensor | None = None,
-                             pooling: str = "mean", anchors: list[float | None] | None = None) -> torch.Tensor:
+                             pooling: str = "mean", anchors: list[float | None] | None = None,
+                             event_span: float = EVENT_SPAN_SECONDS) -> torch.Tensor:
         """The tokenizer alone: its quantized latents [B, P, K, D_tok], pooled like ``layer_embeddings`` → [B, F]."""
         quantized, codes = self._quantize(signal, sensors, channel_mask, family)
-        pool = self._pooler(codes, signal.shape[2], family, n_valid_samples, pooling, anchors)
+        pool = self._pooler(codes, signal.shape[2], family, n_valid_samples, pooling, anchors, event_span)
         return pool(rearrange(quantized, "b p k d -> b (p k) d")).cpu()
 
-    def _pooler(self, codes: torch.Tensor, window_samples: int, family: str, n_valid_samples, pooling: str, anchors):
+    def _pooler(self, codes: torch.Tensor, window_samples: int, family: str, n_valid_samples, pooling: str, anchors,
+                event_span: float = EVENT_SPAN_SECONDS):
         """states [B, N, D] → [B, F]: :func:`pool_tokens` with these windows' valid tokens and event patches."""
         n_valid = n_valid_samples if n_valid_samples is not None else torch.full((len(codes),), window_samples)
         valid = self.valid_tokens(codes, n_valid, window_samples)
@@ -133,7 +136,7 @@ class BrainEncoder(nn.Module):
         if pooling == "event":
             if anchors is None:
                 raise NeuroFMError("'event' pooling needs each window's event (anchors); pass event_onset(meta) of every window.")
-            events = event_patches(anchors, self.tokenizer.cfg.patch_seconds(family), codes.shape[1]).to(codes.device)
+            events = event_patches(anchors, self.tokenizer.cfg.patch_seconds(family), codes.shape[1], event_span).to(codes.device)
         return lambda states: pool_tokens(states, valid, pooling, codes.shape[2], events)
 
 
@@ -168,6 +171,8 @@ def event_patches(anchors: list[float | None], patch_seconds: float, n_patches: 
     """[B, M] indices of the time patches that overlap [anchor, anchor + span) of each window, in order,
     then −1; M = ceil(span / patch) + 1, the most patches such a span can overlap, so every window gets
     one layout. A window without an event (anchor None) or whose span lies outside it gets only −1."""
+    if not span_seconds > 0:
+        raise NeuroFMError(f"the event span must be a positive number of seconds (--event-span); got {span_seconds}.")
     m = math.ceil(span_seconds / patch_seconds - 1e-9) + 1
     out = torch.full((len(anchors), m), -1, dtype=torch.long)
     for i, anchor in enumerate(anchors):

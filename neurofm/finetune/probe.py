@@ -8,7 +8,7 @@ several classes), Cohen's kappa and weighted F1 — each beside the chance level
 1/n_classes, AUROC 0.5, kappa 0), a shuffled-label baseline (the same CV with labels permuted), the
 same architecture with random weights (every layer), and raw features of the same windows
 (:mod:`neurofm.bench.features`: event-locked amplitudes, log-variance and log band powers per
-channel). Writes ``metrics.json``, the per-layer curve and the best layer's confusion matrix as PNGs.
+channel), and — a second raw row for rhythms — their channel-averaged log spectrum alone. Writes ``metrics.json``, the per-layer curve and the best layer's confusion matrix as PNGs.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from sklearn.metrics import confusion_matrix, r2_score
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 
+from neurofm.bench.features import SPECTRUM_GRID
 from neurofm.bench.probes import make_features
 from neurofm.data_shards.dataset import ShardIndex
 from neurofm.devices import resolve_device
 from neurofm.errors import NeuroFMError
-from neurofm.finetune.config import PROBE_GROUPINGS
+from neurofm.finetune.config import EVENT_SPAN_SECONDS, PROBE_GROUPINGS
 from neurofm.finetune.encoder import BrainEncoder, resolve_pooling
 from neurofm.data_shards.windows import event_onset
 from neurofm.finetune.metrics import classification_metrics
@@ -56,7 +57,7 @@ def window_group(meta: dict, position: int, group_by: str, block: int) -> str:
 
 
 def collect(encoder: BrainEncoder, shards: str | Path, labels: list[str] | None, key: str | None, block: int,
-            group_by: str = "auto", pooling: str = "mean", random_seed: int | None = None):
+            group_by: str = "auto", pooling: str = "mean", random_seed: int | None = None, event_span: float = EVENT_SPAN_SECONDS):
     """Embeddings [layers, n, F], labels [n], groups [n] of every labelled window; with ``random_seed``,
     also the random-weights encoder's embeddings [layers, n, F] and raw features [n, F_raw]. Under
     ``torchrun`` each process embeds every world-th batch; rank 0 gets them all, in order (the arrays of
@@ -73,7 +74,7 @@ def collect(encoder: BrainEncoder, shards: str | Path, labels: list[str] | None,
         metas = [batch.metas[i] for i in keep]
         n_valid = batch.time_mask[keep].sum(1)
         args = (batch.signal[keep], batch.sensors[keep], batch.channel_mask[keep], batch.family, [m["modality"] for m in metas], n_valid, pooling,
-                [event_onset(m) for m in metas])
+                [event_onset(m) for m in metas], event_span)
         part = {"metas": metas, "feats": encoder.layer_embeddings(*args).numpy()}
         if random is not None:
             part["random"] = random.layer_embeddings(*args).numpy()
@@ -141,7 +142,7 @@ def _grouping(groups: np.ndarray, group_by: str, block: int, n_splits: int) -> i
 
 def probe_release(release: str | Path, shards: str | Path, out: str | Path, *, labels: list[str] | None = None,
                   label_key: str | None = None, n_splits: int = 5, block: int = 10, seed: int = 0, ridge: bool = False,
-                  group_by: str = "auto", pooling: str = "auto", device: str = "auto") -> dict:
+                  group_by: str = "auto", pooling: str = "auto", device: str = "auto", event_span: float = EVENT_SPAN_SECONDS) -> dict:
     """Probe every layer of ``release`` on the labelled windows of ``shards``; write results to ``out``.
 
     Logistic probes of classes, or (``ridge``) ridge probes of a numeric ``label_key`` (R², Pearson r).
@@ -153,7 +154,7 @@ def probe_release(release: str | Path, shards: str | Path, out: str | Path, *, l
     torch_device = resolve_device(device)
     encoder = BrainEncoder.from_pretrained(release).to(torch_device)
     pooling = resolve_pooling(pooling, ShardIndex(shards).manifest, encoder.channel_tokens)
-    collected = collect(encoder, shards, labels, label_key, block, group_by, pooling, random_seed=seed + 1)
+    collected = collect(encoder, shards, labels, label_key, block, group_by, pooling, random_seed=seed + 1, event_span=event_span)
     if collected is None:  # under torchrun, ranks other than 0 only embed their batches
         barrier(process_group()[1])
         return {}
@@ -182,7 +183,10 @@ def probe_release(release: str | Path, shards: str | Path, out: str | Path, *, l
             best = (scores[key], layer, predicted)
     grouping = f"blocks of {block} windows" if group_by == "block" else f"by {group_by}"
     metrics = {"release": str(release), "shards": str(shards), "windows": int(len(y)), "folds": n_splits, "grouping": grouping,
-               "pooling": pooling, "layers": layers, "best_layer": best[1], "raw_features": cv(baselines["raw"], y)[0]}
+               "pooling": pooling, **({"event_span": event_span} if pooling == "event" else {}), "layers": layers, "best_layer": best[1], "raw_features": cv(baselines["raw"], y)[0]}
+    spectrum = baselines["raw"][:, -len(SPECTRUM_GRID):]
+    if not np.isnan(spectrum).all():  # a rhythm's frequency lives in these ~40 values, drowned among the per-channel ones
+        metrics["raw_spectrum"] = cv(spectrum, y)[0]
     if ridge:
         metrics |= {"target": label_key, "chance": {"r2": 0.0, "pearson_r": 0.0}}
     else:
@@ -211,6 +215,8 @@ def _plots(metrics: dict, confusion: np.ndarray | None, out: Path, key: str, lab
     ax.plot(layers, [r["random_weights"][key] for r in metrics["layers"]], "^-", color="tab:orange", label="random weights")
     ax.plot(layers, [r["shuffled"][key] for r in metrics["layers"]], "s--", color="grey", label="shuffled labels")
     ax.axhline(metrics["raw_features"][key], color="tab:green", ls=":", label="raw features")
+    if "raw_spectrum" in metrics:
+        ax.axhline(metrics["raw_spectrum"][key], color="tab:olive", ls="-.", label="raw spectrum")
     ax.axhline(metrics["chance"][key], color="black", lw=0.8, label="chance")
     ax.set_xlabel("layer (0 = input embedding)")
     ax.set_ylabel(label)
