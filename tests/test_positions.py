@@ -15,7 +15,10 @@ from neurofm.errors import NeuroFMError, SensorPositionError
 
 @pytest.mark.parametrize(
     "raw,clean",
-    [("Fc5.", "Fc5"), ("Fcz.", "Fcz"), ("EEG Fp1-Ref", "Fp1"), ("EEG T3-LE", "T3"), (" Cz ", "Cz"), ("O1..", "O1"), ("C3-A2", "C3")],
+    [("Fc5.", "Fc5"), ("Fcz.", "Fcz"), ("EEG Fp1-Ref", "Fp1"), ("EEG T3-LE", "T3"), (" Cz ", "Cz"), ("O1..", "O1"), ("C3-A2", "C3"),
+     ("EEG_Cz_REF", "Cz"), ("EEG-Fp1", "Fp1"), ("Fp1_REF", "Fp1"), ("Fp1 (Ref)", "Fp1"), ("Fpz(ref)", "Fpz"), ("Fp1:Ref", "Fp1"),
+     ("C3-CAR", "C3"), ("F3-Ref1", "F3"), ("Fp1-A1A2", "Fp1"), ("A1", "A1"), ("EEG A2", "A2"), ("Ref", "Ref"), ("EEG1", "EEG1"),
+     ("FP1-F7", "FP1-F7")],
 )
 def test_clean_channel_name(raw, clean):
     assert clean_channel_name(raw) == clean
@@ -35,7 +38,7 @@ def test_non_brain_names(name, kind):
 @pytest.mark.parametrize(
     "name,pair",
     [("FP1-F7", ("FP1", "F7")), ("EEG Fpz-Cz", ("Fpz", "Cz")), ("T8-P8-1", ("T8", "P8")), ("FT9-FT10", ("FT9", "FT10")),
-     ("C3-A2", None), ("EEG Fp1-Ref", None), ("Fp1", None), ("-", None), ("1-2", None)],
+     ("C3-A2", None), ("EEG Fp1-Ref", None), ("C3-CAR", None), ("Fp1", None), ("-", None), ("1-2", None)],
 )
 def test_bipolar_labels(name, pair):
     assert bipolar_pair(name) == pair

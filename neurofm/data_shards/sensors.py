@@ -58,13 +58,19 @@ def non_brain_type(name: str) -> str | None:
 def clean_channel_name(name: str) -> str:
     """Reduce a channel label to the electrode name a montage uses.
 
-    ``'Fc5.'`` → ``'Fc5'``, ``'EEG Fp1-Ref'`` → ``'Fp1'``, ``'EEG T3-LE'`` → ``'T3'``. Case is left
-    alone: montages are matched case-insensitively.
+    ``'Fc5.'`` → ``'Fc5'``, ``'EEG Fp1-Ref'`` → ``'Fp1'``, ``'EEG T3-LE'`` → ``'T3'``, ``'EEG_Cz_REF'`` →
+    ``'Cz'``, ``'Fp1 (ref)'`` → ``'Fp1'``, ``'C3-CAR'`` → ``'C3'``: a recording system's prefix and its
+    reference suffix (linked ears or mastoids, average, common average, a numbered reference) go. Case is
+    left alone: montages are matched case-insensitively.
     """
     name = name.strip().rstrip(".").strip()
-    name = re.sub(r"^(EEG|EEG-)\s*", "", name, flags=re.I)
-    name = re.sub(r"-(REF|LE|RE|AVG|AV|M1|M2|A1A2|A1|A2)$", "", name, flags=re.I)
+    name = re.sub(r"^EEG[\s_-]+", "", name, flags=re.I)
+    name = _REFERENCE_SUFFIX.sub("", name)
     return name.strip()
+
+
+#: A reference named after the electrode: ``-Ref``, ``_REF``, ``:ref``, `` (ref)``, ``-LE``, ``-AVG``, ``-CAR``, ``-M1``, ``-A1A2``, ``-Ref2``.
+_REFERENCE_SUFFIX = re.compile(r"(?:\s*[-_:]\s*|\s*(?=\())\(?(?:REF\d*|LE|RE|AVG|AV|AR|CAR|M1|M2|A1A2|A1|A2|LM)\)?$", re.I)
 
 
 #: An electrode name: a letter, then letters, digits or a prime (10-05 names, ``Nz``, ``M1``, ``O'1``).
