@@ -58,7 +58,7 @@ def test_probe_groups_by_recording_by_default(release, corpus_shards, tmp_path):
         probe_release(release, corpus_shards, tmp_path / "t", label_key="modality", n_splits=3, pooling="time")
 
 
-def test_probe_of_epochs_pools_the_patches_after_each_event_by_default(release, tmp_path):
+def test_probe_of_epochs_pools_the_patches_after_each_event_by_default(release, tmp_path, capsys):
     """Event-locked windows (the demo's probe set, smaller): ``auto`` is ``event`` pooling, whose vector
     holds the tokens of the 3 patches a 0.4-s span can overlap, whatever the window length."""
     from neurofm.config import load_config
@@ -88,6 +88,7 @@ def test_probe_of_epochs_pools_the_patches_after_each_event_by_default(release, 
     assert np.allclose(longer[:, :, : 5 * k * d].numpy(), flat[:, :, 2:7].reshape(encoder.n_layers, 2, -1).numpy())
     assert main(["probe", "--release", str(release), "--shards", str(tmp_path / "epochs"), "--out", str(tmp_path / "q"),
                  "--label-key", "event", "--folds", "2", "--event-span", "1.2"]) == 0
+    assert "event pooling (1.2 s after each event)" in capsys.readouterr().out
     assert json.loads((tmp_path / "q" / "metrics.json").read_text())["event_span"] == 1.2
     with pytest.raises(NeuroFMError, match="event span must be a positive"):
         encoder.layer_embeddings(*args, event_span=0.0)
