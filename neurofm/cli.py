@@ -207,10 +207,10 @@ def _probe(args: argparse.Namespace) -> int:
     if not metrics:  # under torchrun, rank 0 reports
         return 0
     raw = metrics["raw_features"]
-    pooling = metrics["pooling"] + (f" ({metrics['event_span']:g} s after each event)" if "event_span" in metrics else "")
+    pooling = f"{metrics['pooling']} pooling" + (f" ({metrics['event_span']:g} s after each event)" if "event_span" in metrics else "")
     if args.ridge:
         print(f"{metrics['windows']} windows, ridge probes of '{metrics['target']}', {metrics['folds']}-fold grouped CV "
-              f"({metrics['grouping']}), {pooling} pooling; chance R² 0")
+              f"({metrics['grouping']}), {pooling}; chance R² 0")
         print(f"{'layer':>5}{'R²':>9}{'r':>7}{'shuffled R²':>13}{'random-weights R²':>19}")
         for r in metrics["layers"]:
             print(f"{r['layer']:>5}{r['r2']:>9.3f}{r['pearson_r']:>7.3f}{r['shuffled']['r2']:>13.3f}{r['random_weights']['r2']:>19.3f}")
@@ -221,7 +221,7 @@ def _probe(args: argparse.Namespace) -> int:
         return 0
     chance = metrics["chance"]
     print(f"{metrics['windows']} windows, classes {metrics['class_counts']}, {metrics['folds']}-fold grouped CV "
-          f"({metrics['grouping']}), {pooling} pooling; chance: balanced accuracy {chance['balanced_accuracy']:.3f}, "
+          f"({metrics['grouping']}), {pooling}; chance: balanced accuracy {chance['balanced_accuracy']:.3f}, "
           "AUROC 0.5, kappa 0")
     print(f"{'layer':>5}{'bal.acc':>9}{'AUROC':>7}{'kappa':>7}{'wF1':>7}{'shuffled bal.acc':>18}{'random weights':>16}")
     for r in metrics["layers"]:
