@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neurofm.bench.features import SPECTRUM_GRID, device_features
+from neurofm.bench.features import device_features, feature_sets
 from neurofm.data_shards.config import SimulateConfig
 from neurofm.data_shards.dataset import ShardIndex
 from neurofm.finetune.encoder import BrainEncoder
@@ -84,14 +84,10 @@ def collect(release: str | Path, shards: str | Path, poolings: tuple[str, ...] =
 
 
 def raw_columns(windows: ProbeWindows, rows: np.ndarray, labels: list[str] | None = None) -> list[np.ndarray]:
-    """Raw features of ``rows`` (all of one device) as a column of two candidate feature sets, chosen
-    between by the probe's inner CV like a release's layers: every feature, and the channel-averaged
-    spectrum alone (a rhythm's frequency lives in its ~40 values, which the ~10 per channel drown
-    under a shared penalty: alpha-frequency R² 0.77–0.85 from the spectrum alone, ≈ 0 from all). Slow
-    signals (fMRI) have no spectrum: every feature is the one candidate."""
-    features = device_features([windows.raw_windows[i] for i in rows], labels)
-    spectrum = features[:, -len(SPECTRUM_GRID):]
-    return [features] if np.isnan(spectrum).all() else [features, spectrum]
+    """Raw features of ``rows`` (all of one device) as a column of candidate feature sets, chosen between by
+    the probe's inner CV like a release's layers (:func:`~neurofm.bench.features.feature_sets`: every feature,
+    and the channel-averaged spectrum alone — alpha-frequency R² 0.77–0.85 from the spectrum alone, ≈ 0 from all)."""
+    return feature_sets(device_features([windows.raw_windows[i] for i in rows], labels))
 
 
 __all__ = ["ProbeWindows", "collect", "device_of", "random_encoder", "raw_columns"]

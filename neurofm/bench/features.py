@@ -85,4 +85,12 @@ def device_features(windows: list[tuple[np.ndarray, dict]], labels: list[str] | 
     return np.stack(rows)
 
 
-__all__ = ["BANDS", "EVENT_BINS", "SPECTRUM_GRID", "device_features", "window_features"]
+def feature_sets(features: np.ndarray) -> list[np.ndarray]:
+    """The candidate feature sets of a :func:`device_features` matrix: every feature, and the channel-averaged
+    spectrum alone (a rhythm's frequency lives in its ~40 values, which the ~10 per channel drown under a shared
+    penalty); every feature only for slow signals (fMRI), which have no spectrum."""
+    spectrum = features[:, -len(SPECTRUM_GRID):]
+    return [features] if np.isnan(spectrum).all() else [features, spectrum]
+
+
+__all__ = ["BANDS", "EVENT_BINS", "SPECTRUM_GRID", "device_features", "feature_sets", "window_features"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from neurofm.bench.features import SPECTRUM_GRID, device_features
+from neurofm.bench.features import device_features, feature_sets
 from neurofm.data_shards.config import SimulateConfig
 from neurofm.errors import NeuroFMError
 
@@ -87,8 +87,7 @@ def oracle_column(windows, rows: np.ndarray, key: str, simulation: SimulateConfi
             filters[meta["source"]] = (spatial_filter(gain, info.ch_names, regions, meta, groups), list(groups))
         w, names = filters[meta["source"]]
         virtual.append((w @ signal, {**meta, "channels": names}))
-    features = device_features(virtual, labels)
-    return [features, features[:, -len(SPECTRUM_GRID):]]
+    return feature_sets(device_features(virtual, labels))
 
 
 __all__ = ["REGULARISATION", "oracle_column", "source_groups", "spatial_filter"]

@@ -22,7 +22,7 @@ from sklearn.metrics import confusion_matrix, r2_score
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 
-from neurofm.bench.features import SPECTRUM_GRID
+from neurofm.bench.features import feature_sets
 from neurofm.bench.probes import make_features
 from neurofm.data_shards.dataset import ShardIndex
 from neurofm.devices import resolve_device
@@ -184,9 +184,9 @@ def probe_release(release: str | Path, shards: str | Path, out: str | Path, *, l
     grouping = f"blocks of {block} windows" if group_by == "block" else f"by {group_by}"
     metrics = {"release": str(release), "shards": str(shards), "windows": int(len(y)), "folds": n_splits, "grouping": grouping,
                "pooling": pooling, **({"event_span": event_span} if pooling == "event" else {}), "layers": layers, "best_layer": best[1], "raw_features": cv(baselines["raw"], y)[0]}
-    spectrum = baselines["raw"][:, -len(SPECTRUM_GRID):]
-    if not np.isnan(spectrum).all():  # a rhythm's frequency lives in these ~40 values, drowned among the per-channel ones
-        metrics["raw_spectrum"] = cv(spectrum, y)[0]
+    raw_sets = feature_sets(baselines["raw"])
+    if len(raw_sets) > 1:  # the spectrum alone: where a rhythm's frequency is linear
+        metrics["raw_spectrum"] = cv(raw_sets[1], y)[0]
     if ridge:
         metrics |= {"target": label_key, "chance": {"r2": 0.0, "pearson_r": 0.0}}
     else:
