@@ -18,7 +18,7 @@ from neurofm.errors import NeuroFMError, SensorPositionError
     [("Fc5.", "Fc5"), ("Fcz.", "Fcz"), ("EEG Fp1-Ref", "Fp1"), ("EEG T3-LE", "T3"), (" Cz ", "Cz"), ("O1..", "O1"), ("C3-A2", "C3"),
      ("EEG_Cz_REF", "Cz"), ("EEG-Fp1", "Fp1"), ("Fp1_REF", "Fp1"), ("Fp1 (Ref)", "Fp1"), ("Fpz(ref)", "Fpz"), ("Fp1:Ref", "Fp1"),
      ("C3-CAR", "C3"), ("F3-Ref1", "F3"), ("Fp1-A1A2", "Fp1"), ("A1", "A1"), ("EEG A2", "A2"), ("Ref", "Ref"), ("EEG1", "EEG1"),
-     ("FP1-F7", "FP1-F7")],
+     ("FP1-F7", "FP1-F7"), ("Fp1-0", "Fp1"), ("EEG T1-REF", "T1"), ("T8-P8-1", "T8-P8")],
 )
 def test_clean_channel_name(raw, clean):
     assert clean_channel_name(raw) == clean
@@ -61,6 +61,16 @@ def test_montage_match_uses_cleaned_case_folded_names(tmp_path):
     assert np.allclose(raw.info["chs"][1]["loc"][:3], expected["Cz"])
     assert np.allclose(raw.info["chs"][2]["loc"][:3], expected["O1"])
     assert report["sources"]["montage colin27_1005"]["channels"] == 3
+
+
+def test_clinical_site_names_take_the_template_site_they_stand_for(tmp_path):
+    """TUH's anterior temporal T1/T2 sit at FT9/FT10, the 10-10 O9/O10 at the 10-05 I1/I2, and a label the
+    file repeats (MNE's Fp1-0, Fp1-1) at its electrode."""
+    raw = _raw(["EEG T1-REF", "EEG T2-REF", "O9", "O10", "Fp1-0", "Fp1-1"])
+    report = resolve_positions(raw, source=tmp_path / "x.edf", modality="eeg", spec=InputSpec(path="x"))
+    assert report["sources"]["montage colin27_1005"]["channels"] == 6
+    expected = _template("FT9", "FT10", "I1", "I2", "Fp1", "Fp1")
+    assert np.allclose([ch["loc"][:3] for ch in raw.info["chs"]], expected)
 
 
 def _template(*names):

@@ -173,6 +173,31 @@ def test_empty_folder_and_no_inputs(tmp_path):
         build_shards(load_config(ShardsConfig, None, [f"out={tmp_path / 'o'}"]), progress=False)
 
 
+def test_folder_inputs_find_every_format_and_one_entry_per_recording(tmp_path):
+    """Folder formats (EGI .mff, CTF .ds) are one recording each, never searched inside; Curry, eXimia and
+    Nihon Kohden files are found; a BrainVision recording is its .vhdr, not also its .eeg."""
+    from neurofm.data_shards.config import InputSpec
+    from neurofm.data_shards.readers import expand_inputs
+
+    recs = tmp_path / "recs"
+    layout = {
+        "a.mff": ["signal1.bin", "info.xml", "inner.edf"],
+        "b.ds": ["b.meg4", "b.res4"],
+        "c": ["c.vhdr", "c.eeg", "c.vmrk"],
+        "d": ["d.EEG", "d.21E", "d.PNT", "d.LOG"],
+        "e": ["e.cdt", "e.cdt.dpa"],
+        "f": ["f.dap", "f.dat", "f.rs3"],
+        "g": ["g.nxe", "notes.txt"],
+    }
+    for folder, files in layout.items():
+        (recs / folder).mkdir(parents=True)
+        for name in files:
+            (recs / folder / name).write_bytes(b"")
+    found = [p.relative_to(recs).as_posix() for p, _, _ in expand_inputs(InputSpec(path=str(recs)), tmp_path)]
+    assert found == ["a.mff", "b.ds", "c/c.vhdr", "d/d.EEG", "e/e.cdt", "f/f.dap", "g/g.nxe"]
+    assert [p for p, _, _ in expand_inputs(InputSpec(path=str(recs / "a.mff")), tmp_path)] == [recs / "a.mff"]
+
+
 def test_on_error_skip_records_the_bad_file_and_goes_on(tmp_path):
     fake = tmp_path / "recs" / "broken.edf"
     fake.parent.mkdir()
@@ -441,6 +466,52 @@ def test_trigger_codes_become_events_that_epochs_and_rename_events_use(tmp_path)
     events = [(round(m["window_onset"] + e["onset"], 3), e["label"]) for m in (s["meta"] for s in _samples(tmp_path / "continuous"))
               for e in m["events"]]
     assert sorted(events) == sorted([(2.0, "rest")] + [(round(t - 2.0, 3), {1: "f12", 2: "f15"}[c]) for t, c in triggers.items()])
+
+
+def _egi_mff(path: Path, events: dict[float, str], sfreq: int = 250, seconds: int = 20) -> Path:
+    """A continuous EGI MFF folder (HydroCel GSN 128: 128 electrodes and the flat reference VREF) written by
+    mffpy, EGI's own reader/writer, with ``events`` (seconds → code) in its event track."""
+    import datetime
+
+    import mffpy
+    from mffpy.bin_writer import BinWriter
+
+    start = datetime.datetime(2024, 1, 1, 12, 0, tzinfo=datetime.timezone.utc)
+    writer = mffpy.Writer(str(path))
+    writer.addxml("fileInfo", recordTime=start)
+    writer.add_coordinates_and_sensor_layout("HydroCel GSN 128 1.0")
+    data = np.random.default_rng(0).normal(0, 10, (129, sfreq * seconds)).astype(np.float32)  # µV
+    data[-1] = 0  # VREF: the reference electrode reads zero
+    signal = BinWriter(sampling_rate=sfreq, data_type="EEG")
+    signal.add_block(data)
+    writer.addbin(signal)
+    writer.addxml("eventTrack", name="Events", trackType="EVNT", events=[
+        dict(beginTime=start + datetime.timedelta(seconds=t), duration=1000, code=code, label=code, description="",
+             sourceDevice="Experiment") for t, code in events.items()])
+    writer.write()
+    return path
+
+
+def test_egi_mff_folder_builds_with_its_positions_and_events_once(tmp_path):
+    """EGI's MFF (a folder) found in a folder input, read with its own electrode positions, its flat reference
+    left out, and each event cut once — MNE gives MFF events both as annotations and as stim channels."""
+    from neurofm.data_shards.config import EventEpochs, InputSpec
+
+    (tmp_path / "recs").mkdir()
+    _egi_mff(tmp_path / "recs" / "sub-01.mff", {3.0: "fac1", 7.5: "hou1", 12.0: "fac1", 16.0: "hou1"})
+    out = tmp_path / "shards"
+    build_shards(ShardsConfig(out=str(out), root=str(tmp_path), inputs=[InputSpec(
+        path="recs", epochs=EventEpochs(events=["fac1", "hou1"], tmin=-0.5, tmax=1.5))]), progress=False)
+    samples = _samples(out)
+    assert Counter(s["meta"]["labels"]["event"] for s in samples) == {"fac1": 2, "hou1": 2}
+    sensors = samples[0]["sensors"]
+    assert sensors.shape[0] == 128  # VREF is flat
+    radius = np.linalg.norm(sensors[:, :3], axis=1)
+    assert 0.06 < radius.min() and radius.max() < 0.15  # the net's own positions, in metres
+    build_shards(ShardsConfig(out=str(tmp_path / "continuous"), root=str(tmp_path), inputs=[InputSpec(path="recs")]),
+                 progress=False)
+    labels = [e["label"] for s in _samples(tmp_path / "continuous") for e in s["meta"]["events"]]
+    assert sorted(labels) == ["fac1", "fac1", "hou1", "hou1"]
 
 
 def test_rename_events_naming_no_event_of_the_file_is_a_clear_error(tmp_path):

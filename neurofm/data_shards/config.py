@@ -120,8 +120,14 @@ class EventEpochs:
     tmax: float = 0.8
 
 
+#: Formats stored as a folder (CTF ``.ds``, EGI ``.mff``): one recording each, never searched inside.
+RECORDING_FOLDERS = (".ds", ".mff")
 #: File endings of electrophysiology recordings and of fMRI runs (what a forced ``modality`` may apply to).
-RAW_EXTENSIONS = (".edf", ".bdf", ".gdf", ".fif", ".fif.gz", ".set", ".vhdr", ".sqd", ".con", ".lay", ".cnt", ".mff", ".ds")
+#: Files a folder input takes for recordings (what ``mne.io.read_raw`` reads, one main file per recording:
+#: Curry 8 ``.cdt`` and Curry 7 ``.dap``, eXimia ``.nxe``, Neuroelectrics ``.nedf``). A Nihon Kohden ``.eeg``
+#: counts too when its ``.21e`` sits beside it (BrainVision's ``.eeg`` is found through its ``.vhdr``).
+RAW_EXTENSIONS = (".edf", ".bdf", ".gdf", ".fif", ".fif.gz", ".set", ".vhdr", ".sqd", ".con", ".lay", ".cnt",
+                  ".cdt", ".dap", ".nxe", ".nedf") + RECORDING_FOLDERS
 FMRI_EXTENSIONS = (".nii", ".nii.gz")
 
 
@@ -190,7 +196,7 @@ class InputSpec:
 
     def __post_init__(self) -> None:
         name = self.path.lower()
-        if self.modality == "fmri" and name.endswith(RAW_EXTENSIONS):
+        if self.modality == "fmri" and name.endswith(RAW_EXTENSIONS + (".eeg",)):
             raise ValueError(f"modality: fmri cannot apply to {self.path}, an EEG/MEG/iEEG recording format; drop 'modality' "
                              "or give eeg, meg or ieeg.")
         if self.modality in ("eeg", "meg", "ieeg") and name.endswith(FMRI_EXTENSIONS):

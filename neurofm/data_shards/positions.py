@@ -29,6 +29,10 @@ from neurofm.data_shards.sensors import (MNE_TYPE_TO_KIND, bipolar_pair, clean_c
 from neurofm.errors import RecordingError, SensorPositionError
 
 BRAIN_TYPES = tuple(MNE_TYPE_TO_KIND)
+#: Clinical names of sites a 10-05 template names otherwise (case-folded): the anterior temporal T1/T2 of
+#: clinical EEG (TUH among others; about a third of the way from the ear's tragus to the eye's outer canthus)
+#: at the 10-10 FT9/FT10 they approximate, and the 10-10 O9/O10 at the 10-05 I1/I2.
+TEMPLATE_SYNONYMS = {"t1": "ft9", "t2": "ft10", "o9": "i1", "o10": "i2"}
 DEFAULT_MONTAGE = "colin27_1005"  # MNE's 10-05 template (called standard_1005 before MNE 1.13)
 ALLOWED_USER_TYPES = BRAIN_TYPES + ("ecg", "eog", "emg", "stim", "misc", "resp", "bio")
 
@@ -160,6 +164,9 @@ def _montage_positions(names: list[str], montage_name: str) -> dict[str, np.ndar
     info = mne.create_info(montage.ch_names, 1000.0, "eeg")
     info.set_montage(montage)
     by_folded = {ch["ch_name"].lower(): ch["loc"][:3].copy() for ch in info["chs"]}
+    for name, same_site in TEMPLATE_SYNONYMS.items():
+        if name not in by_folded and same_site in by_folded:
+            by_folded[name] = by_folded[same_site]
     return {
         name: by_folded[clean_channel_name(name).lower()]
         for name in names

@@ -21,7 +21,7 @@ from pathlib import Path
 import mne
 import numpy as np
 
-from neurofm.data_shards.config import FMRI_EXTENSIONS, RAW_EXTENSIONS, FmriPreprocess, InputSpec
+from neurofm.data_shards.config import FMRI_EXTENSIONS, RAW_EXTENSIONS, RECORDING_FOLDERS, FmriPreprocess, InputSpec
 from neurofm.data_shards.positions import (
     BRAIN_TYPES,
     electrode_types,
@@ -78,8 +78,16 @@ class Recording:
 def _is_recording_path(path: Path) -> bool:
     name = path.name.lower()
     if path.is_dir():
-        return name.endswith(".ds")
+        return name.endswith(RECORDING_FOLDERS)
+    if name.endswith(".eeg"):
+        return _is_nihon_kohden(path)
     return name.endswith(RAW_EXTENSIONS + FMRI_EXTENSIONS)
+
+
+def _is_nihon_kohden(path: Path) -> bool:
+    """A Nihon Kohden ``.eeg`` has its channel-name file (``.21e``) beside it; BrainVision's has a ``.vhdr``."""
+    stem = path.name[: -len(".eeg")].lower()
+    return any(p.name.lower() == f"{stem}.21e" for p in path.parent.iterdir())
 
 
 def expand_inputs(spec: InputSpec, root: Path) -> list[tuple[Path, InputSpec, object]]:
@@ -100,11 +108,12 @@ def expand_inputs(spec: InputSpec, root: Path) -> list[tuple[Path, InputSpec, ob
         if not bids_paths:
             raise RecordingError(f"BIDS folder {path} holds no eeg/meg/ieeg recordings that mne-bids can find.")
         return [(Path(p.fpath), spec, p) for p in sorted(bids_paths, key=lambda p: str(p.fpath))]
-    if path.is_dir() and not path.name.lower().endswith(".ds"):
-        found = sorted(p for p in path.rglob("*") if _is_recording_path(p) and not _inside_ds(p, path))
+    if path.is_dir() and not path.name.lower().endswith(RECORDING_FOLDERS):
+        found = sorted(p for p in path.rglob("*") if _is_recording_path(p) and not _inside_recording_folder(p, path))
         if not found:
             raise RecordingError(
-                f"Folder {path} holds no recordings (looked for {', '.join(RAW_EXTENSIONS + FMRI_EXTENSIONS)}); "
+                f"Folder {path} holds no recordings (looked for {', '.join(RAW_EXTENSIONS + FMRI_EXTENSIONS)} "
+                "and Nihon Kohden .eeg beside its .21e); "
                 "point the input at a folder of recordings or at a file."
             )
         return [(p, spec, None) for p in found]
@@ -129,12 +138,12 @@ def package_path(spec_path: str) -> Path:
     return Path(str(importlib.resources.files(package).joinpath(inner)))
 
 
-def _inside_ds(p: Path, top: Path) -> bool:
-    return any(part.lower().endswith(".ds") for part in p.relative_to(top).parts[:-1])
+def _inside_recording_folder(p: Path, top: Path) -> bool:
+    return any(part.lower().endswith(RECORDING_FOLDERS) for part in p.relative_to(top).parts[:-1])
 
 
 def source_checksum(path: Path) -> str:
-    """sha256 of a recording and its companion files (same stem: .fdt, .eeg/.vmrk, .dat; a whole .ds)."""
+    """sha256 of a recording and its companion files (same stem: .fdt, .eeg/.vmrk, .dat, .21e/.pnt; a whole .ds or .mff)."""
     digest = hashlib.sha256()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
@@ -217,7 +226,10 @@ def _annotation_events(raw: mne.io.BaseRaw) -> list[dict]:
 def _stim_annotations(raw: mne.io.BaseRaw) -> mne.Annotations | None:
     """Trigger codes on stim channels (read before those channels are dropped) as zero-length annotations
     named ``stim/<code>``, in the frame of the recording's own annotations — so epochs, window events and
-    ``rename_events`` treat a BioSemi ``Status`` or Neuromag ``STI 014`` trigger like an annotation."""
+    ``rename_events`` treat a BioSemi ``Status`` or Neuromag ``STI 014`` trigger like an annotation.
+
+    A trigger on the sample of one of the file's own (non-``BAD``) annotations is that event already — EGI's
+    reader, for one, gives each event both as an annotation and as a stim channel — and is not repeated."""
     stim = [n for n, t in zip(raw.ch_names, raw.get_channel_types()) if t == "stim"]
     if not stim:
         return None
@@ -228,8 +240,14 @@ def _stim_annotations(raw: mne.io.BaseRaw) -> mne.Annotations | None:
     if not len(events):
         return None
     orig_time = raw.annotations.orig_time  # annotations with an orig_time count from the sample 0, not first_samp
-    return mne.annotations_from_events(events, raw.info["sfreq"], event_desc=lambda code: f"stim/{code}",
-                                       first_samp=0 if orig_time is not None else raw.first_samp, orig_time=orig_time)
+    triggers = mne.annotations_from_events(events, raw.info["sfreq"], event_desc=lambda code: f"stim/{code}",
+                                           first_samp=0 if orig_time is not None else raw.first_samp,
+                                           orig_time=orig_time)
+    marked = np.array([a["onset"] for a in raw.annotations if not a["description"].upper().startswith(("BAD", "EDGE"))])
+    if marked.size:
+        repeated = [i for i, onset in enumerate(triggers.onset) if np.min(np.abs(marked - onset)) < 0.5 / raw.info["sfreq"]]
+        triggers.delete(repeated)
+    return triggers if len(triggers) else None
 
 
 def _rename_events(raw: mne.io.BaseRaw, mapping: dict[str, str], path: Path) -> None:

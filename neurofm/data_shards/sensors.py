@@ -59,14 +59,19 @@ def clean_channel_name(name: str) -> str:
     """Reduce a channel label to the electrode name a montage uses.
 
     ``'Fc5.'`` → ``'Fc5'``, ``'EEG Fp1-Ref'`` → ``'Fp1'``, ``'EEG T3-LE'`` → ``'T3'``, ``'EEG_Cz_REF'`` →
-    ``'Cz'``, ``'Fp1 (ref)'`` → ``'Fp1'``, ``'C3-CAR'`` → ``'C3'``: a recording system's prefix and its
-    reference suffix (linked ears or mastoids, average, common average, a numbered reference) go. Case is
-    left alone: montages are matched case-insensitively.
+    ``'Cz'``, ``'Fp1 (ref)'`` → ``'Fp1'``, ``'C3-CAR'`` → ``'C3'``, ``'Fp1-0'`` → ``'Fp1'``: a recording system's
+    prefix, its reference suffix (linked ears or mastoids, average, common average, a numbered reference) and
+    MNE's suffix for a repeated label go. Case is left alone: montages are matched case-insensitively.
     """
     name = name.strip().rstrip(".").strip()
     name = re.sub(r"^EEG[\s_-]+", "", name, flags=re.I)
+    name = _REPEAT_SUFFIX.sub("", name)
     name = _REFERENCE_SUFFIX.sub("", name)
     return name.strip()
+
+
+#: MNE's suffix for a label the file repeats (``Fp1`` twice → ``Fp1-0``, ``Fp1-1``).
+_REPEAT_SUFFIX = re.compile(r"(?<=[A-Za-z0-9'])-\d+$")
 
 
 #: A reference named after the electrode: ``-Ref``, ``_REF``, ``:ref``, `` (ref)``, ``-LE``, ``-AVG``, ``-CAR``, ``-M1``, ``-A1A2``, ``-Ref2``.
