@@ -19,6 +19,9 @@ Worker processes that this module starts (a local cluster, batch jobs) run with 
 settings: Dask's nannies set ``MALLOC_TRIM_THRESHOLD_=65536`` by default, which turns off glibc's
 adaptive mmap threshold, so every array over 128 kB is mapped and unmapped afresh; a recording's
 task then ran 1.5x slower than in the driver (benchmarks/RESULTS.md, "Shard building on Dask workers").
+A local cluster's workers are forked from the driver on Linux (:func:`local_start_method`), so they start
+with its imports, and every process of a local build keeps its BLAS and OpenMP pools to one thread (one
+process per core: more threads only contend).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import contextlib
 import io
 import json
 import os
+import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -133,6 +137,14 @@ def drop_staged(staging: Path, index: int) -> None:
 
 #: Environment the nannies set before starting a worker process, over Dask's defaults (None unsets).
 WORKER_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": None}
+def local_start_method() -> str:
+    """How a local cluster starts its workers: forked from the driver on Linux — they begin with its imports
+    (MNE, SciPy, the readers: seconds a spawned worker pays before its first recording) — spawned elsewhere
+    (fork is unsafe on macOS) and where the driver already uses CUDA (a forked child cannot)."""
+    torch = sys.modules.get("torch")
+    if not sys.platform.startswith("linux") or (torch is not None and torch.cuda.is_initialized()):
+        return "spawn"
+    return "fork"
 
 
 def batch_cluster(cluster):
@@ -158,7 +170,7 @@ class DaskExecutor:
     def __init__(self, processes: int | None = None, scheduler: str | None = None, cluster=None, timeout_s: float = 10.0):
         from dask.distributed import Client
 
-        self.cluster, self.client, self._failed, self._starting = None, None, None, None
+        self.cluster, self.client, self._failed, self._starting, self._one_thread = None, None, None, None, None
         self.driver_helps = cluster is None and scheduler is None
         self.workers = (processes or 0) + self.driver_helps
         if cluster is not None:
@@ -174,6 +186,10 @@ class DaskExecutor:
                                    "address (tcp://host:8786) and that the scheduler runs, or drop --scheduler.") from None
             self.workers = len(self.client.scheduler_info()["workers"])
         else:
+            from threadpoolctl import threadpool_limits
+
+            # the driver runs tasks beside the workers: one thread per pool for it too
+            self._one_thread = threadpool_limits(limits=1)
             self._starting = threading.Thread(target=self._start_local, args=(processes,), name="dask-local-cluster", daemon=True)
             self._starting.start()
         #: tasks kept submitted and unfinished at once (more would leave the driver nothing to take)
@@ -184,7 +200,8 @@ class DaskExecutor:
         from dask.distributed import Client, LocalCluster
 
         try:
-            with dask.config.set({f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in WORKER_ENVIRON.items()}):
+            settings = {f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in WORKER_ENVIRON.items()}
+            with dask.config.set(settings | {"distributed.worker.multiprocessing-method": local_start_method()}):
                 # the scheduler serves its dashboard whatever dashboard_address says (dask/distributed#8136): a free
                 # port, so a second build beside this one does not warn that 8787 is taken
                 self.cluster = LocalCluster(n_workers=processes, threads_per_worker=1, processes=True, dashboard_address=":0")
@@ -200,7 +217,7 @@ class DaskExecutor:
         return self.client is not None
 
     def submit(self, fn, *args, **kwargs):
-        return self.client.submit(fn, *args, pure=False, **kwargs)
+        return self.client.submit(_one_thread, fn, *args, pure=False, **kwargs)
 
     def close(self) -> None:
         if self._starting is not None:
@@ -209,6 +226,17 @@ class DaskExecutor:
             self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+        if self._one_thread is not None:
+            self._one_thread.restore_original_limits()
+
+
+def _one_thread(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` with BLAS and OpenMP pools of one thread: a worker is one process per core, and
+    OpenMP's setting belongs to the calling thread (a Dask task runs in its worker's executor thread)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return fn(*args, **kwargs)
 
 
 class DriverOnly:
@@ -304,5 +332,5 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-__all__ = ["batch_cluster", "Call", "DaskExecutor", "DriverOnly", "OrderedTasks", "STAGING", "available_cores", "drop_staged", "finish_staged", "make_executor", "raise_if_failed", "run_recording", "staged_entry", "staging_tar",
+__all__ = ["batch_cluster", "Call", "DaskExecutor", "DriverOnly", "OrderedTasks", "STAGING", "available_cores", "drop_staged", "finish_staged", "local_start_method", "make_executor", "raise_if_failed", "run_recording", "staged_entry", "staging_tar",
            "staged_samples"]
