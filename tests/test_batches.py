@@ -49,14 +49,16 @@ def test_batches_in_workers_equal_batches_in_process_and_resume_exactly(corpus_s
 
 
 def test_batches_held_by_the_consumer_are_never_overwritten_by_a_worker(corpus_shards):
-    """Workers hand batches over in reused shared-memory slots: a batch kept (here all 24, more than a
-    worker has slots, so some travel the ordinary way) must keep its values while later ones arrive."""
+    """Workers hand batches over in reused shared-memory slots: a batch kept (here more than the workers
+    have slots, so some travel the ordinary way) must keep its values — and its metas, which travel in the
+    slot too — while later ones arrive."""
     def stream():
         return ShardStream(corpus_shards, seed=5, epochs=None, modality_weights={"eeg": 1.0, "meg": 1.0})
 
-    inline = [next(b) for b in [BatchStream(stream(), 4, by_channels=True)] for _ in range(24)]
+    kept_count = 2 * pooled_slots() + 8
+    inline = [next(b) for b in [BatchStream(stream(), 4, by_channels=True)] for _ in range(kept_count)]
     pooled_stream = BatchStream(stream(), 4, by_channels=True, num_workers=2)
-    kept = [next(pooled_stream) for _ in range(24)]
+    kept = [next(pooled_stream) for _ in range(kept_count)]
     for a, b in zip(inline, kept):
         assert a.keys == b.keys
         assert torch.equal(a.signal, b.signal) and torch.equal(a.sensors, b.sensors)
@@ -66,18 +68,25 @@ def test_batches_held_by_the_consumer_are_never_overwritten_by_a_worker(corpus_s
         "no batch came through a slot"
 
 
+def pooled_slots() -> int:
+    """Slots a BatchStream's worker keeps: batches travel in groups (prefetch of 2, one filling, one consumed)."""
+    from neurofm.data_shards.batches import WORKER_GROUP
+
+    return 4 * WORKER_GROUP + 2
+
+
 def test_a_dropped_batch_frees_its_slot_for_the_worker(corpus_shards):
     from neurofm.data_shards.slots import SlotRing
 
     batches = BatchStream(ShardStream(corpus_shards, seed=1, epochs=None), 4, by_channels=True, num_workers=1)
     ring: SlotRing = batches._ring
-    for _ in range(40):  # far more batches than slots: only possible if dropped batches free theirs
+    for _ in range(3 * pooled_slots()):  # far more batches than slots: only possible if dropped batches free theirs
         batch = next(batches)
     time.sleep(1.0)  # the worker has filled the loader's prefetch and waits: no slot changes hands now
     held = int(ring.busy.sum())
     del batch
     assert int(ring.busy.sum()) == held - 1
-    assert ring.busy.shape == (1, 6)
+    assert ring.busy.shape == (1, pooled_slots())
 
 
 def test_map_tensors_keeps_the_kind_of_batch_and_its_other_values(corpus_shards):
@@ -104,6 +113,7 @@ class _SlotUser(torch.utils.data.IterableDataset):
         self.ring = ring
 
     def __iter__(self):
+        from neurofm.data_shards.batches import Metas
         from neurofm.data_shards.slots import new_zeros
 
         for i in range(8):
@@ -111,7 +121,8 @@ class _SlotUser(torch.utils.data.IterableDataset):
             tensors = allocate({"x": ((3, 5), torch.float32), "mask": ((3,), torch.bool)})
             tensors["x"] += i
             tensors["mask"][: i % 3] = True
-            packed = self.ring.pack({**tensors, "i": i})
+            packed = self.ring.pack({**tensors, "i": i, "metas": Metas.from_texts([b'{"i": %d}' % i, b'{"n": [1, 2]}'])})
+            assert "metas" in packed.texts and "metas" not in packed.others  # the texts travel in the slot
             offset, shape, dtype = packed.layout["x"]
             in_place = self.ring._view(packed.slot, offset, shape, dtype).data_ptr() == tensors["x"].data_ptr()
             yield packed, in_place
@@ -129,5 +140,6 @@ def test_a_worker_collates_straight_into_its_slot_and_copies_only_what_was_colla
         assert in_place == (i % 2 == 0), i  # allocated by ring.zeros: no copy; fresh tensors: copied in
         assert torch.equal(batch["x"], torch.full((3, 5), float(i)))  # zeroed, then written, nothing left over
         assert batch["mask"].tolist() == [j < i % 3 for j in range(3)]
+        assert list(batch["metas"]) == [{"i": i}, {"n": [1, 2]}]
         kept.append(batch)
     assert [b["x"][0, 0].item() for b in kept] == list(range(8))  # kept batches were never overwritten

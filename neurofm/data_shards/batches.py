@@ -74,6 +74,14 @@ class Metas(Sequence):
         texts = [s.get("meta_json") for s in samples]
         return cls([s["meta"] for s in samples], texts if all(t is not None for t in texts) else None)
 
+    def slot_texts(self) -> list[bytes] | None:
+        """The JSON texts (for a shared-memory slot to carry, :class:`~neurofm.data_shards.slots.SlotRing`)."""
+        return self._texts
+
+    @classmethod
+    def from_texts(cls, texts: list[bytes]) -> "Metas":
+        return cls(None, texts)
+
     def _decoded(self) -> list[dict]:
         if self._metas is None:
             self._metas = [json.loads(t) for t in self._texts]
@@ -187,26 +195,38 @@ class PlannedBatches(torch.utils.data.IterableDataset):
     worker w of W, every worker plans all batches (cheap) and reads and collates batches w, w + W, …
     — the order a ``DataLoader`` returns them in, so the stream is the same for any worker count. With
     a ``ring``, a worker collates each batch straight into one of its reused shared-memory slots
-    (``collate_fn(samples, zeros=ring.zeros)``) and hands it over there."""
+    (``collate_fn(samples, zeros=ring.zeros)``) and hands it over there. Batches travel in lists of
+    ``group`` consecutive ones (worker w takes groups w, w + W, …): a ``DataLoader`` item costs its
+    messages and wake-ups whatever it holds."""
 
     def __init__(self, stream: ShardStream, batch_size: int, buckets: np.ndarray, pending: dict | None, collate_fn,
-                 part: tuple[int, int] = (0, 1), ring: SlotRing | None = None):
+                 part: tuple[int, int] = (0, 1), ring: SlotRing | None = None, group: int = 1):
         super().__init__()
         self.stream, self.batch_size, self.buckets, self.pending, self.collate_fn = stream, batch_size, buckets, pending, collate_fn
-        self.part, self.ring = part, ring
+        self.part, self.ring, self.group = part, ring, group
 
-    def __iter__(self) -> Iterator[tuple[object, dict]]:
+    def __iter__(self) -> Iterator[list[tuple[object, dict]]]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         index = self.stream.index
+        group = []
         for b, (indices, state) in enumerate(BatchPlanner(self.stream, self.batch_size, self.buckets, self.pending)):
-            if b % workers == worker:
+            if (b // self.group) % workers == worker:
                 rank, ranks = self.part
                 samples = [{**index[i], "__index__": i} for i in indices[rank::ranks]]
                 if self.ring is None:
-                    yield self.collate_fn(samples), state
+                    group.append((self.collate_fn(samples), state))
                 else:
-                    yield self.ring.pack(self.collate_fn(samples, zeros=self.ring.zeros)), state
+                    group.append((self.ring.pack(self.collate_fn(samples, zeros=self.ring.zeros)), state))
+                if len(group) == self.group:
+                    yield group
+                    group = []
+        if group:
+            yield group
+
+
+#: Batches per DataLoader item when workers read (:class:`PlannedBatches`).
+WORKER_GROUP = 4
 
 
 class BatchStream:
@@ -244,13 +264,16 @@ class BatchStream:
                  collate_fn=None, by_channels: bool = False, num_workers: int = 0, pin_memory: bool = False,
                  part: tuple[int, int] = (0, 1)):
         buckets = bucket_names(stream.index, by_channels)
-        self._ring = SlotRing(num_workers) if num_workers > 0 else None
-        dataset = PlannedBatches(stream, batch_size, buckets, pending, collate_fn or collate, part, self._ring)
+        group = WORKER_GROUP if num_workers > 0 else 1
+        # slots: the DataLoader's prefetch (2 items a worker), one group being filled, one held by the consumer
+        self._ring = SlotRing(num_workers, slots_per_worker=4 * group + 2) if num_workers > 0 else None
+        dataset = PlannedBatches(stream, batch_size, buckets, pending, collate_fn or collate, part, self._ring, group)
         self._state = BatchPlanner(stream, batch_size, buckets, pending).state()
         if num_workers > 0:
-            self._batches = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers))
+            self._groups = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers))
         else:
-            self._batches = iter(dataset)
+            self._groups = iter(dataset)
+        self._group: Iterator = iter(())
         self.pin_memory = pin_memory
 
     def state(self) -> dict:
@@ -261,7 +284,11 @@ class BatchStream:
         return self
 
     def __next__(self):
-        batch, self._state = next(self._batches)
+        item = next(self._group, None)
+        if item is None:
+            self._group = iter(next(self._groups))
+            item = next(self._group)
+        batch, self._state = item
         if self._ring is not None:
             batch = self._ring.unpack(batch)
         return map_tensors(batch, torch.Tensor.pin_memory) if self.pin_memory else batch

@@ -5,7 +5,9 @@ on both sides and handed over through a socket, for every batch (≈ 5 ms for a 
 core — half of what reading and collating it costs). Here each worker keeps a few segments
 (**slots**) and collates each batch straight into a free one (its tensors are allocated there by
 :meth:`SlotRing.zeros`, so nothing is copied; a batch collated elsewhere is copied in); only the
-slot's number, the tensors' offsets and the rest of the batch are pickled. The training process maps
+slot's number, the tensors' offsets and the rest of the batch are pickled — except lists of texts (a
+batch's metas as the JSON they were read from, 2–6 kB per window), which go into the slot's spare room
+behind the tensors when they fit. The training process maps
 a slot once and hands out tensors that are views of it (no copy); the slot becomes free for the
 worker again when the last of those views is gone, whoever holds them and for however long. A worker that finds no free slot (the
 consumer keeps many batches) sends the batch the ordinary way, so nothing ever waits.
@@ -58,6 +60,7 @@ class _Packed:
     layout: dict
     others: dict
     storage: torch.Tensor | None
+    texts: dict = dataclasses.field(default_factory=dict)  # name → (type, offset in bytes, lengths) of text lists in the slot
 
 
 class SlotRing:
@@ -128,7 +131,27 @@ class SlotRing:
         storage = self._slots[slot] if self._sent.get(slot) != generation else None
         self._sent[slot] = generation
         others = {k: v for k, v in values.items() if k not in layout}
-        return _Packed(info.id, slot, generation, type(batch), layout, others, storage)
+        texts = self._put_texts(slot, layout, others)
+        others = {k: v for k, v in others.items() if k not in texts}
+        return _Packed(info.id, slot, generation, type(batch), layout, others, storage, texts)
+
+    def _put_texts(self, slot: int, layout: dict, values: dict) -> dict:
+        """Write the text lists among ``values`` (objects with ``slot_texts()`` → list of bytes, rebuilt by
+        ``from_texts``) into the slot behind the tensors, as far as they fit: {name: (type, offset, lengths)}."""
+        memory = self._slots[slot].numpy()
+        end = max((offset + math.prod(shape) * dtype.itemsize for offset, shape, dtype in layout.values()), default=0)
+        placed = {}
+        for name, value in values.items():
+            texts = value.slot_texts() if hasattr(value, "slot_texts") else None
+            if texts is None:
+                continue
+            joined = b"".join(texts)
+            if end + len(joined) > memory.size:
+                continue
+            memory[end : end + len(joined)] = np.frombuffer(joined, dtype=np.uint8)
+            placed[name] = (type(value), end, [len(t) for t in texts])
+            end += len(joined)
+        return placed
 
     def _free_slot(self, worker: int, size: int, exclude: int | None = None) -> int | None:
         """A free slot of at least ``size`` bytes (adding one, or replacing the smallest free one, when
@@ -167,6 +190,10 @@ class SlotRing:
         values = dict(item.others)
         for name, (offset, shape, dtype) in item.layout.items():
             values[name] = whole[offset : offset + math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
+        for name, (kind, offset, lengths) in item.texts.items():
+            joined = memory[offset : offset + sum(lengths)].tobytes()  # a copy: the texts outlive the slot's reuse
+            starts = np.cumsum([0, *lengths])
+            values[name] = kind.from_texts([joined[a:b] for a, b in zip(starts[:-1], starts[1:])])
         return item.kind(**values)
 
 
