@@ -347,9 +347,8 @@ def test_launch_shards_renders_the_slurm_job_of_a_cluster_section(capsys):
 
 def test_worker_processes_keep_glibc_malloc_settings(monkeypatch, capsys):
     """Dask's nannies set MALLOC_TRIM_THRESHOLD_, which made every task 1.5x slower; ours unset it — in a
-    local cluster's workers and in the environment a batch job's nanny reads its Dask config from. A local
-    cluster's workers are forked from the driver on Linux (they start with its imports) and keep one thread
-    per pool, as the driver does while they run."""
+    local cluster's workers and in the environment a batch job's nanny reads its Dask config from. A task and
+    the driver keep one thread per BLAS/OpenMP pool while the cluster runs."""
     import contextlib
     import os
     import re
@@ -376,8 +375,6 @@ def test_worker_processes_keep_glibc_malloc_settings(monkeypatch, capsys):
     try:
         assert list(executor.client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values()) == [None]
         assert list(executor.client.run(os.environ.get, "OMP_NUM_THREADS").values()) == ["1"]  # Dask's other settings stay
-        if sys.platform.startswith("linux"):  # forked: the readers are imported before any task brought them
-            assert list(executor.client.run(eval, "'neurofm.data_shards.readers' in __import__('sys').modules").values()) == [True]
         from threadpoolctl import threadpool_info
 
         assert {pool["num_threads"] for pool in executor.submit(threadpool_info).result()} == {1}
@@ -390,26 +387,6 @@ def test_worker_processes_keep_glibc_malloc_settings(monkeypatch, capsys):
     job_env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")} | {name: value}
     seen = subprocess.run([sys.executable, "-c", code], env=job_env, capture_output=True, text=True, check=True).stdout
     assert "OMP_NUM_THREADS" in seen and "MALLOC_TRIM_THRESHOLD_" not in seen
-
-
-def test_workers_are_spawned_where_the_driver_already_uses_cuda(monkeypatch):
-    """A forked child cannot use CUDA that its parent started: a driver that did gets spawned workers (the
-    real cluster's forked workers are checked in test_worker_processes_keep_glibc_malloc_settings)."""
-    import sys
-    from types import SimpleNamespace
-
-    from neurofm.data_shards.parallel import local_start_method
-
-    def driver_torch(cuda_started):
-        return SimpleNamespace(cuda=SimpleNamespace(is_initialized=lambda: cuda_started))
-
-    monkeypatch.setattr(sys, "platform", "linux")
-    monkeypatch.setitem(sys.modules, "torch", driver_torch(True))
-    assert local_start_method() == "spawn"
-    monkeypatch.setitem(sys.modules, "torch", driver_torch(False))
-    assert local_start_method() == "fork"
-    monkeypatch.setattr(sys, "platform", "darwin")
-    assert local_start_method() == "spawn"
 
 
 def test_a_worker_staging_a_recording_file_does_not_load_torch(tmp_path):

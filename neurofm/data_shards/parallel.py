@@ -19,9 +19,9 @@ Worker processes that this module starts (a local cluster, batch jobs) run with 
 settings: Dask's nannies set ``MALLOC_TRIM_THRESHOLD_=65536`` by default, which turns off glibc's
 adaptive mmap threshold, so every array over 128 kB is mapped and unmapped afresh; a recording's
 task then ran 1.5x slower than in the driver (benchmarks/RESULTS.md, "Shard building on Dask workers").
-A local cluster's workers are forked from the driver on Linux (:func:`local_start_method`), so they start
-with its imports, and every process of a local build keeps its BLAS and OpenMP pools to one thread (one
-process per core: more threads only contend).
+Every process of a local build keeps its BLAS and OpenMP pools to one thread (one process per core: more
+threads only contend). Workers are spawned, not forked: a fork of the driver, whose other threads may hold
+locks (its output streams' among them), hung in a test run.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import contextlib
 import io
 import json
 import os
-import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -137,14 +136,6 @@ def drop_staged(staging: Path, index: int) -> None:
 
 #: Environment the nannies set before starting a worker process, over Dask's defaults (None unsets).
 WORKER_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": None}
-def local_start_method() -> str:
-    """How a local cluster starts its workers: forked from the driver on Linux — they begin with its imports
-    (MNE, SciPy, the readers: seconds a spawned worker pays before its first recording) — spawned elsewhere
-    (fork is unsafe on macOS) and where the driver already uses CUDA (a forked child cannot)."""
-    torch = sys.modules.get("torch")
-    if not sys.platform.startswith("linux") or (torch is not None and torch.cuda.is_initialized()):
-        return "spawn"
-    return "fork"
 
 
 def batch_cluster(cluster):
@@ -200,8 +191,7 @@ class DaskExecutor:
         from dask.distributed import Client, LocalCluster
 
         try:
-            settings = {f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in WORKER_ENVIRON.items()}
-            with dask.config.set(settings | {"distributed.worker.multiprocessing-method": local_start_method()}):
+            with dask.config.set({f"distributed.nanny.pre-spawn-environ.{name}": value for name, value in WORKER_ENVIRON.items()}):
                 # the scheduler serves its dashboard whatever dashboard_address says (dask/distributed#8136): a free
                 # port, so a second build beside this one does not warn that 8787 is taken
                 self.cluster = LocalCluster(n_workers=processes, threads_per_worker=1, processes=True, dashboard_address=":0")
@@ -332,5 +322,5 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-__all__ = ["batch_cluster", "Call", "DaskExecutor", "DriverOnly", "OrderedTasks", "STAGING", "available_cores", "drop_staged", "finish_staged", "local_start_method", "make_executor", "raise_if_failed", "run_recording", "staged_entry", "staging_tar",
+__all__ = ["batch_cluster", "Call", "DaskExecutor", "DriverOnly", "OrderedTasks", "STAGING", "available_cores", "drop_staged", "finish_staged", "make_executor", "raise_if_failed", "run_recording", "staged_entry", "staging_tar",
            "staged_samples"]

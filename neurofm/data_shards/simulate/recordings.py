@@ -119,11 +119,10 @@ def _head(subject: int, seed: int, spacing_mm: float, n_regions: int) -> geometr
 
 def project(gain: np.ndarray, sources: np.ndarray) -> np.ndarray:
     """gain [channels, regions] @ sources [regions, time], on a GPU when torch sees one (float64 there
-    too, so results match the CPU's to rounding), else with NumPy — also in a worker forked from a process
-    that had started CUDA, where CUDA cannot start again."""
+    too, so results match the CPU's to rounding), else with NumPy."""
     import torch
 
-    if not torch.cuda.is_available() or torch.cuda._is_in_bad_fork():
+    if not torch.cuda.is_available():
         return gain @ sources
     g, x = (torch.from_numpy(a).to("cuda") for a in (gain, sources))
     return (g @ x).cpu().numpy()
