@@ -91,3 +91,47 @@ def test_nan_recording_is_a_clear_error(tmp_path):
     mne.io.RawArray(data, info, verbose="error").save(path, verbose="error")
     with pytest.raises(RecordingError, match=r"nan_raw.fif holds NaN.*\(Cz\)"):
         read_recording(path, InputSpec(path="x"))
+
+
+def _hummed_raw(hum_hz: float | None, line_freq: float | None = None, sfreq: float = 500.0, seconds: float = 40.0):
+    """16 channels of pink-ish noise with a power-line hum of ``hum_hz`` (None: none) about as strong as the
+    signal; ``line_freq`` is what the file states (None: nothing, as in EDF)."""
+    rng = np.random.default_rng(1)
+    n = int(sfreq * seconds)
+    data = np.cumsum(rng.normal(0, 1e-6, (16, n)), axis=1)
+    data -= mne.filter.filter_data(data, sfreq, None, 1.0, verbose="error")
+    if hum_hz:
+        t = np.arange(n) / sfreq
+        data += 5e-6 * np.sin(2 * np.pi * hum_hz * t + rng.uniform(0, 2 * np.pi, (16, 1)))
+    montage = mne.channels.make_standard_montage("biosemi64")
+    info = mne.create_info(montage.ch_names[:16], sfreq, "eeg")
+    raw = mne.io.RawArray(data, info, verbose="error").set_montage(montage, on_missing="ignore")
+    with raw.info._unlock():
+        raw.info["line_freq"] = line_freq
+    return raw
+
+
+def _peak_over_sides(signal: np.ndarray, sfreq: float, f0: float) -> float:
+    psd, freqs = mne.time_frequency.psd_array_welch(signal, sfreq, n_fft=int(2 * sfreq), verbose="error")
+    distance = np.abs(freqs - f0)
+    return float(np.median(psd[:, distance <= 0.5].max(axis=1) / np.median(psd[:, (distance >= 2) & (distance <= 5)], axis=1)))
+
+
+@pytest.mark.parametrize("hum, stated, expected", [(60.0, None, (60.0, "data")), (50.0, None, (50.0, "data")),
+                                                  (None, None, (50.0, "setting")), (60.0, 60.0, (60.0, "file"))])
+def test_the_line_frequency_comes_from_the_file_else_from_the_data(tmp_path, hum, stated, expected):
+    """EDF and many formats do not state the line frequency: a 60-Hz recording notched at the 50-Hz default
+    kept its hum wherever the band reached 60 Hz (iEEG, MEG up to 90 Hz). The hum is found in the data."""
+    from neurofm.data_shards.readers import finish_recording
+
+    raw = _hummed_raw(hum, stated)
+    if hum:
+        assert _peak_over_sides(raw.get_data(), 500.0, hum) > 10
+    rec = finish_recording(raw, tmp_path / "hum_raw.fif", InputSpec(path="x"))
+    prepared = prepare(rec, _config("eeg.h_freq=90", "eeg.line_freq=50"))
+    assert (prepared.settings["line_freq"], prepared.settings["line_freq_from"]) == expected
+    if hum:  # the hum is gone, where without the notch it stays
+        assert _peak_over_sides(prepared.segments[0].data, prepared.sfreq, hum) < 3
+        unnotched = prepare(finish_recording(_hummed_raw(hum, stated), tmp_path / "hum_raw.fif", InputSpec(path="x")),
+                            _config("eeg.h_freq=90", "eeg.notch=false"))
+        assert _peak_over_sides(unnotched.segments[0].data, unnotched.sfreq, hum) > 10

@@ -75,18 +75,55 @@ def _check_band(settings: ElectrophysiologyPreprocess, sfreq: float, source: Pat
             )
 
 
-def _filter_resample(inst, settings: ElectrophysiologyPreprocess, source: Path, modality: str):
+#: Power-line frequencies in use, Hz (60 in the Americas and parts of Asia, 50 elsewhere).
+LINE_FREQUENCIES = (50.0, 60.0)
+#: How far a line peak must stand over the spectrum 2–5 Hz beside it (power ratio, median over channels).
+LINE_PEAK_RATIO = 4.0
+
+
+def line_frequency(raw: mne.io.BaseRaw, fallback: float) -> tuple[float, str]:
+    """The power-line frequency of a continuous recording, Hz, and where it came from: the file's
+    ``line_freq`` (``"file"``); else the one of :data:`LINE_FREQUENCIES` whose spectral peak stands at least
+    :data:`LINE_PEAK_RATIO` times over its surroundings (``"data"``; Welch over up to 60 s of up to 32
+    channels, before any filter); else ``fallback`` (``"setting"``). EDF, CTF and many other formats do not
+    state it, and a 60-Hz recording notched at 50 Hz keeps its hum wherever the band reaches 60 Hz."""
+    if raw.info.get("line_freq"):
+        return float(raw.info["line_freq"]), "file"
+    sfreq = raw.info["sfreq"]
+    n = min(raw.n_times, int(60 * sfreq))
+    if sfreq / 2 <= max(LINE_FREQUENCIES) + 6 or n < 4 * sfreq:
+        return fallback, "setting"
+    picks = np.unique(np.linspace(0, len(raw.ch_names) - 1, min(32, len(raw.ch_names))).astype(int))
+    start = (raw.n_times - n) // 2
+    data = raw.get_data(picks=picks, start=start, stop=start + n)
+    psd, freqs = mne.time_frequency.psd_array_welch(data, sfreq, fmin=40.0, fmax=70.0, n_fft=int(2 * sfreq), verbose="error")
+    ratios = {}
+    for f0 in LINE_FREQUENCIES:
+        distance = np.abs(freqs - f0)
+        peak = psd[:, distance <= 0.5].max(axis=1)
+        side = np.median(psd[:, (distance >= 2) & (distance <= 5)], axis=1)
+        ratios[f0] = float(np.median(peak[side > 0] / side[side > 0])) if (side > 0).any() else 0.0
+    best = max(ratios, key=ratios.get)
+    return (best, "data") if ratios[best] >= LINE_PEAK_RATIO else (fallback, "setting")
+
+
+def _filter_resample(inst, settings: ElectrophysiologyPreprocess, source: Path, modality: str) -> tuple[object, dict]:
+    """The filtered, notched and resampled recording, and the line frequency it was notched at (``{}``:
+    not notched)."""
     sfreq = inst.info["sfreq"]
     _check_band(settings, sfreq, source, modality)
+    notched = {}
+    if settings.notch and isinstance(inst, mne.io.BaseRaw):
+        line, origin = line_frequency(inst, settings.line_freq)  # on the raw data: the band-pass may remove the hum
+        harmonics = np.arange(line, sfreq / 2 - 1, line)
+        notched = {"line_freq": line, "line_freq_from": origin} if len(harmonics) else {}
     if settings.l_freq is not None or settings.h_freq is not None:
         inst.filter(settings.l_freq, settings.h_freq, picks="all", verbose="error")
-    line = inst.info.get("line_freq") or settings.line_freq
-    harmonics = np.arange(line, sfreq / 2 - 1, line)
-    if settings.notch and len(harmonics) and not isinstance(inst, mne.Evoked | mne.BaseEpochs):
+    if notched:
         inst.notch_filter(harmonics, picks="all", verbose="error")
     if sfreq != settings.sfreq:
         inst.resample(settings.sfreq, verbose="error")
-    return inst
+    return inst, notched
 
 
 def detect_bad_channels(data: np.ndarray, kinds: list[str], config: BadChannelDetection) -> dict[int, str]:
@@ -160,10 +197,12 @@ def prepare(recording: Recording, config: ShardsConfig, input_index: int = 0) ->
     source, modality = recording.source, recording.modality
     constant = _constant_channels(recording)  # before filtering: a filter turns a DC offset into ringing
     if recording.layout == "evoked":
-        insts = [_filter_resample(ev, settings, source, modality) for ev in recording.inst]
+        insts = [_filter_resample(ev, settings, source, modality)[0] for ev in recording.inst]
+        notched = {}
         arrays = [ev.data for ev in insts]
         info = insts[0].info
     elif modality == "fmri":
+        notched = {}
         inst = recording.inst
         if abs(inst.info["sfreq"] - 1 / settings.tr_seconds) > 1e-9:
             inst.resample(1.0 / settings.tr_seconds, verbose="error")
@@ -171,7 +210,7 @@ def prepare(recording: Recording, config: ShardsConfig, input_index: int = 0) ->
             recording.inst = inst = _event_epochs(inst, recording.spec.epochs, source)
         insts, arrays, info = [inst], list(inst.get_data()) if recording.layout == "epochs" else [inst.get_data()], inst.info
     else:
-        inst = _filter_resample(recording.inst, settings, source, modality)
+        inst, notched = _filter_resample(recording.inst, settings, source, modality)
         if recording.spec is not None and recording.spec.epochs is not None:
             if recording.layout != "continuous":
                 raise RecordingError(
@@ -231,7 +270,7 @@ def prepare(recording: Recording, config: ShardsConfig, input_index: int = 0) ->
         segments=segments,
         scales=scales,
         bad_channels={info["ch_names"][i]: why for i, why in bad_idx.items()},
-        settings=to_dict(settings),
+        settings=to_dict(settings) | notched,
         window_seconds=settings.window_seconds,
         overlap=settings.overlap,
         clip_fraction=clipped / max(total, 1),
