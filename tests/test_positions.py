@@ -73,6 +73,18 @@ def test_clinical_site_names_take_the_template_site_they_stand_for(tmp_path):
     assert np.allclose([ch["loc"][:3] for ch in raw.info["chs"]], expected)
 
 
+def test_egi_numbers_without_positions_get_the_nets_montage_named_and_then_read(tmp_path):
+    names = [f"E{i}" for i in range(1, 129)]
+    with pytest.raises(SensorPositionError, match=r"EGI net's electrode numbers \(E1 … E128\).*montage: GSN-HydroCel-128"):
+        resolve_positions(_raw(names), source=tmp_path / "x.set", modality="eeg", spec=InputSpec(path="x"))
+    raw = _raw(names)
+    report = resolve_positions(raw, source=tmp_path / "x.set", modality="eeg", spec=InputSpec(path="x", montage="GSN-HydroCel-128"))
+    assert report["sources"]["montage GSN-HydroCel-128"]["channels"] == 128
+    with pytest.raises(SensorPositionError) as err:  # other unknown names get no such hint
+        resolve_positions(_raw(["Xq1", "Xq2"]), source=tmp_path / "x.set", modality="eeg", spec=InputSpec(path="x"))
+    assert "EGI" not in str(err.value)
+
+
 def _template(*names):
     montage = mne.channels.make_standard_montage("colin27_1005")
     ref = mne.create_info(montage.ch_names, 100.0, "eeg")

@@ -174,6 +174,19 @@ def _montage_positions(names: list[str], montage_name: str) -> dict[str, np.ndar
     }
 
 
+#: EGI nets in MNE's montages by the highest electrode number they name.
+EGI_NETS = ((32, "GSN-HydroCel-32"), (64, "GSN-HydroCel-64_1.0"), (128, "GSN-HydroCel-128"), (256, "GSN-HydroCel-256"))
+
+
+def _montage_hint(names: list[str]) -> str:
+    """A montage to suggest when the channels without a position carry an EGI net's numbers (E1 … E256)."""
+    numbered = [int(m.group(1)) for n in names if (m := re.fullmatch(r"E(\d+)", clean_channel_name(n), re.I))]
+    if len(numbered) < 8 or len(numbered) < 0.8 * len(names):
+        return ""
+    net = next((name for size, name in EGI_NETS if max(numbered) <= size), EGI_NETS[-1][1])
+    return f" They look like an EGI net's electrode numbers (E1 … E{max(numbered)}): give the net's montage, e.g. montage: {net}."
+
+
 def _fix_file_units(inst, types: dict[str, str]) -> str | None:
     """Electrode positions stored in mm or cm but labelled metres (seen in real files) → metres.
 
@@ -253,7 +266,7 @@ def resolve_positions(inst, *, source: Path, modality: str, spec) -> dict:
         if spec.missing_positions == "raise":
             raise SensorPositionError(
                 f"{source}: {len(missing)} channel(s) have no position: {', '.join(missing[:10])}"
-                f"{' …' if len(missing) > 10 else ''}. Supply positions with a montage (montage: "
+                f"{' …' if len(missing) > 10 else ''}.{_montage_hint(missing)} Supply positions with a montage (montage: "
                 "colin27_1005, matched on cleaned names; bipolar labels such as FP1-F7 on both electrodes), "
                 "a BIDS electrodes.tsv (electrodes: PATH), or a positions table with name,x,y,z (positions: PATH); "
                 "type non-brain channels with channel_types (e.g. {'POL *': misc}); or set missing_positions: drop "
