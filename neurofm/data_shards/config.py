@@ -122,10 +122,10 @@ class EventEpochs:
 
 #: Formats stored as a folder (CTF ``.ds``, EGI ``.mff``): one recording each, never searched inside.
 RECORDING_FOLDERS = (".ds", ".mff")
-#: File endings of electrophysiology recordings and of fMRI runs (what a forced ``modality`` may apply to).
-#: Files a folder input takes for recordings (what ``mne.io.read_raw`` reads, one main file per recording:
-#: Curry 8 ``.cdt`` and Curry 7 ``.dap``, eXimia ``.nxe``, Neuroelectrics ``.nedf``). A Nihon Kohden ``.eeg``
-#: counts too when its ``.21e`` sits beside it (BrainVision's ``.eeg`` is found through its ``.vhdr``).
+#: File endings of electrophysiology recordings (what a forced ``modality`` may apply to, and what a folder input
+#: takes for recordings: what ``mne.io.read_raw`` reads, one main file per recording — Curry 8 ``.cdt`` and
+#: Curry 7 ``.dap``, eXimia ``.nxe``, Neuroelectrics ``.nedf``). A Nihon Kohden ``.eeg`` counts too when its
+#: ``.21e`` sits beside it (BrainVision's ``.eeg`` is found through its ``.vhdr``). fMRI runs: FMRI_EXTENSIONS.
 RAW_EXTENSIONS = (".edf", ".bdf", ".gdf", ".fif", ".fif.gz", ".set", ".vhdr", ".sqd", ".con", ".lay", ".cnt",
                   ".cdt", ".dap", ".nxe", ".nedf") + RECORDING_FOLDERS
 FMRI_EXTENSIONS = (".nii", ".nii.gz")
