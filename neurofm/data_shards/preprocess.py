@@ -196,13 +196,12 @@ def prepare(recording: Recording, config: ShardsConfig, input_index: int = 0) ->
     settings = effective_settings(config, recording, input_index)
     source, modality = recording.source, recording.modality
     constant = _constant_channels(recording)  # before filtering: a filter turns a DC offset into ringing
+    notched: dict = {}  # the line frequency a continuous recording was notched at
     if recording.layout == "evoked":
         insts = [_filter_resample(ev, settings, source, modality)[0] for ev in recording.inst]
-        notched = {}
         arrays = [ev.data for ev in insts]
         info = insts[0].info
     elif modality == "fmri":
-        notched = {}
         inst = recording.inst
         if abs(inst.info["sfreq"] - 1 / settings.tr_seconds) > 1e-9:
             inst.resample(1.0 / settings.tr_seconds, verbose="error")
