@@ -269,10 +269,12 @@ def test_pooling_leaves_padding_out():
         pool_tokens(states, valid, "max", 2)
 
 
-def _rhythm_states(rng: np.random.Generator, directions: np.ndarray, n_patches: int = 8, n_latents: int = 2) -> torch.Tensor:
+def _rhythm_states(rng: np.random.Generator, directions: np.ndarray, step: float = 1.0, n_patches: int = 8,
+                   n_latents: int = 2) -> torch.Tensor:
     """Token states [1, P·K, D] of a rhythm whose waveform, patch by patch, lies in the plane of
-    ``directions`` [2, D] at a random phase, plus a per-latent offset and a little noise."""
-    phase = rng.uniform(0, 2 * np.pi, (n_patches, n_latents, 1))
+    ``directions`` [2, D], its phase advancing by ``step`` radians a patch from a random start in each
+    latent, plus a per-latent offset and a little noise."""
+    phase = rng.uniform(0, 2 * np.pi, (1, n_latents, 1)) + step * np.arange(n_patches)[:, None, None]
     states = np.cos(phase) * directions[0] + np.sin(phase) * directions[1]
     states = states + rng.normal(0, 3, (1, n_latents, 1)) + 0.05 * rng.standard_normal(states.shape)
     return torch.tensor(states.reshape(1, n_patches * n_latents, -1), dtype=torch.float32)
@@ -283,7 +285,7 @@ def test_cov_pooling_is_blind_to_phase_and_offsets_and_tells_rhythms_apart():
     planes = np.linalg.qr(rng.standard_normal((6, 4)))[0].T.reshape(2, 2, 6)  # two rhythms' planes in D = 6
     valid = torch.ones(1, 16, dtype=torch.bool)
     features = [[pool_tokens(_rhythm_states(rng, plane), valid, "cov", 2)[0] for _ in range(3)] for plane in planes]
-    assert features[0][0].shape == (6 * 7 // 2,) and all(torch.isfinite(f).all() for pair in features for f in pair)
+    assert features[0][0].shape == (12 * 13 // 2,) and all(torch.isfinite(f).all() for pair in features for f in pair)
     same = max(float((a - b).norm()) for group in features for a in group for b in group)
     other = min(float((a - b).norm()) for a in features[0] for b in features[1])
     assert other > 3 * same  # other phases and offsets move it far less than another rhythm does
@@ -298,6 +300,18 @@ def test_cov_pooling_is_blind_to_phase_and_offsets_and_tells_rhythms_apart():
     one_patch = torch.zeros_like(valid)
     one_patch[0, :2] = True
     assert torch.isfinite(pool_tokens(states, one_patch, "cov", 2)).all()
+
+
+def test_cov_pooling_tells_apart_rhythms_of_one_waveform_by_how_far_their_phase_advances_per_patch():
+    """Two rhythms whose states span the same plane (so each patch alone looks alike) but whose phase
+    advances by another angle from one patch to the next — another frequency: the patch pairs tell them apart."""
+    rng = np.random.default_rng(1)
+    plane = np.linalg.qr(rng.standard_normal((6, 2)))[0].T  # [2, D = 6]
+    valid = torch.ones(1, 16, dtype=torch.bool)
+    features = [[pool_tokens(_rhythm_states(rng, plane, step), valid, "cov", 2)[0] for _ in range(3)] for step in (0.8, 2.2)]
+    same = max(float((a - b).norm()) for group in features for a in group for b in group)
+    other = min(float((a - b).norm()) for a in features[0] for b in features[1])
+    assert other > 3 * same
 
 
 def test_cov_pooling_projects_wide_states_onto_one_fixed_basis(monkeypatch):

@@ -202,9 +202,10 @@ def pool_tokens(states: torch.Tensor, valid: torch.Tensor, pooling: str, n_laten
       in order (zeros for −1 and padding), F = M · K · D — ``flat`` without the patches far from the
       event, which only add noise dimensions to a probe (evoked condition 0.80 with ``flat``, 0.95 with
       ``event``; benchmarks/RESULTS.md);
-    - ``cov``: :func:`covariance_pooling`, F = D' (D' + 1) / 2 with D' = min(D, COV_MAX_FEATURES) — which
-      state features vary together over the window, invariant to phase and latency (the alpha-frequency
-      R² of three releases rose from 0.52–0.58 with ``power`` to 0.71–0.75; benchmarks/RESULTS.md).
+    - ``cov``: :func:`covariance_pooling`, F = D' (D' + 1) / 2 with D' = 2 · min(D, COV_MAX_FEATURES / 2) —
+      which state features vary together over the window, within a patch and from one patch to the next,
+      invariant to phase and latency (the alpha-frequency R² of three releases rose from 0.52–0.58 with
+      ``power`` to 0.71–0.75 with the covariance of single patches, 0.79 with patch pairs; benchmarks/RESULTS.md).
     """
     weights = valid.to(states.dtype)[..., None]
     if pooling == "flat":
@@ -233,22 +234,30 @@ def pool_tokens(states: torch.Tensor, valid: torch.Tensor, pooling: str, n_laten
     raise NeuroFMError(f"unknown pooling '{pooling}'; use one of {', '.join(TOKEN_POOLINGS)}.")
 
 
-#: ``cov`` pooling works on at most this many state features (wider models are first projected onto a
-#: fixed orthonormal basis), so a window's vector stays at 128 · 129 / 2 = 8,256 numbers.
+#: ``cov`` pooling works on at most this many features — a token's state and its successor's, so at most half as
+#: many state features (wider models are first projected onto a fixed orthonormal basis) — and a window's vector
+#: stays at 128 · 129 / 2 = 8,256 numbers.
 COV_MAX_FEATURES = 128
 
 
 def covariance_pooling(states: torch.Tensor, valid: torch.Tensor, n_latents: int) -> torch.Tensor:
-    """states [B, N, D], valid [B, N] → [B, D' (D' + 1) / 2]: the covariance of the D state features over
-    a window's valid tokens, each latent's mean over the patches removed first (so a latent's offset and
-    the phase or latency of a rhythm do not enter), estimated with Ledoit–Wolf shrinkage (a window has
-    about as many tokens as features) and mapped to the tangent space at the identity under the
-    log-Euclidean metric (the matrix logarithm's upper triangle, off-diagonal terms × √2: a space where
-    Euclidean distances, hence linear probes, respect the geometry of covariance matrices) — the
-    covariance features of Riemannian BCI decoding (pyRiemann), taken over a release's token states
-    instead of channels. A rhythm drives the features that describe its waveform within a patch together,
-    so which features co-vary says where the window's power sits. Wider models (D > COV_MAX_FEATURES) are
-    first projected onto a fixed orthonormal basis of COV_MAX_FEATURES directions (seeded, the same for
+    """states [B, N, D], valid [B, N] → [B, F (F + 1) / 2], F = 2 · min(D, COV_MAX_FEATURES / 2): the
+    time-delay covariance of a window's token states — of each latent's state in one patch stacked on its
+    state in the next — over the window's valid patch pairs, each latent's mean over the patches removed
+    first (so a latent's offset and the phase or latency of a rhythm do not enter), estimated with
+    Ledoit–Wolf shrinkage (a window has about as many tokens as features) and mapped to the tangent space
+    at the identity under the log-Euclidean metric (the matrix logarithm's upper triangle, off-diagonal
+    terms × √2: a space where Euclidean distances, hence linear probes, respect the geometry of covariance
+    matrices) — the covariance features of Riemannian BCI decoding (pyRiemann), taken over a release's
+    token states instead of channels.
+
+    A rhythm drives the features that describe its waveform within a patch together, so which features
+    co-vary says where the window's power sits; how a patch's state relates to the next one's says how far
+    the rhythm's phase advanced in between, i.e. its frequency at a finer step than a patch resolves
+    (alpha peak frequency R² 0.73–0.74 → 0.79 on three releases; benchmarks/RESULTS.md item 44). This is
+    the time-delay ("Hankel") covariance of pyRiemann's ``TimeDelayCovariances`` with a delay of one patch,
+    built here because that estimator wraps the last patch around onto the first. Wider models
+    (D > COV_MAX_FEATURES / 2) are first projected onto a fixed orthonormal basis (seeded, the same for
     every window and run). A window with fewer than two valid patches has no variation: its covariance is
     the small floor 1e-6 · I, never a NaN."""
     from pyriemann.geometry.covariance import covariances
@@ -257,14 +266,16 @@ def covariance_pooling(states: torch.Tensor, valid: torch.Tensor, n_latents: int
     per_patch = rearrange(states.detach().to(torch.float64), "b (p k) d -> b p k d", k=n_latents)
     w = rearrange(valid.to(torch.float64), "b (p k) -> b p k", k=n_latents)[..., None]
     centred = (per_patch - (per_patch * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1)) * w
-    width = states.shape[-1]
-    if width > COV_MAX_FEATURES:
-        basis, _ = torch.linalg.qr(torch.randn(width, COV_MAX_FEATURES, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    width = min(states.shape[-1], COV_MAX_FEATURES // 2)
+    if states.shape[-1] > width:
+        basis, _ = torch.linalg.qr(torch.randn(states.shape[-1], width, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
         centred = centred @ basis.to(centred.device)
-    tokens = rearrange(centred, "b p k d -> b (p k) d").cpu().numpy()
-    kept = rearrange(w[..., 0] > 0, "b p k -> b (p k)").cpu().numpy()
-    varies = ((w[..., 0] > 0).any(2).sum(1) > 1).cpu().numpy()  # two valid patches or more
-    features = min(width, COV_MAX_FEATURES)
+    pairs = torch.cat([centred[:, :-1], centred[:, 1:]], dim=-1)  # [B, P − 1, K, 2 · width]
+    pair_valid = (w[:, :-1, :, 0] * w[:, 1:, :, 0]) > 0
+    tokens = rearrange(pairs, "b p k d -> b (p k) d").cpu().numpy()
+    kept = rearrange(pair_valid, "b p k -> b (p k)").cpu().numpy()
+    varies = pair_valid.any(2).any(1).cpu().numpy()  # two valid patches or more
+    features = 2 * width
     matrices = np.stack([covariances(x[m].T[None], estimator="lwf")[0] if v else np.zeros((features, features))
                          for x, m, v in zip(tokens, kept, varies)]) + 1e-6 * np.eye(features)
     return torch.from_numpy(tangent_space(matrices, np.eye(features), metric="logeuclid")).to(states.device, states.dtype)
