@@ -174,10 +174,10 @@ def test_empty_folder_and_no_inputs(tmp_path):
 
 
 def test_folder_inputs_find_every_format_and_one_entry_per_recording(tmp_path):
-    """Folder formats (EGI .mff, CTF .ds) are one recording each, never searched inside; Curry, eXimia and
-    Nihon Kohden files are found; a BrainVision recording is its .vhdr, not also its .eeg."""
+    """Folder formats (EGI .mff, CTF .ds) are one recording each, never searched inside; Curry, eXimia,
+    Nihon Kohden and 4D (BTi) files are found; a BrainVision recording is its .vhdr, not also its .eeg."""
     from neurofm.data_shards.config import InputSpec
-    from neurofm.data_shards.readers import expand_inputs
+    from neurofm.data_shards.readers import expand_inputs, read_recording
 
     recs = tmp_path / "recs"
     layout = {
@@ -188,14 +188,19 @@ def test_folder_inputs_find_every_format_and_one_entry_per_recording(tmp_path):
         "e": ["e.cdt", "e.cdt.dpa"],
         "f": ["f.dap", "f.dat", "f.rs3"],
         "g": ["g.nxe", "notes.txt"],
+        "h": ["c,rfDC", "config", "hs_file", "e,rfhp1.0Hz,COH"],  # HCP's 4D layout: the COH run locates head coils
+        "i": ["c,rfDC"],  # no config beside it: not a 4D acquisition
     }
     for folder, files in layout.items():
         (recs / folder).mkdir(parents=True)
         for name in files:
             (recs / folder / name).write_bytes(b"")
     found = [p.relative_to(recs).as_posix() for p, _, _ in expand_inputs(InputSpec(path=str(recs)), tmp_path)]
-    assert found == ["a.mff", "b.ds", "c/c.vhdr", "d/d.EEG", "e/e.cdt", "f/f.dap", "g/g.nxe"]
+    assert found == ["a.mff", "b.ds", "c/c.vhdr", "d/d.EEG", "e/e.cdt", "f/f.dap", "g/g.nxe", "h/c,rfDC"]
     assert [p for p, _, _ in expand_inputs(InputSpec(path=str(recs / "a.mff")), tmp_path)] == [recs / "a.mff"]
+    # a 4D file goes to MNE's BTi reader with its config (mne.io.read_raw does not take it): an empty one is refused by name
+    with pytest.raises(RecordingError, match=r"c,rfDC cannot be read as a recording \(OSError"):  # not "Unsupported file type"
+        read_recording(recs / "h" / "c,rfDC", InputSpec(path="h/c,rfDC"))
 
 
 def test_on_error_skip_records_the_bad_file_and_goes_on(tmp_path):

@@ -129,6 +129,10 @@ RECORDING_FOLDERS = (".ds", ".mff")
 RAW_EXTENSIONS = (".edf", ".bdf", ".gdf", ".fif", ".fif.gz", ".set", ".vhdr", ".sqd", ".con", ".lay", ".cnt",
                   ".cdt", ".dap", ".nxe", ".nedf") + RECORDING_FOLDERS
 FMRI_EXTENSIONS = (".nii", ".nii.gz")
+#: 4D Neuroimaging / BTi MEG files have no ending: a processed data file is named ``c,rf…`` (continuous) or ``e,rf…``
+#: (epoched at acquisition) and counts as a recording when the acquisition's ``config`` sits beside it (head-coil
+#: localisation runs, ``…,COH``, do not).
+BTI_PREFIXES = ("c,rf", "e,rf")
 
 
 @dataclass(kw_only=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 import mne
 import numpy as np
 
-from neurofm.data_shards.config import FMRI_EXTENSIONS, RAW_EXTENSIONS, RECORDING_FOLDERS, FmriPreprocess, InputSpec
+from neurofm.data_shards.config import BTI_PREFIXES, FMRI_EXTENSIONS, RAW_EXTENSIONS, RECORDING_FOLDERS, FmriPreprocess, InputSpec
 from neurofm.data_shards.positions import (
     BRAIN_TYPES,
     electrode_types,
@@ -81,7 +81,14 @@ def _is_recording_path(path: Path) -> bool:
         return name.endswith(RECORDING_FOLDERS)
     if name.endswith(".eeg"):
         return _is_nihon_kohden(path)
-    return name.endswith(RAW_EXTENSIONS + FMRI_EXTENSIONS)
+    return name.endswith(RAW_EXTENSIONS + FMRI_EXTENSIONS) or _is_bti(path)
+
+
+def _is_bti(path: Path) -> bool:
+    """A 4D Neuroimaging / BTi processed data file (``c,rfDC``, ``e,rfhp0.1Hz`` — HCP's MEG): a ``c,rf``/``e,rf``
+    name with the acquisition's ``config`` file beside it; not a head-coil localisation run (``…,COH``)."""
+    name = path.name.lower()
+    return name.startswith(BTI_PREFIXES) and ",coh" not in name and (path.parent / "config").is_file()
 
 
 def _is_nihon_kohden(path: Path) -> bool:
@@ -113,7 +120,7 @@ def expand_inputs(spec: InputSpec, root: Path) -> list[tuple[Path, InputSpec, ob
         if not found:
             raise RecordingError(
                 f"Folder {path} holds no recordings (looked for {', '.join(RAW_EXTENSIONS + FMRI_EXTENSIONS)} "
-                "and Nihon Kohden .eeg beside its .21e); "
+                "Nihon Kohden .eeg beside its .21e, and 4D c,rf… files beside their config); "
                 "point the input at a folder of recordings or at a file."
             )
         return [(p, spec, None) for p in found]
@@ -143,10 +150,13 @@ def _inside_recording_folder(p: Path, top: Path) -> bool:
 
 
 def source_checksum(path: Path) -> str:
-    """sha256 of a recording and its companion files (same stem: .fdt, .eeg/.vmrk, .dat, .21e/.pnt; a whole .ds or .mff)."""
+    """sha256 of a recording and its companion files (same stem: .fdt, .eeg/.vmrk, .dat, .21e/.pnt; a whole .ds or .mff;
+    a 4D file's config and hs_file)."""
     digest = hashlib.sha256()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
+    elif _is_bti(path):
+        files = [path] + [path.parent / n for n in ("config", "hs_file") if (path.parent / n).is_file()]
     else:
         stem = path.name.split(".")[0]
         files = sorted(p for p in path.parent.iterdir() if p.is_file() and p.name.split(".")[0] == stem)
@@ -187,6 +197,10 @@ def _read_raw(path: Path):
     if name.endswith((".edf", ".bdf", ".gdf")):
         # EDF labels like "EEG Fp1-Ref" and "ECG ECG1" carry the type before the space.
         return _mne_read(mne.io.read_raw, path, preload=True, infer_types=True)
+    if _is_bti(path):  # mne.io.read_raw does not dispatch 4D files; its BTi reader takes the companions
+        head_shape = path.parent / "hs_file"
+        return _mne_read(mne.io.read_raw_bti, path, config_fname=str(path.parent / "config"),
+                         head_shape_fname=str(head_shape) if head_shape.is_file() else None, preload=True)
     if name.endswith(".vhdr"):
         # MNE sizes a BrainVision recording by its .eeg file, so a cut file reads as a short whole one;
         # its markers (in the .vmrk) still run to the original end
