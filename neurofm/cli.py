@@ -21,7 +21,7 @@ OVERRIDES_HELP = (
 #: ``--pooling`` of ``probe`` and ``embed`` (see neurofm.finetune.encoder.pool_tokens)
 POOLING_HELP = ("tokens → one vector per window: mean over tokens holding signal, time (one mean per time patch), flat (every "
                 "token), power (log variance of each latent feature over the window: rhythms), cov (log-Euclidean Ledoit-Wolf covariance "
-                "of the state features over the window: rhythms' frequency), event (every token of the patches "
+                "of the state features, each patch's with the next's, over the window: rhythms' frequency), event (every token of the patches "
                 "0–0.4 s after the window's event; --event-span sets the span), or auto (default: event when every window is an epoch or evoked condition, "
                 "cov when every window is a continuous EEG/MEG/iEEG window, else flat when all windows have one length, else mean)")
 EVENT_SPAN_HELP = ("seconds after each window's event whose patches 'event' pooling keeps (default 0.4: an evoked "

@@ -145,7 +145,8 @@ def resolve_pooling(pooling: str, manifest: dict, channel_tokens: tuple[str, ...
     conditions) and of one tokenizer family; ``cov`` when every window is a continuous EEG/MEG/iEEG window
     (no event to lock to, so what a label can mean is a state — rhythms, their power and frequency — and
     ``cov`` is phase-invariant and of one size whatever the window's length or channels: the alpha frequency
-    R² 0.72 against −0.04 with ``flat``, a seizure's onset 0.78 against 0.72; benchmarks/RESULTS.md);
+    R² 0.79–0.80 against −0.04 with ``flat``; a seizure's onset, 36 windows, 0.72 against 0.83 on one release;
+    benchmarks/RESULTS.md items 24 and 44);
     else ``flat`` when every window has one token count (one family and one window length, and one channel
     count for a family in ``channel_tokens``, whose windows have a token per channel); else ``mean`` (flat
     vectors of different lengths do not stack). Others as given."""
@@ -254,7 +255,7 @@ def covariance_pooling(states: torch.Tensor, valid: torch.Tensor, n_latents: int
     A rhythm drives the features that describe its waveform within a patch together, so which features
     co-vary says where the window's power sits; how a patch's state relates to the next one's says how far
     the rhythm's phase advanced in between, i.e. its frequency at a finer step than a patch resolves
-    (alpha peak frequency R² 0.73–0.74 → 0.79 on three releases; benchmarks/RESULTS.md item 44). This is
+    (alpha peak frequency R² 0.725–0.741 → 0.791–0.800 on three releases; benchmarks/RESULTS.md item 44). This is
     the time-delay ("Hankel") covariance of pyRiemann's ``TimeDelayCovariances`` with a delay of one patch,
     built here because that estimator wraps the last patch around onto the first. Wider models
     (D > COV_MAX_FEATURES / 2) are first projected onto a fixed orthonormal basis (seeded, the same for
