@@ -206,7 +206,7 @@ def pool_tokens(states: torch.Tensor, valid: torch.Tensor, pooling: str, n_laten
     - ``cov``: :func:`covariance_pooling`, F = D' (D' + 1) / 2 with D' = 2 · min(D, COV_MAX_FEATURES / 2) —
       which state features vary together over the window, within a patch and from one patch to the next,
       invariant to phase and latency (the alpha-frequency R² of three releases rose from 0.52–0.58 with
-      ``power`` to 0.71–0.75 with the covariance of single patches, 0.79 with patch pairs; benchmarks/RESULTS.md).
+      ``power`` to 0.71–0.75 with the covariance of single patches, 0.79–0.80 with patch pairs; benchmarks/RESULTS.md).
     """
     weights = valid.to(states.dtype)[..., None]
     if pooling == "flat":
