@@ -26,9 +26,9 @@ import numpy as np
 
 from neurofm.bench import tasks
 from neurofm.bench.embeddings import collect
+from neurofm.bench.representation import modality_rows
 from neurofm.data_shards import build_shards
 from neurofm.data_shards.config import EventEpochs, ShardsConfig, SimulateConfig
-from neurofm.data_shards.dataset import ShardIndex
 
 COLUMNS = ("release", "random", "tokenizer")
 
@@ -67,7 +67,7 @@ def main() -> None:
     started = time.time()
     shards = work / "shards"
     sim = development_set(args, shards)
-    rows = np.flatnonzero(np.isin(ShardIndex(shards).modality_of, args.modalities))
+    rows = modality_rows(shards, args.modalities)
     kind, key = ("logistic", "event") if args.events else ("ridge", args.key)
     results = []
     for release in args.releases:
