@@ -119,6 +119,7 @@ def test_grouped_cv_scores_do_not_depend_on_worker_processes():
     layers = [x, x + rng.standard_normal(x.shape)]  # two candidate "layers", the second noisier
     serial, parallel = (probes.grouped_cv("logistic", layers, y, groups, n_jobs=n) for n in (1, 2))
     assert serial == parallel and serial["folds"] == 5 and len(serial["layers"]) == 2
+    assert len(serial["chosen_strengths"]) == 5 and set(serial["chosen_strengths"]) <= set(probes.LOGISTIC_C)
 
 
 def test_raw_features_align_channels_by_name_across_recordings():

@@ -157,7 +157,7 @@ class RepresentationBenchConfig:
     cross_device: list[list[str]] = field(default_factory=lambda: [
         ["biosemi64", "GSN-HydroCel-129"], ["neuromag306", "ctf275"], ["neuromag306", "kit157"], ["biosemi64", "neuromag306"]])
     few_labels: list[int] = field(default_factory=lambda: [5, 10, 20])
-    few_label_repeats: int = 10
+    few_label_repeats: int = 50
     real_tasks: list[RealTask] = field(default_factory=_real_tasks)
     seed: int = 0
     probe_jobs: int = -1

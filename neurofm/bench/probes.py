@@ -96,9 +96,9 @@ def select_and_fit(kind: str, features: list[np.ndarray], y: np.ndarray, groups:
 
 
 def _outer_fold(kind: str, features: list[np.ndarray], y: np.ndarray, groups: np.ndarray, train: np.ndarray,
-                test: np.ndarray) -> tuple[int, list[np.ndarray]]:
-    """One outer fold of :func:`grouped_cv`: the layer the inner search chose and every layer's
-    predictions for ``test`` (the chosen layer's are the nested-selection predictions)."""
+                test: np.ndarray) -> tuple[int, float, list[np.ndarray]]:
+    """One outer fold of :func:`grouped_cv`: the layer and strength the inner search chose and every
+    layer's predictions for ``test`` (the chosen layer's are the nested-selection predictions)."""
     selected = select_and_fit(kind, [x[train] for x in features], y[train], groups[train])
     predictions = []
     for layer, x in enumerate(features):
@@ -107,14 +107,16 @@ def _outer_fold(kind: str, features: list[np.ndarray], y: np.ndarray, groups: np
             continue
         strength = _strengths(kind)[int(np.argmax(selected.table[layer]))]
         predictions.append(make_probe(kind, strength).fit(x[train], y[train]).predict(x[test]))
-    return selected.layer, predictions
+    return selected.layer, selected.strength, predictions
 
 
 def grouped_cv(kind: str, features: list[np.ndarray], y: np.ndarray, groups: np.ndarray, n_splits: int = 5,
                n_jobs: int = 1) -> dict:
     """Out-of-fold score with nested selection of layer and strength; also every layer's out-of-fold
-    score at the strength its own inner search chose (the per-layer curve, descriptive only). The outer
-    folds run in ``n_jobs`` joblib worker processes (-1: every core); the scores do not depend on it."""
+    score at the strength its own inner search chose (the per-layer curve, descriptive only), and the
+    layer and strength chosen in each outer fold (a strength at the end of the searched range says the
+    range is too short). The outer folds run in ``n_jobs`` joblib worker processes (-1: every core); the
+    scores do not depend on it."""
     from joblib import Parallel, delayed
 
     n_groups = len(np.unique(groups))
@@ -125,12 +127,13 @@ def grouped_cv(kind: str, features: list[np.ndarray], y: np.ndarray, groups: np.
         delayed(_outer_fold)(kind, features, y, groups, train, test) for train, test in outer)
     predicted = np.empty(len(y), dtype=y.dtype if kind == "logistic" else float)
     per_layer = [np.empty_like(predicted) for _ in features]
-    for (_, test), (layer, predictions) in zip(outer, folds):
+    for (_, test), (layer, _, predictions) in zip(outer, folds):
         predicted[test] = predictions[layer]
         for p, fold_p in zip(per_layer, predictions):
             p[test] = fold_p
     return {"score": score(kind, y, predicted), "layers": [score(kind, y, p) for p in per_layer],
-            "chosen_layers": [layer for layer, _ in folds], "folds": len(outer)}
+            "chosen_layers": [layer for layer, _, _ in folds], "chosen_strengths": [strength for _, strength, _ in folds],
+            "folds": len(outer)}
 
 
 def transfer(kind: str, train_features: list[np.ndarray], y_train: np.ndarray, groups_train: np.ndarray,
