@@ -93,6 +93,47 @@ def test_nan_recording_is_a_clear_error(tmp_path):
         read_recording(path, InputSpec(path="x"))
 
 
+def test_long_recordings_are_scanned_chunk_by_chunk(tmp_path, monkeypatch):
+    """The NaN and constant-channel scans read a continuous recording in time chunks (no float64 copy of
+    an hour of MEG beside the loaded one): a NaN in the last chunk is still found, and a channel constant
+    within each chunk but not across them is not flat."""
+    from neurofm.data_shards import readers
+
+    monkeypatch.setattr(readers, "CHUNK_VALUES", 4 * 100)  # 4 channels × 100 samples per chunk
+    info = mne.create_info(["Fz", "Cz", "Pz", "Oz"], 256.0, "eeg")
+    data = np.random.default_rng(0).normal(0, 1e-5, (4, 2560))
+    data[3] = np.repeat(np.arange(26) * 1e-6, 100)[:2560]  # a staircase: constant inside every chunk
+    data[1] = 2e-6  # constant throughout
+    path = tmp_path / "steps_raw.fif"
+    mne.io.RawArray(data, info, verbose="error").save(path, verbose="error")
+    assert len(list(readers.data_chunks(read_recording(path, InputSpec(path="x")).inst))) == 26
+    prepared = prepare(read_recording(path, InputSpec(path="x")), _config("bad_channels.noisy_z=1000", "bad_channels.flat_ratio=0"))
+    assert prepared.bad_channels == {"Cz": "flat"}
+    data[2, -5] = np.nan
+    mne.io.RawArray(data, info, verbose="error").save(path, overwrite=True, verbose="error")
+    with pytest.raises(RecordingError, match=r"steps_raw.fif holds NaN.*\(Pz\)"):
+        read_recording(path, InputSpec(path="x"))
+
+
+def test_fif_samples_are_loaded_after_non_brain_channels_are_dropped(tmp_path, monkeypatch):
+    """A FIF file is opened without its samples; only the brain channels it keeps are loaded (a drop of a
+    loaded hour of MEG copies it), with the same values a full load gives, and triggers still read."""
+    montage = mne.channels.make_standard_montage("biosemi64")
+    info = mne.create_info([*montage.ch_names[:8], "STI 014", "EOG061"], 256.0, [*["eeg"] * 8, "stim", "eog"])
+    data = np.random.default_rng(2).normal(0, 1e-5, (10, 2560))
+    data[8] = 0.0
+    data[8, 300] = 5.0
+    path = tmp_path / "mixed_raw.fif"
+    mne.io.RawArray(data, info, verbose="error").set_montage(montage, on_missing="ignore").save(path, verbose="error")
+    loaded_with: list[int] = []
+    load_data = mne.io.BaseRaw.load_data
+    monkeypatch.setattr(mne.io.BaseRaw, "load_data", lambda self, *a, **k: loaded_with.append(len(self.ch_names)) or load_data(self, *a, **k))
+    rec = read_recording(path, InputSpec(path="x"))
+    assert loaded_with == [8] and rec.inst.preload and rec.inst.ch_names == montage.ch_names[:8]
+    assert np.array_equal(rec.inst.get_data(), mne.io.read_raw_fif(path, preload=True, verbose="error").get_data(picks="eeg"))
+    assert [e["label"] for e in rec.events] == ["stim/5"] and rec.report["dropped_non_brain"] == {"STI 014": "stim", "EOG061": "eog"}
+
+
 def _hummed_raw(hum_hz: float | None, line_freq: float | None = None, sfreq: float = 500.0, seconds: float = 40.0):
     """16 channels of pink-ish noise with a power-line hum of ``hum_hz`` (None: none) about as strong as the
     signal; ``line_freq`` is what the file states (None: nothing, as in EDF)."""

@@ -207,6 +207,9 @@ def _read_raw(path: Path):
         raw = _mne_read(mne.io.read_raw, path, fatal=("outside data range",), preload=True)
         _check_brainvision_size(path, raw)
         return raw
+    if name.endswith(".fif"):
+        # samples are loaded once the non-brain and bad channels are gone (finish_recording), not before
+        return _mne_read(mne.io.read_raw, path, preload=False)
     return _mne_read(mne.io.read_raw, path, preload=True)
 
 
@@ -355,8 +358,7 @@ def read_recording(path: Path, spec: InputSpec, bids_path=None, fmri_config: Fmr
     if bids_path is not None:
         import mne_bids
 
-        inst = _mne_read(lambda p, **kw: mne_bids.read_raw_bids(bids_path, **kw), path)
-        inst.load_data()
+        inst = _mne_read(lambda p, **kw: mne_bids.read_raw_bids(bids_path, **kw), path)  # loaded in finish_recording
     elif re.search(r"[-_]epo\.fif(\.gz)?$", name):
         inst = _mne_read(mne.read_epochs, path, preload=True)
     elif re.search(r"[-_]ave\.fif(\.gz)?$", name):
@@ -407,6 +409,8 @@ def finish_recording(inst, path: Path, spec: InputSpec, *, datatype: str | None 
         if modality == "ieeg":
             _check_ieeg_typed(one, path)
         report["positions"] = resolve_positions(one, source=path, modality=modality, spec=spec)
+        if isinstance(one, mne.io.BaseRaw) and not one.preload:  # only the channels kept: no full copy on a drop
+            _mne_read(lambda p, **kw: one.load_data(**kw), path)
     _check_finite(insts, path)
     return Recording(source=path, modality=modality, inst=inst, events=events, report=report, spec=spec)
 
@@ -422,10 +426,31 @@ def _rename(inst, mapping: dict[str, str], path: Path) -> None:
         inst.rename_channels(mapping, verbose="error")
 
 
+#: Samples read at once when a long continuous recording is scanned (≈ 64 MB of float64 per chunk).
+CHUNK_VALUES = 8_000_000
+
+
+def data_chunks(inst):
+    """The samples of ``inst`` as a sequence of [channels, time] arrays: a continuous recording in
+    consecutive time chunks of about :data:`CHUNK_VALUES` values (so a scan of an hour of MEG holds one
+    chunk at a time, not a float64 copy of the whole recording beside the loaded one); epochs one epoch at a
+    time; an evoked response whole."""
+    if isinstance(inst, mne.io.BaseRaw):
+        step = max(1, CHUNK_VALUES // max(1, len(inst.ch_names)))
+        for start in range(0, inst.n_times, step):
+            yield inst.get_data(start=start, stop=min(start + step, inst.n_times))
+    elif isinstance(inst, mne.BaseEpochs):
+        for i in range(len(inst)):
+            yield inst.get_data(item=i)[0]
+    else:
+        yield inst.get_data()
+
+
 def _check_finite(insts: list, path: Path) -> None:
     for one in insts:
-        data = one.get_data()  # [channels, time] or [epochs, channels, time]
-        finite = np.isfinite(data).all(axis=tuple(i for i in range(data.ndim) if i != data.ndim - 2))
+        finite = np.ones(len(one.ch_names), dtype=bool)
+        for chunk in data_chunks(one):
+            finite &= np.isfinite(chunk).all(axis=1)
         if not finite.all():
             bad = np.asarray(one.ch_names)[~finite]
             raise RecordingError(
