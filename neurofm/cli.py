@@ -7,10 +7,11 @@ import errno
 import json
 import logging
 import os
+import signal
 import sys
 from typing import NoReturn
 
-from neurofm.errors import NeuroFMError
+from neurofm.errors import NeuroFMError, TrainingInterrupted
 from neurofm.finetune.config import EVENT_SPAN_SECONDS, PROBE_GROUPINGS, PROBE_POOLINGS
 
 OVERRIDES_HELP = (
@@ -598,6 +599,9 @@ def main(argv: list[str] | None = None) -> int:
     mne.set_log_level("INFO" if args.verbose else "ERROR")
     try:
         return args.func(args)
+    except TrainingInterrupted as err:  # preempted, not failed: 128 + SIGTERM, as a process killed by it
+        print(f"stopped: {err}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except NeuroFMError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -24,3 +24,10 @@ class SensorPositionError(RecordingError):
 
 class ShardError(NeuroFMError):
     """A shard or manifest is missing, truncated, corrupt or does not match its checksum."""
+
+
+class TrainingInterrupted(NeuroFMError):
+    """Training stopped early on SIGTERM (a scheduler's preemption, ``kill``) after saving a checkpoint: the
+    run is not finished, and whatever follows it (an export, a benchmark's probes) must not treat it as done.
+    Rerunning the same command resumes it. The CLI exits with 143 (128 + SIGTERM)."""
+

@@ -147,6 +147,8 @@ def test_resume_after_sigterm_continues_the_same_trajectory(code_shards, tmp_pat
     proc.wait(timeout=120)
     stopped = int((tmp_path / "b" / "latest").read_text().strip().split("_")[-1])
     assert 4 <= stopped < 40 and not (tmp_path / "b" / "DONE.json").exists()
+    # not finished, and says so: a scheduler or a pipeline must not take it for a completed run
+    assert proc.returncode == 143 and f"stopped by SIGTERM at step {stopped} of 40" in proc.stderr.read()
     resumed = subprocess.run([*args, f"out={tmp_path / 'b'}"], env=clean_env(), capture_output=True, text=True, timeout=300)
     assert (tmp_path / "b" / "DONE.json").is_file(), resumed.stderr[-2000:]
     losses = lambda path: {r["step"]: r["loss"] for r in map(json.loads, path.read_text().splitlines())}  # noqa: E731

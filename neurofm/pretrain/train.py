@@ -7,7 +7,8 @@ with its DeepSpeed backend: one tag per saved step holding DeepSpeed's own (ZeRO
 rank's ``train_state_rank{r}.json`` (step, windows seen, data position and queue, masking and torch
 RNG) and ``config.json`` (settings, tokenizer identity); ``latest`` moves to a tag only once all of it
 is written, so an interrupted save leaves the previous checkpoint as the one resumed from. SIGTERM saves a checkpoint at
-the next step boundary and exits. On success rank 0 writes ``DONE.json``.
+the next step boundary and raises :class:`~neurofm.errors.TrainingInterrupted` (so no caller takes the run for a
+finished one). On success rank 0 writes ``DONE.json``.
 
 Resuming on the same number of ranks continues the same trajectory exactly. Resuming on another
 number converts the tag with DeepSpeed's ``ds_to_universal`` (into ``step_…_universal``) and loads it
@@ -32,7 +33,7 @@ import torch
 
 from neurofm.config import to_dict
 from neurofm.data_shards.dataset import ShardIndex, ShardStream
-from neurofm.errors import NeuroFMError
+from neurofm.errors import NeuroFMError, TrainingInterrupted
 from neurofm.training import MetricsLog, changed_settings, check_resume_settings
 from neurofm.training.checkpoint import Checkpoint, CheckpointManager, DeepSpeedBackend, TrainState, capture_rng, restore_rng
 from neurofm.schedule import warmup_cosine
@@ -394,6 +395,9 @@ def _train(cfg: PretrainConfig, manifest: dict, rank: int, world: int, device: t
         if rank == 0:
             (out / "DONE.json").write_text(json.dumps({"step": step, "world_size": world, **metrics, "probe": probe}))
     torch.distributed.barrier()
+    if step < cfg.steps:
+        raise TrainingInterrupted(f"{out}: stopped by SIGTERM at step {step} of {cfg.steps}; the checkpoint is saved — run the "
+                                  "same command again to resume (nothing after this training was run).")
     return metrics
 
 
