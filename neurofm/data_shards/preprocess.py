@@ -184,7 +184,7 @@ def _constant_channels(recording: Recording) -> list[int]:
         for chunk in data_chunks(inst):
             low = chunk.min(axis=1) if low is None else np.minimum(low, chunk.min(axis=1))
             high = chunk.max(axis=1) if high is None else np.maximum(high, chunk.max(axis=1))
-    return [int(i) for i in np.flatnonzero(high == low)]
+    return [] if low is None else [int(i) for i in np.flatnonzero(high == low)]
 
 
 def _joined(arrays: list[np.ndarray]) -> np.ndarray:
