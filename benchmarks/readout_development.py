@@ -8,7 +8,10 @@ with the benchmark's own code (:func:`neurofm.bench.embeddings.collect`, :func:`
 grouped CV over recordings within each device, layer and penalty chosen by inner CV), for every column
 (release, random weights, tokenizer alone, raw features). Continuous recordings and a recording-level label
 (``--key alpha_hz``, ridge R²) by default; ``--events auditory visual somatosensory`` makes event-locked
-windows and a 3-way logistic probe of the condition instead.
+windows and a 3-way logistic probe of the condition instead. ``--cov-features 128 64 32`` scores ``cov`` at
+each of these widths (:data:`neurofm.finetune.encoder.COV_MAX_FEATURES`: fewer covariance features for a ridge
+fit on few recordings); ``--hours 0.245`` sizes the set like the benchmark's continuous set (22 recordings per
+device).
 
 Usage: python benchmarks/readout_development.py --releases runs/bench_win4/release runs/bench_s24/release
        --work runs/readout_dev [--poolings cov power] [--key alpha_hz] [--events ...]
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+import neurofm.finetune.encoder as encoder
 from neurofm.bench import tasks
 from neurofm.bench.embeddings import collect
 from neurofm.bench.representation import modality_rows
@@ -60,6 +64,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=3003)
     parser.add_argument("--hours", type=float, default=0.6)
     parser.add_argument("--recording-seconds", type=float, default=10.0)
+    parser.add_argument("--cov-features", nargs="+", type=int, default=[encoder.COV_MAX_FEATURES],
+                        help="widths of 'cov' pooling to score (COV_MAX_FEATURES; default: the package's)")
     parser.add_argument("--jobs", type=int, default=-1, help="processes for the probes' outer folds")
     args = parser.parse_args()
 
@@ -70,17 +76,24 @@ def main() -> None:
     rows = modality_rows(shards, args.modalities)
     kind, key = ("logistic", "event") if args.events else ("ridge", args.key)
     results = []
+    default_width = encoder.COV_MAX_FEATURES
     for release in args.releases:
-        windows = collect(release, shards, tuple(args.poolings), indices=rows, simulation=sim)
-        scores = tasks.within_device(windows, kind, key, args.events or None, n_jobs=args.jobs)
-        devices = sorted(scores)
-        raw = float(np.mean([scores[d]["raw"]["score"] for d in devices]))
-        for pooling in args.poolings:
-            row = {"path": release, "pooling": pooling, "devices": devices, "raw": raw,
-                   "per_device": [scores[d][f"release/{pooling}"]["score"] for d in devices]}
-            row.update({c: float(np.mean([scores[d][f"{c}/{pooling}"]["score"] for d in devices])) for c in COLUMNS})
-            results.append(row)
-            print(json.dumps(row), flush=True)
+        widths = args.cov_features if "cov" in args.poolings else [default_width]
+        for width in widths:
+            encoder.COV_MAX_FEATURES = width
+            poolings = tuple(args.poolings) if width == widths[0] else ("cov",)  # the others do not depend on it
+            windows = collect(release, shards, poolings, indices=rows, simulation=sim)
+            scores = tasks.within_device(windows, kind, key, args.events or None, n_jobs=args.jobs)
+            devices = sorted(scores)
+            raw = float(np.mean([scores[d]["raw"]["score"] for d in devices]))
+            for pooling in poolings:
+                label = f"cov ({width})" if pooling == "cov" and len(args.cov_features) > 1 else pooling
+                row = {"path": release, "pooling": label, "devices": devices, "raw": raw,
+                       "per_device": [scores[d][f"release/{pooling}"]["score"] for d in devices]}
+                row.update({c: float(np.mean([scores[d][f"{c}/{pooling}"]["score"] for d in devices])) for c in COLUMNS})
+                results.append(row)
+                print(json.dumps(row), flush=True)
+    encoder.COV_MAX_FEATURES = default_width
     measure = "balanced accuracy" if args.events else f"{key} R²"
     print(f"\n{measure}, mean over {', '.join(results[0]['devices'])}; per device: the release")
     print("\n| release | pooling | release | random weights | tokenizer alone | raw features | per device |")
