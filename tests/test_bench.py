@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from neurofm.bench import probes, tasks
+from neurofm.bench.config import RepresentationBenchConfig
 from neurofm.bench.embeddings import ProbeWindows
 from neurofm.bench.features import device_features, window_features
 from neurofm.bench.oracle import oracle_column
-from neurofm.bench.representation import check_held_out, modality_rows
+from neurofm.bench.representation import PARTIAL_PROBES, FinishedProbes, check_held_out, modality_rows
 from neurofm.data_shards.config import EventEpochs, SimulateConfig
 from neurofm.data_shards.simulate import plan_recordings
 from neurofm.data_shards.simulate.geometry import _clear_of_scalp
@@ -457,7 +458,28 @@ def test_corpus_overrides_change_the_pretraining_corpus_alone():
         RepresentationBenchConfig(corpus_overrides=["eeg.l_freq=1.0", "simulate.hours=3"])
 
 
-def test_bench_command_builds_a_release_through_every_stage(tmp_path, capsys):
+def test_finished_probes_are_read_back_only_for_the_same_config_and_release(tmp_path):
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "model.safetensors").write_bytes(b"weights")
+    cfg, path = RepresentationBenchConfig(out=str(tmp_path)), tmp_path / PARTIAL_PROBES
+    # a result is returned in its JSON form, as results.json holds it, fresh or read back
+    assert FinishedProbes(path, cfg, release).get_or_run("few", lambda: {5: np.float64(0.5)}) == {"5": 0.5}
+    assert FinishedProbes(path, cfg, release).get_or_run("few", _stop) == {"5": 0.5}
+    # another release (or config) sets the file aside and runs every probe again
+    (release / "model.safetensors").write_bytes(b"other weights")
+    assert FinishedProbes(path, cfg, release).done == {} and path.with_name(PARTIAL_PROBES + ".stale").exists()
+    assert FinishedProbes(path, RepresentationBenchConfig(out=str(tmp_path), seed=cfg.seed + 1), release).done == {}
+    path.write_text('{"key": ')  # cut off mid-write by hand: named, with the fix
+    with pytest.raises(NeuroFMError, match=f"{PARTIAL_PROBES}.*delete it"):
+        FinishedProbes(path, cfg, release)
+
+
+def _stop(*args, **kwargs):
+    raise KeyboardInterrupt  # a stopped job: not an error the command turns into an exit code
+
+
+def test_bench_command_builds_a_release_through_every_stage(tmp_path, capsys, monkeypatch):
     """`neurofm bench representation --release-only` on a tiny corpus: shards → tokenizer → codes →
     DeepSpeed pretraining → release, with the held-out devices only in the probe set."""
     from neurofm.cli import main
@@ -500,9 +522,22 @@ def test_bench_command_builds_a_release_through_every_stage(tmp_path, capsys):
     assert main([*other, f"out={tmp_path / 'other'}", f"stages_from={out}", *args[-3:]]) != 0
     assert "batch_size" in capsys.readouterr().err
 
-    # the whole command on that run: every stage resumes as a no-op, then every probe and the report
-    assert main([*args[:-2], f"out={out}", "poolings=[event,power,cov]", "regression_pooling=cov", "few_labels=[2]", "few_label_repeats=2", "probe_jobs=1", "--quiet"]) == 0
+    # the whole command on that run: every stage resumes as a no-op, then every probe and the report;
+    # stopped in the masked-code report, the probes finished before it are kept ...
+    full = [*args[:-2], f"out={out}", "poolings=[event,power,cov]", "regression_pooling=cov", "few_labels=[2]", "few_label_repeats=2", "probe_jobs=1", "--quiet"]
+    monkeypatch.setattr("neurofm.pretrain.diagnostics.masked_code_report", _stop)
+    with pytest.raises(KeyboardInterrupt):
+        main(full)
+    partial = json.loads((out / PARTIAL_PROBES).read_text())["done"]
+    assert list(partial) == ["probe_set", "evoked", "regression", "cross_device", "few_labels", "tokenizer"]
+    assert not (out / "results.json").exists()
+    # ... and the rerun scores only what is left (a within-device probe run again would fail here)
+    monkeypatch.undo()
+    monkeypatch.setattr("neurofm.bench.tasks.within_device", _stop)
+    assert main(full) == 0
     results = json.loads((out / "results.json").read_text())
+    assert results["evoked"] == partial["evoked"] and results["regression"] == partial["regression"]
+    assert results["masked_codes"] and not (out / PARTIAL_PROBES).exists()
     assert set(results["evoked"]) == {"GSN-HydroCel-129"}
     # event pooling on the event-locked probe set; the continuous set's windows have no event to lock to
     assert {"release/event", "release/power"} <= set(results["evoked"]["GSN-HydroCel-129"])

@@ -50,10 +50,10 @@ def targets(results: dict, cfg: RepresentationBenchConfig) -> list[dict]:
             rows.append({"target": f"cross-device transfer ≥ 0.75 ({what}; mean over {len(transfer)} pair{'s' if len(transfer) > 1 else ''})",
                          "value": _mean(transfer), "threshold": 0.75})
     if 10 in cfg.few_labels:
-        few = results["few_labels"]
+        few = results["few_labels"]  # {device: {"10": ...}}: keyed as in results.json
         rows.append({"target": "10 labels per class: release ≥ raw features (mean over devices)",
-                     "value": _mean(few[d][10][f"release/{p}"]["mean"] for d in few),
-                     "threshold": _mean(few[d][10]["raw"]["mean"] for d in few)})
+                     "value": _mean(few[d]["10"][f"release/{p}"]["mean"] for d in few),
+                     "threshold": _mean(few[d]["10"]["raw"]["mean"] for d in few)})
     rp = cfg.regression_pooling or cfg.regression_poolings[0]
     rows.append({"target": f"{cfg.regression_key}: release R² ≥ 0.8 (mean over devices, {rp} pooling)",
                  "value": _mean(headline(results, "regression", f"release/{rp}").values()), "threshold": 0.8})

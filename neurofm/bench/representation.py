@@ -22,6 +22,7 @@ Writes ``results.json``, ``results.md`` and ``layers.png`` into ``out``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -31,6 +32,7 @@ import numpy as np
 
 from neurofm.bench.config import RepresentationBenchConfig
 from neurofm.config import to_dict
+from neurofm.data_shards.writer import write_text_atomic
 from neurofm.errors import NeuroFMError
 
 logger = logging.getLogger("neurofm.bench")
@@ -123,7 +125,10 @@ def build_stages(cfg: RepresentationBenchConfig, progress: bool = False) -> dict
 
 
 def run_representation_bench(cfg: RepresentationBenchConfig, progress: bool = False) -> dict:
-    """Build, train, probe; write ``results.json``, ``results.md`` and ``layers.png``; return the results."""
+    """Build, train, probe; write ``results.json``, ``results.md`` and ``layers.png``; return the results.
+
+    Each finished probe is kept in ``out/probes.partial.json`` (see :class:`FinishedProbes`), so a probe stage
+    stopped part-way resumes at its first unfinished probe; the file goes once ``results.json`` is written."""
     from neurofm.bench import report, tasks
     from neurofm.bench.embeddings import collect
     from neurofm.bench.tokenizer_baseline import tokenizer_vs_pca
@@ -132,40 +137,100 @@ def run_representation_bench(cfg: RepresentationBenchConfig, progress: bool = Fa
 
     stages = build_stages(cfg, progress)
     paths = stages["paths"]
+    out = Path(cfg.out)
     started = time.perf_counter()
     build_continuous_set(cfg, paths, stages["split"], progress)
-    windows = collect(paths["release"], paths["probe_set"], tuple(cfg.poolings), seed=cfg.seed, simulation=cfg.probe_set)
-    devices = sorted(set(windows.device()))
-    results: dict = {
-        "config": to_dict(cfg), "split": stages["split"], "real_data": stages["real_data"], "devices": devices,
-        "windows": len(windows.metas), "layers": len(windows.columns[f"release/{cfg.poolings[0]}"]),
-        "evoked": tasks.within_device(windows, "logistic", "event", cfg.evoked_labels, n_jobs=cfg.probe_jobs),
-    }
-    regression_windows = windows
-    if cfg.continuous_set is not None:
+    finished = FinishedProbes(out / PARTIAL_PROBES, cfg, paths["release"])
+
+    @functools.cache
+    def probe_windows():
+        return collect(paths["release"], paths["probe_set"], tuple(cfg.poolings), seed=cfg.seed, simulation=cfg.probe_set)
+
+    def regression_windows():
+        if cfg.continuous_set is None:
+            return probe_windows()
         rows = modality_rows(paths["continuous_set"], cfg.regression_modalities)
-        regression_windows = collect(paths["release"], paths["continuous_set"], tuple(cfg.regression_poolings), seed=cfg.seed,
-                                     indices=rows, simulation=cfg.continuous_set)
-    results["regression"] = tasks.within_device(regression_windows, "ridge", cfg.regression_key, n_jobs=cfg.probe_jobs)
-    results["cross_device"] = [tasks.cross_device(windows, "event", cfg.evoked_labels, a, b) for a, b in cfg.cross_device
-                               if a in devices and b in devices]
+        return collect(paths["release"], paths["continuous_set"], tuple(cfg.regression_poolings), seed=cfg.seed,
+                       indices=rows, simulation=cfg.continuous_set)
+
+    def probe_set_sizes():
+        windows = probe_windows()
+        return {"devices": sorted(set(windows.device())), "windows": len(windows.metas),
+                "layers": len(windows.columns[f"release/{cfg.poolings[0]}"])}
+
+    def cross_device():
+        devices = set(probe_windows().device())
+        return [tasks.cross_device(probe_windows(), "event", cfg.evoked_labels, a, b) for a, b in cfg.cross_device
+                if a in devices and b in devices]
+
+    sizes = finished.get_or_run("probe_set", probe_set_sizes)
+    results: dict = {"config": to_dict(cfg), "split": stages["split"], "real_data": stages["real_data"], **sizes}
+    results["evoked"] = finished.get_or_run(
+        "evoked", lambda: tasks.within_device(probe_windows(), "logistic", "event", cfg.evoked_labels, n_jobs=cfg.probe_jobs))
+    results["regression"] = finished.get_or_run(
+        "regression", lambda: tasks.within_device(regression_windows(), "ridge", cfg.regression_key, n_jobs=cfg.probe_jobs))
+    results["cross_device"] = finished.get_or_run("cross_device", cross_device)
     layer_of = {name: int(np.bincount([layer for dev in results["evoked"].values() for layer in dev[name]["chosen_layers"]]).argmax())
-                for name in windows.columns}
-    results["few_labels"] = tasks.few_labels(windows, "event", cfg.evoked_labels, cfg.few_labels, layer_of, cfg.few_label_repeats, cfg.seed)
+                for name in (f"{model}/{pooling}" for pooling in cfg.poolings for model in report.EMBEDDINGS)}
+    results["few_labels"] = finished.get_or_run(
+        "few_labels", lambda: tasks.few_labels(probe_windows(), "event", cfg.evoked_labels, cfg.few_labels, layer_of,
+                                               cfg.few_label_repeats, cfg.seed))
     results["few_label_layers"] = layer_of
-    results["tokenizer"] = tokenizer_vs_pca(paths["tokenizer"], paths["continuous_set"], Path(cfg.out) / "tokenizer_eval")
+    probe_windows.cache_clear()  # every layer of every column of the probe set: gigabytes the later probes don't need
+    results["tokenizer"] = finished.get_or_run(
+        "tokenizer", lambda: tokenizer_vs_pca(paths["tokenizer"], paths["continuous_set"], out / "tokenizer_eval"))
     pre = stages["pretrain"]
-    results["masked_codes"] = masked_code_report(from_pretrained(paths["release"]), paths["codes"], paths["probe_codes"],
-                                                 mask_ratio=pre.model.mask_ratio, masking=pre.model.masking, seed=cfg.seed)
-    results["real_tasks"] = run_real_tasks(cfg, paths["release"], Path(cfg.out) / "real_tasks")
+    results["masked_codes"] = finished.get_or_run(
+        "masked_codes", lambda: masked_code_report(from_pretrained(paths["release"]), paths["codes"], paths["probe_codes"],
+                                                   mask_ratio=pre.model.mask_ratio, masking=pre.model.masking, seed=cfg.seed))
+    results["real_tasks"] = run_real_tasks(cfg, paths["release"], out / "real_tasks", finished)
     stages["timings"]["probes_s"] = time.perf_counter() - started
     results["timings"] = {k: round(v, 1) for k, v in stages["timings"].items()}
     results["targets"] = report.targets(results, cfg)
-    out = Path(cfg.out)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=1, default=_json_default))
     (out / "results.md").write_text(report.markdown(results, cfg))
     report.figure(results, cfg, out / "layers.png")
+    finished.path.unlink(missing_ok=True)
     return results
+
+
+PARTIAL_PROBES = "probes.partial.json"
+
+
+class FinishedProbes:
+    """The probe results a run has finished so far, kept in ``path`` after each probe.
+
+    Each value is stored as its JSON form and returned in that form whether it was just computed or read
+    back, so a resumed run reports exactly what an uninterrupted one would (dict keys become strings, as in
+    ``results.json``). The file holds the run's config and the sha256 of the release's weights; one written
+    for another config or release is set aside (renamed ``*.stale``) and every probe runs again.
+    """
+
+    def __init__(self, path: Path, cfg: RepresentationBenchConfig, release: Path):
+        from neurofm.data_shards.writer import sha256_file
+
+        self.path = Path(path)
+        self.key = {"config": json.loads(json.dumps(to_dict(cfg), default=_json_default)),
+                    "release_sha256": sha256_file(Path(release) / "model.safetensors")}
+        self.done: dict = {}
+        if self.path.exists():
+            try:
+                stored = json.loads(self.path.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise NeuroFMError(f"{self.path} is not readable JSON ({err}); delete it to run every probe again.") from err
+            if stored.get("key") == self.key:
+                self.done = stored["done"]
+                logger.info("probes resume from %s: %s already done (delete it to run them again)", self.path, ", ".join(self.done))
+            else:
+                self.path.replace(self.path.with_name(self.path.name + ".stale"))
+                logger.info("%s was written for another config or release: set aside as *.stale, every probe runs", self.path)
+
+    def get_or_run(self, name: str, probe):
+        """The stored result of probe ``name``, else ``probe()`` (stored before it is returned)."""
+        if name not in self.done:
+            self.done[name] = json.loads(json.dumps(probe(), default=_json_default))
+            write_text_atomic(self.path, json.dumps({"key": self.key, "done": self.done}, default=_json_default))
+        return self.done[name]
 
 
 def build_continuous_set(cfg: RepresentationBenchConfig, paths: dict, split: dict, progress: bool = False) -> None:
@@ -192,8 +257,9 @@ def modality_rows(shards: str | Path, modalities: list[str]) -> np.ndarray:
     return rows
 
 
-def run_real_tasks(cfg: RepresentationBenchConfig, release: Path, work: Path) -> dict:
-    """{task name: result} of every real task (shards built once into ``work``); {} without ``real_root``."""
+def run_real_tasks(cfg: RepresentationBenchConfig, release: Path, work: Path, finished: FinishedProbes | None = None) -> dict:
+    """{task name: result} of every real task (shards built once into ``work``); {} without ``real_root``.
+    With ``finished``, a task already scored is read back from it and a newly scored one stored in it."""
     from neurofm.bench import tasks
     from neurofm.bench.embeddings import collect
     from neurofm.config import load_config
@@ -203,12 +269,16 @@ def run_real_tasks(cfg: RepresentationBenchConfig, release: Path, work: Path) ->
     if not cfg.real_tasks or not cfg.real_root or not Path(cfg.real_root).is_dir():
         logger.info("real tasks skipped: real_root=%s is not a folder", cfg.real_root)
         return {}
-    out = {}
-    for i, task in enumerate(cfg.real_tasks):
+
+    def score(i, task):
         shards = work / f"task{i}" / "shards"
         build_shards(load_config(ShardsConfig, task.shards, [f"root={cfg.real_root}", f"out={shards}"]), progress=False)
-        windows = collect(release, shards, tuple(cfg.poolings), seed=cfg.seed)
-        out[task.name] = tasks.real_task(windows, task, n_jobs=cfg.probe_jobs)
+        return tasks.real_task(collect(release, shards, tuple(cfg.poolings), seed=cfg.seed), task, n_jobs=cfg.probe_jobs)
+
+    out = {}
+    for i, task in enumerate(cfg.real_tasks):
+        out[task.name] = (finished.get_or_run(f"real_tasks/{task.name}", lambda: score(i, task)) if finished
+                          else score(i, task))
     return out
 
 
@@ -220,4 +290,4 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
-__all__ = ["build_continuous_set", "build_stages", "check_held_out", "modality_rows", "real_task_inputs", "run_real_tasks", "run_representation_bench"]
+__all__ = ["FinishedProbes", "PARTIAL_PROBES", "build_continuous_set", "build_stages", "check_held_out", "modality_rows", "real_task_inputs", "run_real_tasks", "run_representation_bench"]
