@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 
 from neurofm.cli import main
 from neurofm.config import load_config
-from neurofm.errors import ConfigError, NeuroFMError
+from neurofm.errors import ConfigError, NeuroFMError, TrainingInterrupted
 from neurofm.finetune.config import FinetuneConfig
 from neurofm.finetune.encoder import BrainEncoder
 from neurofm.finetune.metrics import classification_metrics, k_way_retrieval, segment_identification
@@ -330,6 +331,16 @@ def test_interrupted_finetune_resumes_where_it_stopped(release, corpus_shards, t
     assert CheckpointManager(progress / "shuffled", every=1).latest().step == 1
     with pytest.raises(NeuroFMError, match=r"other settings.*'dropout'"):
         finetune(config(release, corpus_shards, tmp_path / "cut", *extra[:-1], "dropout=0.2"), progress=False)
+    # SIGTERM (a scheduler's preemption) ends the epoch under way, saves it and stops: resumed, then stopped again
+    def preempted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate_loss", preempted)
+    with pytest.raises(TrainingInterrupted, match=r"cut.progress/shuffled: stopped by SIGTERM at epoch 2 of 5"):
+        finetune(config(release, corpus_shards, tmp_path / "cut", *extra), progress=False)
+    assert CheckpointManager(progress / "shuffled", every=1).latest().step == 2
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the loop's alone
     monkeypatch.setattr(train_module, "evaluate_loss", real)
     resumed = finetune(config(release, corpus_shards, tmp_path / "cut", *extra), progress=False)
     assert not progress.exists()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import torch
 from neurofm.cli import main
 from neurofm.config import load_config
 from neurofm.data_shards import ShardIndex, verify_shards
-from neurofm.errors import NeuroFMError
+from neurofm.errors import NeuroFMError, TrainingInterrupted
 from neurofm.tokenizers.checkpoint import load_tokenizer, save_tokenizer
 from neurofm.tokenizers.config import TokenizerTrainConfig
 from neurofm.data_shards.batches import collate
@@ -248,6 +250,25 @@ def test_resume_continues_the_same_trajectory_and_seed_fixes_codes(corpus_shards
     a = (tmp_path / "a" / "model.safetensors").read_bytes()
     b = (tmp_path / "b" / "model.safetensors").read_bytes()
     assert a == b  # same seed, same data, same steps: bit-identical weights, resumed or not
+
+    # SIGTERM (a scheduler's preemption) during step 9: the step ends, is saved although no checkpoint is due, and
+    # training stops, saying so; the rerun continues from step 9 to the same weights
+    def preempted_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(self, *args, **kwargs)
+
+    calls["n"], sigterm = 0, train_config(corpus_shards, tmp_path / "c", "steps=12", "checkpoint_every=6")
+    torch.optim.AdamW.step = preempted_step
+    try:
+        with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM at step 9 of 12"):
+            train_tokenizer(sigterm, progress=False)
+    finally:
+        torch.optim.AdamW.step = real_step
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["trained_steps"] == 9
+    assert train_tokenizer(sigterm, progress=False)["step"] == 12
+    assert (tmp_path / "c" / "model.safetensors").read_bytes() == a
     with pytest.raises(NeuroFMError, match=r"other settings.*'lr'"):
         train_tokenizer(train_config(corpus_shards, tmp_path / "b", "steps=12", "checkpoint_every=6", "lr=1e-2"), progress=False)
     with pytest.raises(NeuroFMError, match=r"another architecture.*'n_latents'"):

@@ -41,6 +41,7 @@ from neurofm.outputs import check_output, replaced_folder
 from neurofm.finetune.targets import load_targets
 from neurofm.pretrain.model import MaskedCodeModel
 from neurofm.training import MetricsLog
+from neurofm.training.preemption import Preemption
 from neurofm.training.checkpoint import FolderBackend, TrainState, capture_rng, restore_rng
 
 logger = logging.getLogger("neurofm.finetune")
@@ -175,39 +176,41 @@ def train_one(cfg: FinetuneConfig, encoder: BrainEncoder, windows: Windows, task
         restore_rng(state.rng, numpy_generators={"order": rng})
         logger.info("resuming %s after epoch %d", progress.dir, first_epoch)
     log = progress.metrics_log(first_epoch, cfg.tensorboard) if progress is not None else MetricsLog("", enabled=False)
-    for epoch in range(first_epoch, 0 if done else cfg.epochs):
-        model.train()
-        losses = []
-        for batch in windows.batches(train, cfg.batch_size * world, rng):
-            # every process takes an equal slice of the same global batch (same RNG everywhere), so the
-            # gathered InfoNCE negatives have equal shapes; the few windows left over wait for another epoch
-            batch = batch[: len(batch) - len(batch) % world]
-            if len(batch) < 2 * world:
-                continue
-            mine = batch[rank::world]
-            windows_seen += len(batch)
-            with accelerator.autocast():
-                out = _forward(model, windows, mine, accelerator.device, texts=bool(cfg.lm))
-                loss = task.loss(out, rows_t[mine].to(accelerator.device))
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-        val_loss = evaluate_loss(inner, windows, task, val, rows_t, cfg.batch_size, accelerator)
-        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None, "val_loss": val_loss})
-        log.write({"step": epoch + 1, **history[-1]})
-        if val_loss < best_loss - 1e-6:
-            best, best_loss, waited = copy.deepcopy(trainable_state(inner)), val_loss, 0
-        else:
-            waited += 1
-        stop = waited >= cfg.patience or epoch + 1 == cfg.epochs
-        if progress is not None and progress.enabled:
-            checkpoints.save(epoch + 1, TrainState(
-                step=epoch + 1, windows_seen=windows_seen, rng=capture_rng(numpy_generators={"order": rng}),
-                extra={"history": history, "best_loss": best_loss, "waited": waited, "done": stop}), {"training": progress.dir.name})
-        if stop:
-            break
-    log.close()
+    # SIGTERM ends training after the epoch's checkpoint (without checkpoints, it ends the process as usual)
+    with Preemption(enabled=checkpoints is not None) as preempted, log:
+        for epoch in range(first_epoch, 0 if done else cfg.epochs):
+            model.train()
+            losses = []
+            for batch in windows.batches(train, cfg.batch_size * world, rng):
+                # every process takes an equal slice of the same global batch (same RNG everywhere), so the
+                # gathered InfoNCE negatives have equal shapes; the few windows left over wait for another epoch
+                batch = batch[: len(batch) - len(batch) % world]
+                if len(batch) < 2 * world:
+                    continue
+                mine = batch[rank::world]
+                windows_seen += len(batch)
+                with accelerator.autocast():
+                    out = _forward(model, windows, mine, accelerator.device, texts=bool(cfg.lm))
+                    loss = task.loss(out, rows_t[mine].to(accelerator.device))
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+            val_loss = evaluate_loss(inner, windows, task, val, rows_t, cfg.batch_size, accelerator)
+            history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None, "val_loss": val_loss})
+            log.write({"step": epoch + 1, **history[-1]})
+            if val_loss < best_loss - 1e-6:
+                best, best_loss, waited = copy.deepcopy(trainable_state(inner)), val_loss, 0
+            else:
+                waited += 1
+            stop = waited >= cfg.patience or epoch + 1 == cfg.epochs
+            if progress is not None and progress.enabled:
+                checkpoints.save(epoch + 1, TrainState(
+                    step=epoch + 1, windows_seen=windows_seen, rng=capture_rng(numpy_generators={"order": rng}),
+                    extra={"history": history, "best_loss": best_loss, "waited": waited, "done": stop}), {"training": progress.dir.name})
+            if stop:
+                break
+            preempted.raise_if_stopped(progress.dir, epoch + 1, cfg.epochs, unit="epoch")
     if best is not None:
         inner.load_state_dict(best, strict=False)
     inner.eval()

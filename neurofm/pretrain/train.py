@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import time
 from pathlib import Path
@@ -33,8 +32,9 @@ import torch
 
 from neurofm.config import to_dict
 from neurofm.data_shards.dataset import ShardIndex, ShardStream
-from neurofm.errors import NeuroFMError, TrainingInterrupted
+from neurofm.errors import NeuroFMError
 from neurofm.training import MetricsLog, changed_settings, check_resume_settings
+from neurofm.training.preemption import Preemption
 from neurofm.training.checkpoint import Checkpoint, CheckpointManager, DeepSpeedBackend, TrainState, capture_rng, restore_rng
 from neurofm.schedule import warmup_cosine
 from neurofm.data_shards.modalities import FAMILY_OF_MODALITY, MODALITY_IDS
@@ -351,14 +351,11 @@ def _train(cfg: PretrainConfig, manifest: dict, rank: int, world: int, device: t
                          modality_weights=cfg.modality_weights, position=data["position"], offset=data.get("offset", 0))
     batches = BatchStream(stream, cfg.micro_batch, data["pending"], collate_fn=collate_codes,
                           num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
-    stop = {"flag": False}
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
-    log = MetricsLog(out / "train_log.jsonl", resumed_step=step, enabled=rank == 0,
-                     tensorboard=out / "tensorboard" if cfg.tensorboard else None)
     throughput = Throughput(cfg, world)
     metrics: dict = {}
     accuracy = MaskedAccuracyTally()
-    try:
+    with Preemption() as preempted, MetricsLog(out / "train_log.jsonl", resumed_step=step, enabled=rank == 0,
+                                               tensorboard=out / "tensorboard" if cfg.tensorboard else None) as log:
         while step < cfg.steps:
             losses, latent_terms = [], []
             for _ in range(cfg.grad_accum):
@@ -381,23 +378,17 @@ def _train(cfg: PretrainConfig, manifest: dict, rank: int, world: int, device: t
                 if progress:
                     logger.info("step %d loss %.4f acc %s tok/s %.0f", step, metrics["loss"],
                                 [round(a, 3) for a in metrics["masked_accuracy"]], metrics["tokens_per_s"])
-            if checkpoints.should_save(step, last=step == cfg.steps, requested=stop["flag"]):
+            if checkpoints.should_save(step, last=step == cfg.steps, requested=preempted.requested):
                 state = TrainState(step=step, windows_seen=windows_seen, data=batches.state(), rng=capture_rng({"mask": generator}))
                 checkpoints.save(step, state, _checkpoint_config(cfg, manifest))
-            if stop["flag"]:
-                logger.warning("SIGTERM: checkpoint saved at step %d; exiting", step)
+            if preempted.requested:
                 break
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        log.close()
     if step >= cfg.steps:
         probe = probe_logits(engine, cfg.codes, device)  # every rank: ZeRO-3 gathers parameters collectively
         if rank == 0:
             (out / "DONE.json").write_text(json.dumps({"step": step, "world_size": world, **metrics, "probe": probe}))
     torch.distributed.barrier()
-    if step < cfg.steps:
-        raise TrainingInterrupted(f"{out}: stopped by SIGTERM at step {step} of {cfg.steps}; the checkpoint is saved — run the "
-                                  "same command again to resume (nothing after this training was run).")
+    preempted.raise_if_stopped(out, step, cfg.steps)
     return metrics
 
 

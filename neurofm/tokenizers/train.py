@@ -21,6 +21,7 @@ from neurofm.errors import NeuroFMError
 from neurofm.devices import resolve_device
 from neurofm.distributed import barrier, process_group
 from neurofm.training import MetricsLog, changed_settings, check_resume_settings
+from neurofm.training.preemption import Preemption
 from neurofm.training.checkpoint import (Checkpoint, CheckpointManager, FolderBackend, TrainState, capture_rng,
                                        publish_folder, restore_rng)
 from neurofm.outputs import output_folder, recover_replaced, writer_lock
@@ -173,8 +174,8 @@ def _train(cfg: TokenizerTrainConfig, out: Path, progress: bool, device: torch.d
     metrics: dict = {}
     model.train()
     started, first_step = time.perf_counter(), step
-    with MetricsLog(out.with_name(out.name + ".log.jsonl"), resumed_step=step, enabled=rank == 0,
-                    tensorboard=out.with_name(out.name + ".tensorboard") if cfg.tensorboard else None) as log:
+    with Preemption() as preempted, MetricsLog(out.with_name(out.name + ".log.jsonl"), resumed_step=step, enabled=rank == 0,
+                                               tensorboard=out.with_name(out.name + ".tensorboard") if cfg.tensorboard else None) as log:
         while step < cfg.steps:
             batch, views = next(batches), None
             if partners is not None:
@@ -212,12 +213,15 @@ def _train(cfg: TokenizerTrainConfig, out: Path, progress: bool, device: torch.d
                 if progress:
                     logger.info("step %d loss %.4f corr %.3f usage %s", step, metrics["loss"], metrics["correlation"],
                                 [round(u, 2) for u in metrics["usage"]])
-            if checkpoints.should_save(step, last=step == cfg.steps):
+            if checkpoints.should_save(step, last=step == cfg.steps, requested=preempted.requested):
                 # every rank's RNG state (codebook restarts draw per rank); the data stream is global
                 state = TrainState(step=step, windows_seen=step * cfg.batch_size, data=batches.state(), rng=capture_rng())
                 extra = {"training": to_dict(cfg), "trained_steps": step, "world_size": world, "shards": str(cfg.shards),
                          "last_metrics": metrics}
                 _publish(checkpoints, checkpoints.save(step, state, tokenizer_config(cfg.model, extra)), out)
+            if preempted.requested:
+                break
+    preempted.raise_if_stopped(out, step, cfg.steps)
     if rank == 0 and world > 1:
         (out.with_name(out.name + ".done.json")).write_text(json.dumps({"step": step, "world_size": world}))
     return metrics
