@@ -210,7 +210,8 @@ def train_one(cfg: FinetuneConfig, encoder: BrainEncoder, windows: Windows, task
                     extra={"history": history, "best_loss": best_loss, "waited": waited, "done": stop}), {"training": progress.dir.name})
             if stop:
                 break
-            preempted.raise_if_stopped(progress.dir, epoch + 1, cfg.epochs, unit="epoch")
+            if preempted.requested:  # only with checkpoints, so with progress
+                preempted.raise_if_stopped(progress.dir, epoch + 1, cfg.epochs, unit="epoch")
     if best is not None:
         inner.load_state_dict(best, strict=False)
     inner.eval()
