@@ -32,7 +32,7 @@ import numpy as np
 
 from neurofm.bench.config import RepresentationBenchConfig
 from neurofm.config import to_dict
-from neurofm.data_shards.writer import write_text_atomic
+from neurofm.data_shards.writer import sha256_file, write_text_atomic
 from neurofm.errors import NeuroFMError
 
 logger = logging.getLogger("neurofm.bench")
@@ -207,8 +207,6 @@ class FinishedProbes:
     """
 
     def __init__(self, path: Path, cfg: RepresentationBenchConfig, release: Path):
-        from neurofm.data_shards.writer import sha256_file
-
         self.path = Path(path)
         self.key = {"config": json.loads(json.dumps(to_dict(cfg), default=_json_default)),
                     "release_sha256": sha256_file(Path(release) / "model.safetensors")}
