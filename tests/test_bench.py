@@ -466,6 +466,8 @@ def test_finished_probes_are_read_back_only_for_the_same_config_and_release(tmp_
     # a result is returned in its JSON form, as results.json holds it, fresh or read back
     assert FinishedProbes(path, cfg, release).get_or_run("few", lambda: {5: np.float64(0.5)}) == {"5": 0.5}
     assert FinishedProbes(path, cfg, release).get_or_run("few", _stop) == {"5": 0.5}
+    # the number of probe processes does not change a score: a rerun with another one keeps what is done
+    assert FinishedProbes(path, RepresentationBenchConfig(out=str(tmp_path), probe_jobs=1), release).get_or_run("few", _stop) == {"5": 0.5}
     # another release (or config) sets the file aside and runs every probe again
     (release / "model.safetensors").write_bytes(b"other weights")
     assert FinishedProbes(path, cfg, release).done == {} and path.with_name(PARTIAL_PROBES + ".stale").exists()

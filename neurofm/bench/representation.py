@@ -197,18 +197,23 @@ def run_representation_bench(cfg: RepresentationBenchConfig, progress: bool = Fa
 PARTIAL_PROBES = "probes.partial.json"
 
 
+#: Config fields that cannot change a probe's result: a run resumed with another value keeps its finished probes.
+RESULT_NEUTRAL_FIELDS = ("probe_jobs",)
+
+
 class FinishedProbes:
     """The probe results a run has finished so far, kept in ``path`` after each probe.
 
     Each value is stored as its JSON form and returned in that form whether it was just computed or read
     back, so a resumed run reports exactly what an uninterrupted one would (dict keys become strings, as in
-    ``results.json``). The file holds the run's config and the sha256 of the release's weights; one written
-    for another config or release is set aside (renamed ``*.stale``) and every probe runs again.
+    ``results.json``). The file holds the run's config (but :data:`RESULT_NEUTRAL_FIELDS`) and the sha256 of
+    the release's weights; one written for another config or release is set aside (renamed ``*.stale``) and every probe runs again.
     """
 
     def __init__(self, path: Path, cfg: RepresentationBenchConfig, release: Path):
         self.path = Path(path)
-        self.key = {"config": json.loads(json.dumps(to_dict(cfg), default=_json_default)),
+        config = {k: v for k, v in to_dict(cfg).items() if k not in RESULT_NEUTRAL_FIELDS}
+        self.key = {"config": json.loads(json.dumps(config, default=_json_default)),
                     "release_sha256": sha256_file(Path(release) / "model.safetensors")}
         self.done: dict = {}
         if self.path.exists():
