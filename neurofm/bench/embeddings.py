@@ -77,9 +77,8 @@ def collect(release: str | Path, shards: str | Path, poolings: tuple[str, ...] =
             raw_windows.append((batch.signal[i, :c, :t].numpy(), meta))
         metas += batch.metas
     windows = ProbeWindows(metas, raw_windows=raw_windows, simulation=simulation)
-    for name, chunks in parts.items():
-        stacked = np.concatenate(chunks, axis=1)  # [layers, n, F]
-        windows.columns[name] = list(stacked)
+    for name in list(parts):  # each column's batches freed once stacked: the peak is one column over, not all of them
+        windows.columns[name] = list(np.concatenate(parts.pop(name), axis=1))  # [layers, n, F]
     return windows
 
 
