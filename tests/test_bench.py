@@ -468,6 +468,10 @@ def test_finished_probes_are_read_back_only_for_the_same_config_and_release(tmp_
     assert FinishedProbes(path, cfg, release).get_or_run("few", _stop) == {"5": 0.5}
     # the number of probe processes does not change a score: a rerun with another one keeps what is done
     assert FinishedProbes(path, RepresentationBenchConfig(out=str(tmp_path), probe_jobs=1), release).get_or_run("few", _stop) == {"5": 0.5}
+    stored = json.loads(path.read_text())  # a file written while probe_jobs was still part of the key counts too
+    stored["key"]["config"]["probe_jobs"] = 4
+    path.write_text(json.dumps(stored))
+    assert FinishedProbes(path, cfg, release).get_or_run("few", _stop) == {"5": 0.5}
     # another release (or config) sets the file aside and runs every probe again
     (release / "model.safetensors").write_bytes(b"other weights")
     assert FinishedProbes(path, cfg, release).done == {} and path.with_name(PARTIAL_PROBES + ".stale").exists()

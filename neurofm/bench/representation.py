@@ -201,6 +201,13 @@ PARTIAL_PROBES = "probes.partial.json"
 RESULT_NEUTRAL_FIELDS = ("probe_jobs",)
 
 
+def _result_key(key):
+    """``key`` with the :data:`RESULT_NEUTRAL_FIELDS` left out of its config (anything else: unchanged)."""
+    if not isinstance(key, dict) or not isinstance(key.get("config"), dict):
+        return key
+    return {**key, "config": {k: v for k, v in key["config"].items() if k not in RESULT_NEUTRAL_FIELDS}}
+
+
 class FinishedProbes:
     """The probe results a run has finished so far, kept in ``path`` after each probe.
 
@@ -212,16 +219,15 @@ class FinishedProbes:
 
     def __init__(self, path: Path, cfg: RepresentationBenchConfig, release: Path):
         self.path = Path(path)
-        config = {k: v for k, v in to_dict(cfg).items() if k not in RESULT_NEUTRAL_FIELDS}
-        self.key = {"config": json.loads(json.dumps(config, default=_json_default)),
-                    "release_sha256": sha256_file(Path(release) / "model.safetensors")}
+        self.key = _result_key({"config": json.loads(json.dumps(to_dict(cfg), default=_json_default)),
+                                "release_sha256": sha256_file(Path(release) / "model.safetensors")})
         self.done: dict = {}
         if self.path.exists():
             try:
                 stored = json.loads(self.path.read_text())
             except (OSError, json.JSONDecodeError) as err:
                 raise NeuroFMError(f"{self.path} is not readable JSON ({err}); delete it to run every probe again.") from err
-            if stored.get("key") == self.key:
+            if _result_key(stored.get("key")) == self.key:  # a file from before a field was found neutral still counts
                 self.done = stored["done"]
                 logger.info("probes resume from %s: %s already done (delete it to run them again)", self.path, ", ".join(self.done))
             else:
