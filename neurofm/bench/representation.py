@@ -214,7 +214,8 @@ class FinishedProbes:
     Each value is stored as its JSON form and returned in that form whether it was just computed or read
     back, so a resumed run reports exactly what an uninterrupted one would (dict keys become strings, as in
     ``results.json``). The file holds the run's config (but :data:`RESULT_NEUTRAL_FIELDS`) and the sha256 of
-    the release's weights; one written for another config or release is set aside (renamed ``*.stale``) and every probe runs again.
+    the release's weights; one written for another config or release is set aside (renamed ``*.stale``) and
+    every probe runs again.
     """
 
     def __init__(self, path: Path, cfg: RepresentationBenchConfig, release: Path):
